@@ -1,0 +1,63 @@
+"""Trial expansion: axis/product/zip_, naming, command-line flags, study loading, CLI errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vit_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_product_varies_last_axis_fastest():
+  points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("patch", [8, 16, 32]))
+  assert points == [{"variant": v, "patch": p} for v in ["Ti", "S"] for p in [8, 16, 32]]
+
+
+def test_zip_pairs_values_and_nests_in_product():
+  lr_per_size = sweep.zip_(sweep.axis("variant", ["Ti", "B"]), sweep.axis("config.lr", [3e-3, 1e-3]))
+  points = sweep.product(lr_per_size, sweep.axis("patch", [16, 32]))
+  assert points == [{"variant": "Ti", "config.lr": 3e-3, "patch": 16},
+                    {"variant": "Ti", "config.lr": 3e-3, "patch": 32},
+                    {"variant": "B", "config.lr": 1e-3, "patch": 16},
+                    {"variant": "B", "config.lr": 1e-3, "patch": 32}]
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: sweep.zip_(sweep.axis("a", [1, 2]), sweep.axis("b", [1])), "equal length"),
+    (lambda: sweep.product(sweep.axis("a", [1]), sweep.axis("a", [2])), "set twice"),
+    (lambda: sweep.axis("a", []), "no values"),
+    (lambda: sweep.trials([{"a": 1}, {"a": 1}]), "repeat"),
+])
+def test_bad_sweeps_raise_clear_errors(build, message):
+  with pytest.raises(ValueError, match=message):
+    build()
+
+
+def test_trials_split_config_args_from_overrides_and_format_flags():
+  [trial] = sweep.trials([{"variant": "Ti/16", "config.lr": 0.001, "config.model.patch_sizes": (8, 16)}])
+  assert trial.name == "variant=Ti-16,lr=0.001,patch_sizes=8-16"
+  study = sweep.Study("s", "configs/x.py", [trial], base_args={"runlocal": True})
+  assert study.train_args(trial) == ["--config=configs/x.py:runlocal=True,variant=Ti/16",
+                                     "--config.lr=0.001", "--config.model.patch_sizes=(8,16)"]
+  assert trial.values() == {"variant": "Ti/16", "config.lr": 0.001, "config.model.patch_sizes": (8, 16)}
+
+
+def test_load_study_passes_arg(tmp_path):
+  study_file = tmp_path / "study.py"
+  study_file.write_text(
+      "from vit_jax import sweep\n"
+      "def get_sweep(arg='small'):\n"
+      "  return sweep.Study(arg, 'configs/x.py', sweep.trials(sweep.axis('w', [1, 2])))\n")
+  assert sweep.load_study(str(study_file)).name == "small"
+  study = sweep.load_study(f"{study_file}:big")
+  assert study.name == "big" and [t.name for t in study.trials] == ["w=1", "w=2"]
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    sweep.load_study(str(tmp_path / "nope.py"))
+
+
+def test_cli_bad_study_exits_2():
+  result = subprocess.run([sys.executable, "-m", "vit_jax.sweep", "experiments/nope.py", "--dry_run"],
+                          cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2 and "experiments/nope.py" in result.stderr

@@ -1,0 +1,274 @@
+"""Launchers: run a study's trials here, on a TPU VM pod slice, or as SLURM jobs.
+
+Every trial runs the same two programs wherever it lands: `vit_jax.bench` (efficiency profile into
+`WORKDIR/bench.json`) and then `vit_jax.train` (metrics, checkpoints, `summary.json` with done=true).
+A trial whose `summary.json` says done is skipped, so re-launching a sweep resumes it; a trial that
+stopped half-way resumes from its own checkpoints.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from etils import epath
+
+from vit_jax.sweep import Study, Trial, write_manifest
+
+BENCH_FILE = "bench.json"
+SUMMARY_FILE = "summary.json"
+# Projection targets the local launcher profiles every trial for (see vit_jax.projection.TARGETS).
+DEFAULT_TARGETS = ("tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x", "h100-8x")
+
+
+def trial_workdir(root: str, trial: Trial) -> str:
+  return f"{root.rstrip('/')}/{trial.name}"
+
+
+def is_done(workdir: str) -> bool:
+  """True when the trial's training finished (its summary.json has done=true)."""
+  summary = epath.Path(workdir) / SUMMARY_FILE
+  if not summary.exists():
+    return False
+  try:
+    return bool(json.loads(summary.read_text()).get("done"))
+  except json.JSONDecodeError:
+    return False  # Written half-way: the run did not finish.
+
+
+def bench_args(study: Study, trial: Trial, workdir: str, extra: Sequence[str] = ()) -> list[str]:
+  return ["-m", "vit_jax.bench", *study.train_args(trial), f"--output={workdir}/{BENCH_FILE}", *extra]
+
+
+def train_args(study: Study, trial: Trial, workdir: str) -> list[str]:
+  return ["-m", "vit_jax.train", *study.train_args(trial), f"--workdir={workdir}"]
+
+
+@dataclasses.dataclass
+class LocalLauncher:
+  """Runs trials on this machine, `parallel` at a time, each in `sweep_dir/<trial name>`."""
+  sweep_dir: str
+  parallel: int = 1
+  dry_run: bool = False
+  targets: Sequence[str] = DEFAULT_TARGETS
+  python: str = sys.executable
+
+  def __post_init__(self):
+    if self.parallel < 1:
+      raise ValueError(f"--parallel={self.parallel}: run at least one trial at a time.")
+    # Orbax needs absolute paths; the trial programs run from the repository root.
+    self.sweep_dir = os.path.abspath(self.sweep_dir)
+
+  def commands(self, study: Study, trial: Trial) -> list[list[str]]:
+    workdir = trial_workdir(self.sweep_dir, trial)
+    commands = []
+    if not os.path.exists(os.path.join(workdir, BENCH_FILE)):
+      targets = [f"--targets={','.join(self.targets)}"] if self.targets else []
+      commands.append([self.python, *bench_args(study, trial, workdir, targets)])
+    commands.append([self.python, *train_args(study, trial, workdir)])
+    return commands
+
+  def _run_trial(self, study: Study, trial: Trial) -> int:
+    workdir = trial_workdir(self.sweep_dir, trial)
+    os.makedirs(workdir, exist_ok=True)
+    for command in self.commands(study, trial):
+      program = command[2].rsplit(".", 1)[-1]
+      with open(os.path.join(workdir, f"{program}.log"), "a") as log:
+        print(f"[{trial.name}] {program}: {shlex.join(command)}", flush=True)
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+      if returncode:
+        print(f"[{trial.name}] {program} failed with exit code {returncode}; see {log.name}", flush=True)
+        return returncode
+    print(f"[{trial.name}] done", flush=True)
+    return 0
+
+  def launch(self, study: Study) -> None:
+    pending = [t for t in study.trials if not is_done(trial_workdir(self.sweep_dir, t))]
+    for trial in study.trials:
+      if trial not in pending:
+        print(f"[{trial.name}] already done, skipped")
+    if self.dry_run:
+      for trial in pending:
+        for command in self.commands(study, trial):
+          print(shlex.join(command))
+      return
+    write_manifest(study, self.sweep_dir)
+    with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+      codes = list(pool.map(lambda t: self._run_trial(study, t), pending))
+    failed = [t.name for t, code in zip(pending, codes) if code]
+    if failed:
+      raise RuntimeError(f"{len(failed)} of {len(pending)} trials failed: {failed}. Fix and re-launch: "
+                         "finished trials are skipped.")
+    print(f"all {len(study.trials)} trials done; report: python -m vit_jax.report {self.sweep_dir}")
+
+
+@dataclasses.dataclass
+class TpuLauncher:
+  """Runs trials one after another on a TPU VM pod slice, every worker running the same program.
+
+  Setup clones `repo_url` at `revision` on all workers and installs it with `jax[tpu]`; each trial
+  is one `gcloud compute tpus tpu-vm ssh --worker=all` call, so the hosts form one `jax.distributed`
+  job, writing to a bucket path (or a mount every worker shares).
+  """
+  tpu_name: str
+  zone: str
+  workdir_root: str
+  repo_url: str
+  revision: str
+  project: str | None = None
+  remote_dir: str = "vit_jax"
+  skip_setup: bool = False
+  dry_run: bool = False
+
+  def __post_init__(self):
+    for flag, value in (("--tpu_name", self.tpu_name), ("--zone", self.zone),
+                        ("--repo_url", self.repo_url), ("--revision", self.revision)):
+      if not value:
+        raise ValueError(f"{flag} is required for --launcher=tpu.")
+    if not (self.workdir_root.startswith("gs://") or os.path.isabs(self.workdir_root)):
+      raise ValueError(f"--workdir_root={self.workdir_root!r}: every TPU worker must see it; use a bucket "
+                       "path such as gs://my-bucket/sweeps (or an absolute path on a shared mount).")
+
+  def ssh(self, remote_command: str) -> list[str]:
+    """`gcloud ... ssh` running `remote_command` on every worker of the slice."""
+    project = [f"--project={self.project}"] if self.project else []
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.tpu_name, f"--zone={self.zone}", *project,
+            "--worker=all", f"--command={remote_command}"]
+
+  def setup_command(self) -> list[str]:
+    repo, rev, dst = (shlex.quote(x) for x in (self.repo_url, self.revision, self.remote_dir))
+    return self.ssh(f"(test -d {dst} || git clone --quiet {repo} {dst}) && cd {dst} && "
+                    f"git fetch --quiet origin && git checkout --quiet {rev} && "
+                    "python3 -m pip install --quiet -U 'jax[tpu]' -e .")
+
+  def trial_command(self, study: Study, trial: Trial) -> list[str]:
+    workdir = trial_workdir(self.workdir_root, trial)
+    bench = shlex.join(["python3", *bench_args(study, trial, workdir)])
+    train = shlex.join(["python3", *train_args(study, trial, workdir)])
+    return self.ssh(f"cd {shlex.quote(self.remote_dir)} && {bench} && {train}")
+
+  def launch(self, study: Study) -> None:
+    commands = [] if self.skip_setup else [self.setup_command()]
+    for trial in study.trials:
+      # A dry run never touches the bucket; a real launch skips finished trials.
+      if not self.dry_run and is_done(trial_workdir(self.workdir_root, trial)):
+        print(f"[{trial.name}] already done, skipped")
+        continue
+      commands.append(self.trial_command(study, trial))
+    if not self.dry_run:
+      write_manifest(study, self.workdir_root)
+    for command in commands:
+      print(shlex.join(command), flush=True)
+      if not self.dry_run:
+        subprocess.run(command, check=True)
+
+
+@dataclasses.dataclass
+class SlurmLauncher:
+  """Submits one sbatch job per trial: `nodes` x `gpus_per_node`, one process per node (srun).
+
+  `jax.distributed.initialize()` picks the coordinator and process ids up from SLURM's environment.
+  The sweep dir must be on a filesystem every node sees.
+  """
+  sweep_dir: str
+  repo_dir: str
+  nodes: int = 1
+  gpus_per_node: int = 8
+  time: str = "24:00:00"
+  partition: str | None = None
+  account: str | None = None
+  cpus_per_task: int | None = None
+  setup: str = ""
+  dry_run: bool = False
+
+  def __post_init__(self):
+    if self.nodes < 1 or self.gpus_per_node < 1:
+      raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: both must be >= 1.")
+    self.sweep_dir = os.path.abspath(self.sweep_dir)
+    self.repo_dir = os.path.abspath(self.repo_dir)
+
+  def script(self, study: Study, trial: Trial) -> str:
+    workdir = trial_workdir(self.sweep_dir, trial)
+    options = {
+        "job-name": f"{study.name}/{trial.name}", "nodes": self.nodes, "ntasks-per-node": 1,
+        "gpus-per-node": self.gpus_per_node, "time": self.time, "output": f"{workdir}/slurm-%j.out",
+        "open-mode": "append", "partition": self.partition, "account": self.account,
+        "cpus-per-task": self.cpus_per_task,
+    }
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH --{k}={v}" for k, v in options.items() if v is not None]
+    lines += ["set -euo pipefail", f"cd {shlex.quote(self.repo_dir)}"]
+    if self.setup:
+      lines.append(self.setup)
+    srun = ["srun", "--kill-on-bad-exit=1", "python"]
+    lines.append(shlex.join([*srun, *bench_args(study, trial, workdir)]))
+    lines.append(shlex.join([*srun, *train_args(study, trial, workdir)]))
+    return "\n".join(lines) + "\n"
+
+  def launch(self, study: Study) -> None:
+    if not self.dry_run:
+      write_manifest(study, self.sweep_dir)
+    for trial in study.trials:
+      workdir = trial_workdir(self.sweep_dir, trial)
+      if is_done(workdir):
+        print(f"[{trial.name}] already done, skipped")
+        continue
+      script_path = os.path.join(workdir, "job.sbatch")
+      command = ["sbatch", script_path]
+      if self.dry_run:
+        print(f"# {script_path}\n{self.script(study, trial)}{shlex.join(command)}\n")
+        continue
+      os.makedirs(workdir, exist_ok=True)
+      with open(script_path, "w") as f:
+        f.write(self.script(study, trial))
+      result = subprocess.run(command, check=True, capture_output=True, text=True)
+      print(f"[{trial.name}] {result.stdout.strip()}")
+
+
+def _git(*args: str) -> str:
+  result = subprocess.run(["git", *args], capture_output=True, text=True)
+  return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def define_flags() -> None:
+  """Launcher flags of `python -m vit_jax.sweep`."""
+  from absl import flags
+  flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"], "Where the trials run.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands (and sbatch scripts) instead of running them.")
+  flags.DEFINE_string("sweep_dir", None, "Trials' parent dir (local/slurm). Default: runs/sweeps/<study>.")
+  flags.DEFINE_integer("parallel", 1, "local: trials run at once.")
+  flags.DEFINE_list("targets", list(DEFAULT_TARGETS), "local: hardware each trial is projected onto.")
+  flags.DEFINE_string("tpu_name", None, "tpu: TPU VM name.")
+  flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
+  flags.DEFINE_string("project", None, "tpu: GCP project (default: gcloud's).")
+  flags.DEFINE_string("workdir_root", None, "tpu: bucket path (gs://...) or shared mount the trials write to.")
+  flags.DEFINE_string("repo_url", None, "tpu: git URL workers clone (default: this checkout's origin).")
+  flags.DEFINE_string("revision", None, "tpu: commit workers check out (default: this checkout's HEAD).")
+  flags.DEFINE_bool("skip_setup", False, "tpu: the workers already have the code installed.")
+  flags.DEFINE_integer("nodes", 1, "slurm: nodes per trial.")
+  flags.DEFINE_integer("gpus_per_node", 8, "slurm: GPUs per node.")
+  flags.DEFINE_string("time", "24:00:00", "slurm: job time limit.")
+  flags.DEFINE_string("partition", None, "slurm: partition.")
+  flags.DEFINE_string("account", None, "slurm: account.")
+  flags.DEFINE_string("slurm_setup", "", "slurm: shell line run before the trial, e.g. 'source .venv/bin/activate'.")
+
+
+def from_flags(flag_values, study: Study):
+  """The launcher the command-line flags describe."""
+  f = flag_values
+  sweep_dir = f.sweep_dir or os.path.join("runs", "sweeps", study.name)
+  if f.launcher == "local":
+    return LocalLauncher(sweep_dir, parallel=f.parallel, dry_run=f.dry_run, targets=f.targets)
+  if f.launcher == "tpu":
+    return TpuLauncher(tpu_name=f.tpu_name, zone=f.zone, project=f.project,
+                       workdir_root=f.workdir_root or "", repo_url=f.repo_url or _git("remote", "get-url", "origin"),
+                       revision=f.revision or _git("rev-parse", "HEAD"), skip_setup=f.skip_setup,
+                       dry_run=f.dry_run)
+  return SlurmLauncher(sweep_dir, repo_dir=os.getcwd(), nodes=f.nodes, gpus_per_node=f.gpus_per_node,
+                       time=f.time, partition=f.partition, account=f.account, setup=f.slurm_setup,
+                       dry_run=f.dry_run)
