@@ -1,0 +1,263 @@
+"""Official google-research/vision_transformer `.npz` checkpoints: read, write, load into a model.
+
+The file is a flat mapping from "/"-joined parameter paths to float32 arrays, e.g.
+`Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel`. Our param tree uses the same names, so
+(un)flattening is a join/split. Two layout differences are bridged here:
+
+* scanned models keep the blocks as one `Transformer/encoderblock` subtree whose leaves carry a
+  leading layer axis; the file always has one `encoderblock_{i}` subtree per layer;
+* the published hybrid (ResNet stem) files store GroupNorm scale/bias as (1, 1, 1, C) (pre-0.3.6 Flax,
+  see google/flax#1721); the model uses (C,).
+
+`load_pretrained` adapts a checkpoint to a freshly initialised model: partial loads (`dont_load`),
+a new classification head, a resized position-embedding grid and a PI-resized patch kernel.
+"""
+import collections
+import io
+import re
+from typing import Any, Iterable, Mapping, Sequence
+import zipfile
+
+from absl import logging
+from etils import epath
+import flax
+import jax
+import numpy as np
+
+from vit_jax.models import resize
+
+FlatParams = dict[str, Any]
+
+_SCANNED_KEY = re.compile(r"^(?P<prefix>(?:.*/)?)encoderblock/(?P<rest>.+)$")
+_LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*/)?)encoderblock_(?P<index>\d+)/(?P<rest>.+)$")
+_GROUPNORM_KEY = re.compile(r"(?:^|/)gn(?:_root|_proj|\d+)/(?:scale|bias)$")
+_POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
+_PATCH_KERNEL_KEY = "embedding/kernel"
+_HEAD_PREFIX = "head/"
+_SHOWN = 5  # How many offending keys an error message lists.
+
+
+def flatten(tree: Mapping[str, Any]) -> FlatParams:
+  """Nested params -> {"a/b/c": leaf}. Flax metadata boxes (logical axis names) are kept as leaves."""
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{"a/b/c": leaf} -> nested dicts."""
+  return flax.traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def to_per_layer(flat: Mapping[str, Any]) -> FlatParams:
+  """Splits scanned `.../encoderblock/X` (leading layer axis) into `.../encoderblock_{i}/X`."""
+  out = {}
+  for key, value in flat.items():
+    match = _SCANNED_KEY.match(key)
+    if match is None:
+      out[key] = value
+      continue
+    for i in range(value.shape[0]):
+      out[f"{match['prefix']}encoderblock_{i}/{match['rest']}"] = value[i]
+  return out
+
+
+def to_scanned(flat: Mapping[str, Any]) -> FlatParams:
+  """Stacks `.../encoderblock_{i}/X` for i = 0..depth-1 into `.../encoderblock/X` (layer axis first)."""
+  out, layers = {}, collections.defaultdict(dict)
+  for key, value in flat.items():
+    match = _LAYER_KEY.match(key)
+    if match is None:
+      out[key] = value
+    else:
+      layers[(match["prefix"], match["rest"])][int(match["index"])] = value
+  for (prefix, rest), by_index in layers.items():
+    if sorted(by_index) != list(range(len(by_index))):
+      raise ValueError(f"Cannot stack {prefix}encoderblock_*/{rest}: layers {sorted(by_index)} are not "
+                       f"0..{len(by_index) - 1}; the checkpoint is missing blocks.")
+    out[f"{prefix}encoderblock/{rest}"] = np.stack([np.asarray(by_index[i]) for i in range(len(by_index))])
+  return out
+
+
+def _is_scanned(keys: Iterable[str]) -> bool:
+  return any(_SCANNED_KEY.match(k) for k in keys)
+
+
+def _is_per_layer(keys: Iterable[str]) -> bool:
+  return any(_LAYER_KEY.match(k) for k in keys)
+
+
+def read_npz(path: str | epath.PathLike) -> FlatParams:
+  """Reads a `.npz` checkpoint into {"/"-joined key: np.ndarray}, as stored (no layout changes).
+
+  Keys under a top-level "params/" (big_vision train-state dumps) are returned without that prefix.
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"No checkpoint at {path}: check the path (official files are named like "
+                            f"'ViT-B_16.npz').")
+  try:
+    with path.open("rb") as f:
+      npz = np.load(f, allow_pickle=False)
+      if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError("it holds a single array, not named parameters")
+      with npz:
+        flat = {key: npz[key] for key in npz.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    raise ValueError(f"{path} is not a readable .npz checkpoint ({type(e).__name__}: {e}); "
+                     f"it may be truncated: download or export it again.") from e
+  if not flat:
+    raise ValueError(f"{path} holds no arrays: it is not a parameter checkpoint.")
+  if any(k.startswith("params/") for k in flat):
+    flat = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+  return flat
+
+
+def load_npz(path: str | epath.PathLike) -> dict[str, Any]:
+  """Reads an official `.npz` into a nested param tree in the per-layer layout, GroupNorm as (C,)."""
+  flat = read_npz(path)
+  return unflatten({k: v.reshape(v.shape[-1:]) if _GROUPNORM_KEY.search(k) else v
+                    for k, v in flat.items()})
+
+
+def save_npz(params: Mapping[str, Any], path: str | epath.PathLike) -> None:
+  """Writes params (scanned or not, boxed or not, on device or host) as an official `.npz`.
+
+  The file uses the official layout: per-layer blocks, float32, GroupNorm scale/bias as
+  (1, 1, 1, C). It is written to a temporary name first, so a crash never leaves a torn file.
+  """
+  flat = to_per_layer(flatten(flax.linen.unbox(params)))
+  arrays = {}
+  for key, value in flat.items():
+    value = np.asarray(jax.device_get(value), np.float32)
+    arrays[key] = value.reshape(1, 1, 1, -1) if _GROUPNORM_KEY.search(key) else value
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_bytes(buffer.getvalue())
+  tmp.rename(path)
+  logging.info("Saved %d arrays to %s", len(arrays), path)
+
+
+def load_pretrained(init_params: Mapping[str, Any], path: str | epath.PathLike, *,
+                    dont_load: Sequence[str] = (), posemb_method: str = "bilinear") -> dict[str, Any]:
+  """Loads an official `.npz` into params shaped like `init_params` (see `merge_pretrained`)."""
+  return merge_pretrained(init_params, read_npz(path), dont_load=dont_load,
+                          posemb_method=posemb_method, source=str(path))
+
+
+def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, Any], *,
+                     dont_load: Sequence[str] = (), posemb_method: str = "bilinear",
+                     source: str = "the checkpoint") -> dict[str, Any]:
+  """Fills a freshly initialised param tree with pretrained values, adapting what is meant to change.
+
+  Args:
+    init_params: the model's `variables['params']` (plain or boxed with logical axis names, concrete or
+      abstract). It decides the result's structure, layout (scanned or not), shapes and dtypes; its
+      values are kept wherever nothing is loaded.
+    pretrained: pretrained params, nested or flat ("/"-joined keys), either layer layout.
+    dont_load: regexes; params whose "/"-joined name fully matches one keep their init value
+      (e.g. `('head/.*', 'pre_logits/.*')`).
+    posemb_method: 'bilinear' (official vit_jax numerics) or 'bicubic', for a grid change.
+    source: names the checkpoint in messages.
+
+  Returns:
+    A tree like `init_params` (boxes kept) whose loaded leaves are host NumPy arrays. Adaptations:
+    a `head` that is missing or of another shape (new num_classes) keeps its init value; a position
+    embedding of another grid is resized (class-token entry kept); a patch kernel of another patch size
+    is PI-resized (FlexiViT). Checkpoint params the model lacks (e.g. `pre_logits` when the model has no
+    representation layer) are dropped. Anything else that does not fit raises a ValueError listing it.
+  """
+  if set(init_params) == {"params"}:
+    raise ValueError("init_params looks like a variables dict {'params': ...}: pass variables['params'].")
+  init_flat = flatten(init_params)
+  ckpt = flatten(flax.linen.unbox(pretrained))
+  if _is_scanned(init_flat) and _is_per_layer(ckpt):
+    ckpt = to_scanned(ckpt)
+  elif _is_per_layer(init_flat) and _is_scanned(ckpt):
+    ckpt = to_per_layer(ckpt)
+  patterns = [re.compile(p) for p in dont_load]
+
+  out, missing, mismatched = {}, [], []
+  for key, init_leaf in init_flat.items():
+    target = flax.linen.unbox(init_leaf)
+    if any(p.fullmatch(key) for p in patterns):
+      out[key] = init_leaf
+      continue
+    if key not in ckpt:
+      if key.startswith(_HEAD_PREFIX):
+        logging.info("%s has no %s: keeping its fresh initialisation.", source, key)
+        out[key] = init_leaf
+      else:
+        missing.append(key)
+      continue
+    value = _adapt(key, np.asarray(ckpt[key]), target, ckpt, init_flat, posemb_method)
+    if value is None:
+      if key.startswith(_HEAD_PREFIX):
+        logging.info("New head: %s %s -> %s, keeping its fresh initialisation.", key,
+                     ckpt[key].shape, target.shape)
+        out[key] = init_leaf
+      else:
+        mismatched.append(f"{key}: checkpoint {tuple(ckpt[key].shape)} vs model {tuple(target.shape)}")
+      continue
+    value = value.astype(target.dtype)
+    out[key] = init_leaf.replace_boxed(value) if isinstance(init_leaf, flax.core.meta.AxisMetadata) else value
+
+  unused = sorted(set(ckpt) - set(init_flat))
+  if missing or mismatched:
+    raise ValueError(_mismatch_message(source, missing, mismatched, unused))
+  if unused:
+    logging.warning("Dropped %d params of %s that the model does not have:%s", len(unused), source,
+                    _first(unused))
+  return unflatten(out)
+
+
+def _adapt(key: str, value: np.ndarray, target: Any, ckpt: Mapping[str, Any],
+           init_flat: Mapping[str, Any], posemb_method: str) -> np.ndarray | None:
+  """`value` shaped as `target`, or None when the shapes cannot be reconciled."""
+  if value.shape == target.shape:
+    return value
+  if _GROUPNORM_KEY.search(key) and value.size == np.prod(target.shape):
+    return value.reshape(target.shape)  # Legacy (1, 1, 1, C) GroupNorm params.
+  if key == _POSEMB_KEY and value.shape[-1] == target.shape[-1]:
+    return _resize_posemb(value, target.shape, ckpt, init_flat, posemb_method)
+  if key == _PATCH_KERNEL_KEY and value.shape[2:] == target.shape[2:]:
+    logging.info("PI-resizing the patch kernel %s -> %s (FlexiViT).", value.shape, target.shape)
+    return np.asarray(resize.pi_resize_patch_kernel(value, target.shape[:2]))
+  return None
+
+
+def _resize_posemb(value: np.ndarray, target_shape: tuple[int, ...], ckpt: Mapping[str, Any],
+                   init_flat: Mapping[str, Any], method: str) -> np.ndarray:
+  """Resizes the grid part; the class-token entry is kept (or taken from init if only one side has it)."""
+  old_prefix, new_prefix = int("cls" in ckpt), int("cls" in init_flat)
+  new_tokens = target_shape[1] - new_prefix
+  side = int(round(new_tokens**0.5))
+  if side * side != new_tokens:
+    raise ValueError(f"The model's position embedding has {new_tokens} grid tokens, not a square grid: "
+                     f"resize it yourself with vit_jax.models.resize.resize_posemb(..., old_grid=...).")
+  logging.info("Resizing the position embedding %s -> %s (%s).", value.shape, target_shape, method)
+  resized = np.asarray(resize.resize_posemb(value, (side, side), old_prefix, method))
+  if old_prefix != new_prefix:
+    init_posemb = np.asarray(flax.linen.unbox(init_flat[_POSEMB_KEY]))
+    resized = np.concatenate([init_posemb[:, :new_prefix], resized[:, old_prefix:]], axis=1)
+  return resized
+
+
+def _first(keys: Sequence[str]) -> str:
+  more = f"\n      ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+  return "".join(f"\n      {k}" for k in keys[:_SHOWN]) + more
+
+
+def _mismatch_message(source: str, missing: list[str], mismatched: list[str], unused: list[str]) -> str:
+  lines = [f"{source} does not fit the model:"]
+  if missing:
+    lines.append(f"  {len(missing)} model params missing from the checkpoint:{_first(missing)}")
+  if mismatched:
+    lines.append(f"  {len(mismatched)} shape mismatches:{_first(mismatched)}")
+  if unused:
+    lines.append(f"  {len(unused)} checkpoint params the model does not have:{_first(unused)}")
+  lines.append("Fix: build the model the checkpoint was trained with (variant, classifier, "
+               "representation_size, resnet), or keep params at their init value with "
+               "dont_load=(regex, ...), e.g. dont_load=('MAPHead_0/.*',).")
+  return "\n".join(lines)
