@@ -1,0 +1,125 @@
+"""Orbax checkpoints of the training state and of the input pipeline's position.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is the train-state pytree (params, optimizer
+state, step, rng, ...) written by every process in parallel (each its own shards); `data` is one JSON
+file with every process's data-iterator state, gathered to process 0, so a resumed run continues each
+host's input stream exactly where it stopped. Restoring takes an abstract target whose shardings may
+come from a different mesh or device count than the one that saved.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _gather_json(value: Any) -> list[Any]:
+  """Every process's JSON-serialisable `value`, in process order (identical on all processes)."""
+  if jax.process_count() == 1:
+    return [value]
+  encoded = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:encoded.size] = encoded
+  gathered = multihost_utils.process_allgather(padded)
+  return [json.loads(row[:n].tobytes()) for row, n in zip(gathered, lengths.reshape(-1))]
+
+
+class TrainStateCheckpointer:
+  """Saves and restores (train state, data-iterator state) with an Orbax CheckpointManager.
+
+  Args:
+    directory: where the step directories go; made absolute (Orbax rejects relative paths late).
+    save_every_steps: regular saves happen at multiples of this; `save(force=True)` saves any step.
+    keep: how many of the most recent checkpoints to keep (None keeps all).
+    async_save: write in a background thread while training continues.
+  """
+
+  def __init__(self, directory: str, *, save_every_steps: int, keep: int | None = 3,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(int(save_every_steps), 1), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    """Saves at `step` if it is due (or `force`); all processes must call it. Returns whether it saved.
+
+    `data_iterator.get_state()` (JSON-serialisable) is saved alongside; it is only asked when saving.
+    """
+    if step in self._manager.all_steps():
+      return False  # Orbax would silently skip a second save of the same step.
+    if not force and not self._manager.should_save(step):
+      return False
+    data = {"process_count": jax.process_count(), "per_process": _gather_json(
+        None if data_iterator is None else data_iterator.get_state())}
+    return self._manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int]:
+    """Restores onto the shardings in `abstract_state` (a tree of jax.ShapeDtypeStruct).
+
+    Returns (state, this process's data-iterator state or None, step).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    data = restored.data
+    data_state = None
+    if data and data.get("per_process"):
+      if data["process_count"] != jax.process_count():
+        raise ValueError(
+            f"Checkpoint {self.directory}/{step} was written by {data['process_count']} processes "
+            f"but this run has {jax.process_count()}; the input position cannot be mapped. Resume "
+            "with the same number of hosts (the device count per host may change).")
+      data_state = data["per_process"][jax.process_index()]
+    return restored.state, data_state, step
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def checkpoint_step_dir(path: str) -> str:
+  """Resolves an Orbax path given as a step directory or as a checkpoints root (-> latest step)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(
+        f"No Orbax checkpoint at {path}: expected a step directory containing 'state' or a "
+        "directory of step directories (e.g. WORKDIR/checkpoints).")
+  return os.path.join(path, str(max(steps)))
+
+
+def load_params(path: str) -> dict[str, Any]:
+  """The `params` of an Orbax train-state checkpoint as host numpy arrays, at their saved shapes.
+
+  Used to initialise a fine-tune from a previous run (the caller adapts head and position embedding).
+  """
+  state_dir = os.path.join(checkpoint_step_dir(path), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir).item_metadata.tree
+  if "params" not in metadata:
+    raise ValueError(f"Orbax checkpoint {state_dir} has no 'params' entry (found {sorted(metadata)}).")
+  target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata["params"])}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True))
+  return restored["params"]

@@ -1,0 +1,34 @@
+"""Evaluators chosen by name from the config (`config.evals.<name>.type`), big_vision style.
+
+Every evaluator is built once (compiling its step once) and then called with params:
+
+    evaluator = evaluators.build(cfg, model=model, mesh=mesh, params_sharding=..., batch_size=256)
+    metrics = evaluator(params)            # {"prec@1": 0.97, "loss": 0.11, ...}
+
+The training loop logs them as `<name>/<metric>` (e.g. `val/prec@1`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+import ml_collections
+
+from vit_jax.evaluators import classification
+
+
+class Evaluator(Protocol):
+  def __call__(self, params: Any) -> Mapping[str, float]:
+    ...
+
+
+REGISTRY: dict[str, Callable[..., Evaluator]] = {
+    "classification": classification.ClassificationEvaluator,
+}
+
+
+def build(cfg: ml_collections.ConfigDict, **kwargs: Any) -> Evaluator:
+  """Instantiates the evaluator named by `cfg.type` (kwargs: model, mesh, params_sharding, ...)."""
+  kind = cfg.get("type", "classification")
+  if kind not in REGISTRY:
+    raise ValueError(f"Unknown evaluator type={kind!r}; choose one of {sorted(REGISTRY)}.")
+  return REGISTRY[kind](cfg, **kwargs)
