@@ -44,6 +44,7 @@ from vit_jax import sharding
 from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import mixup
 from vit_jax.data import pipeline
+from vit_jax.data import sources
 from vit_jax.evaluators.classification import make_eval_step  # Part of this module's API.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -231,10 +232,10 @@ def _state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shar
 
 
 def _num_train_examples(config: ml_collections.ConfigDict) -> int | None:
-  """Size of the training split, needed only for durations given in epochs."""
-  if not any(key.endswith("_epochs") for key in list(config.keys()) + list(config.optim.keys())):
+  """Size of the training split, opened only when a duration is given in epochs."""
+  if config.get("total_epochs") is None and config.optim.get("warmup_epochs") is None:
     return None
-  return pipeline.num_examples(config.input)
+  return len(sources.open_source(config.input.data).records)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,14 +281,19 @@ class _StopRequests:
 # The training loop
 
 
-def _mfu_fn(model_kwargs: dict[str, Any], image_hw: tuple[int, int], num_devices: int
+def _mfu_fn(model_kwargs: dict[str, Any], config: ml_collections.ConfigDict,
+            image_shape: Sequence[int], devices: Sequence[jax.Device]
             ) -> Callable[[float], float | None]:
   """img/s -> model FLOPs utilisation against the devices' peak (analytic FLOPs; see flops.py)."""
-  flops_per_image = flops.train_flops_per_image(model_kwargs, image_hw)
-  peak, source = hardware.peak_flops_per_device(jax.devices()[0])
-  logging.info("MFU against %.1f TFLOP/s per device (%s); %.3f GFLOP per training image.",
+  flops_per_image = flops.train_flops_per_image(model_kwargs, tuple(image_shape[1:3]),
+                                                channels=image_shape[3],
+                                                num_classes=config.num_classes)
+  peak, source = hardware.peak_flops_per_device(devices[0])
+  # CPU "devices" (fake or not) share one probed pool of cores; accelerators each have their peak.
+  chips = 1 if devices[0].platform == "cpu" else len(devices)
+  logging.info("MFU against %d x %.2f TFLOP/s (%s); %.4f GFLOP per training image.", chips,
                peak / 1e12, source, flops_per_image / 1e9)
-  return lambda img_per_s: img_per_s * flops_per_image / (peak * num_devices) if peak else None
+  return lambda img_per_s: img_per_s * flops_per_image / (peak * chips)
 
 
 def _evaluate_all(evals: dict[str, Any], state: TrainState) -> dict[str, float]:
@@ -431,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = init_state(params, state_rng)
       start = 0
 
-    mfu_of = _mfu_fn(s.model_kwargs, tuple(s.image_shape[1:3]), len(devices))
+    mfu_of = _mfu_fn(s.model_kwargs, config, s.image_shape, devices)
     progress = metrics_writer.ProgressLine(total_steps, batch_size, start)
     stop = _StopRequests()
     log_every = config.get("log_every_steps", 50)

