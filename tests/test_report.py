@@ -1,0 +1,79 @@
+"""Report: CSV, Markdown table and plots from trial dirs written the way the launchers write them."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from vit_jax import report, sweep
+
+
+def _bench(width, patch, img_per_s):
+  gflops = width * 1e-3 / patch
+  return {"model": {"width": width, "depth": 2, "patch_size": [patch, patch]}, "params": width * 1000,
+          "fwd_gflops_per_image": gflops, "train_gflops_per_image": 3 * gflops, "img_per_s": img_per_s,
+          "step_s": 128 / img_per_s, "mfu": 0.05, "peak_memory_bytes": 300 * 2**20, "device": "cpu",
+          "projections": [{"label": "projection", "target": "h100-8x", "img_per_s": 100 * img_per_s}]}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+  """Four finished trials, one still training (metrics.jsonl only), one FlexiViT trial."""
+  points = sweep.product(sweep.axis("config.model.width", [32, 64]), sweep.axis("config.model.patch_size", [4, 7]))
+  flexi = sweep.trials([{"config.model.width": 64, "config.flexi.patch_sizes": (4, 7)}])
+  trials = sweep.trials(points) + flexi + sweep.trials([{"config.model.width": 128}])
+  study = sweep.Study("t", "configs/x.py", trials)
+  sweep.write_manifest(study, str(tmp_path))
+  results = {"width=32,patch_size=4": (0.95, 900), "width=32,patch_size=7": (0.90, 2000),
+             "width=64,patch_size=4": (0.97, 500), "width=64,patch_size=7": (0.93, 1000)}
+  for name, (acc, ips) in results.items():
+    width, patch = (int(part.split("=")[1]) for part in name.split(","))
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "bench.json").write_text(json.dumps(_bench(width, patch, ips)))
+    (tmp_path / name / "summary.json").write_text(json.dumps(
+        {"done": True, "final": {"val/prec@1": acc, "train/loss": 0.1}}))
+  flexi_dir = tmp_path / flexi[0].name
+  flexi_dir.mkdir()
+  (flexi_dir / "bench.json").write_text(json.dumps(
+      {**_bench(64, 4, 500), "per_patch_size": {"4": _bench(64, 4, 450), "7": _bench(64, 7, 950)}}))
+  (flexi_dir / "summary.json").write_text(json.dumps(
+      {"done": True, "final": {"val/prec@1": 0.96, "val/prec@1@p4": 0.96, "val/prec@1@p7": 0.94}}))
+  running = tmp_path / "width=128"
+  running.mkdir()
+  (running / "metrics.jsonl").write_text(
+      json.dumps({"step": 10, "train/loss": 2.0}) + "\n" + json.dumps({"step": 20, "val/prec@1": 0.5}) + "\n")
+  return tmp_path
+
+
+def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
+  out = tmp_path / "out"
+  written = report.write_report(str(sweep_dir), str(out))
+  assert written == ["results.csv", "results.md", "accuracy_vs_train_gflops.png", "accuracy_vs_img_per_s.png",
+                     "img_per_s_vs_patch_size.png"]
+  rows = list(csv.DictReader((out / "results.csv").open()))
+  assert [(r["trial"], r["patch"], r["accuracy"]) for r in rows] == [
+      ("width=32,patch_size=4", "4", "0.95"), ("width=32,patch_size=7", "7", "0.9"),
+      ("width=64,patch_size=4", "4", "0.97"), ("width=64,patch_size=7", "7", "0.93"),
+      ("width=64,patch_sizes=4-7", "4", "0.96"), ("width=64,patch_sizes=4-7", "7", "0.94"),
+      ("width=128", "", "0.5")]
+  assert rows[5]["img_per_s"] == "950" and rows[0]["proj_img_per_s@h100-8x"] == "90000"
+  table = (out / "results.md").read_text()
+  assert "| trial | patch | val/prec@1 |" in table and "projected img/s h100-8x" in table
+  assert "| width=64,patch_size=4 | 4 | 97.00% |" in table and "width=128 (running)" in table
+  assert "projections, not measurements" in table
+  for name in written[2:]:
+    with Image.open(out / name) as image:
+      assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_pareto_front_keeps_undominated_points_sorted_by_speed():
+  points = [(900, 0.95), (2000, 0.90), (500, 0.97), (1000, 0.93), (450, 0.96), (880, 0.94)]
+  assert report.pareto_front(points) == [2, 0, 3, 1]  # (450, .96) and (880, .94) are beaten.
+
+
+def test_cli_missing_dir_exits_2(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "vit_jax.report", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+  assert result.returncode == 2 and "nope" in result.stderr
