@@ -1,0 +1,218 @@
+"""Model layer: exact published parameter counts, names, options, logical axes, input errors."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import flops, models
+from vit_jax.models import variants, vit
+
+# DESIGN.md: published counts at 224 px with 1000 classes.
+PUBLISHED_COUNTS = {
+    "ViT-Ti/16": 5_717_416,
+    "ViT-S/16": 22_050_664,
+    "ViT-S/32": 22_878_952,
+    "ViT-B/16": 86_567_656,
+    "ViT-B/32": 88_224_232,
+    "ViT-B/8": 86_576_872,
+    "ViT-L/16": 304_326_632,
+    "ViT-L/32": 306_535_400,
+    "ViT-H/14": 632_045_800,
+    "R50+B/16": 98_659_112,
+    "R26+S/32": 36_431_912,
+    "R+Ti/16": 6_337_704,
+}
+
+
+def _param_shapes(model, image_size=224, channels=3):
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)},
+                         jnp.zeros((1, image_size, image_size, channels))))
+  return nn.unbox(variables["params"])
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
+def test_published_parameter_counts(name):
+  assert _count(_param_shapes(models.get_model(name, num_classes=1000))) == PUBLISHED_COUNTS[name]
+
+
+def test_gap_without_pre_logits_count_and_scan_count():
+  assert _count(_param_shapes(models.get_model("ViT-B/16", num_classes=1000,
+                                               classifier="gap"))) == 86_566_120
+  assert _count(_param_shapes(models.get_model("ViT-B/16", num_classes=1000,
+                                               scan=True))) == PUBLISHED_COUNTS["ViT-B/16"]
+
+
+def test_official_spelling_and_variants():
+  assert variants.canonical_name("ViT-B_16") == "ViT-B/16"
+  assert variants.canonical_name("R50+ViT-B_16") == "R50+B/16"
+  assert models.model_kwargs("ViT-B_16") == models.model_kwargs("ViT-B/16")
+  kw = models.model_kwargs("ViT-L/14")
+  assert (kw["width"], kw["depth"], kw["mlp_dim"], kw["num_heads"], kw["patch_size"]) == (
+      1024, 24, 4096, 16, (14, 14))
+  for v in ("mu", "Ti", "S", "M", "B", "L", "H", "g", "G"):
+    assert models.model_kwargs(f"ViT-{v}/16")["width"] == variants.VIT_DIMS[v][0]
+  assert models.model_kwargs("ViT-B/16", patch_size=8)["patch_size"] == (8, 8)
+
+
+def test_official_key_names_and_shapes():
+  shapes = {"/".join(k): v.shape for k, v in
+            jax.tree_util.tree_flatten_with_path(_param_shapes(
+                models.get_model("ViT-B/16", num_classes=1000)))[0]
+            for k in [tuple(p.key for p in k)]}
+  expected = {
+      "embedding/kernel": (16, 16, 3, 768), "embedding/bias": (768,), "cls": (1, 1, 768),
+      "Transformer/posembed_input/pos_embedding": (1, 197, 768),
+      "Transformer/encoderblock_0/LayerNorm_0/scale": (768,),
+      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel": (768, 12, 64),
+      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/value/bias": (12, 64),
+      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel": (12, 64, 768),
+      "Transformer/encoderblock_11/LayerNorm_2/bias": (768,),
+      "Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel": (768, 3072),
+      "Transformer/encoderblock_11/MlpBlock_3/Dense_1/kernel": (3072, 768),
+      "Transformer/encoder_norm/scale": (768,), "head/kernel": (768, 1000), "head/bias": (1000,),
+  }
+  for key, shape in expected.items():
+    assert shapes[key] == shape, key
+
+
+def test_hybrid_key_names():
+  params = _param_shapes(models.get_model("R50+B/16", num_classes=10))
+  assert params["conv_root"]["kernel"].shape == (7, 7, 3, 64)
+  assert set(params["block1"]) == {"unit1", "unit2", "unit3"}
+  assert params["block3"]["unit9"]["conv3"]["kernel"].shape == (1, 1, 256, 1024)
+  assert params["block2"]["unit1"]["conv_proj"]["kernel"].shape == (1, 1, 256, 512)
+  assert params["embedding"]["kernel"].shape == (1, 1, 1024, 768)
+
+
+def test_every_param_has_logical_axis_names():
+  model = models.get_model("ViT-mu/4", num_classes=3, classifier="map", representation_size=8,
+                           scan=True)
+  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
+                                            jnp.zeros((1, 16, 16, 3))))["params"]
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == len(x.value.shape)
+  qkv = boxed["Transformer"]["encoderblock"]["MultiHeadDotProductAttention_1"]["query"]["kernel"]
+  assert qkv.names == ("layers", "embed", "heads", "kv")
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(classifier="gap", posemb="sincos2d"),
+    dict(classifier="map", representation_size=16),
+    dict(scan=True, remat_policy="dots", stoch_depth=0.2, dropout=0.1, attention_dropout=0.1),
+    dict(scan=False, remat_policy="full", stoch_depth=0.1),
+])
+def test_options_forward_and_grad(options):
+  model = models.get_model("ViT-mu/8", num_classes=5, depth=2, **options)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  params = nn.unbox(model.init({"params": jax.random.key(0)}, x)["params"])
+  # A non-zero head so gradients reach every layer.
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(3), params["head"]["kernel"].shape)
+
+  def loss(p, rng):
+    return jnp.sum(model.apply({"params": p}, x, train=True, rngs={"dropout": rng}) ** 2)
+
+  g = jax.grad(loss)(params, jax.random.key(2))
+  assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves(g))
+  assert float(jnp.abs(g["embedding"]["kernel"]).sum()) > 0
+  assert model.apply({"params": params}, x).shape == (2, 5)
+  assert model.clone(num_classes=0).apply({"params": params}, x).shape[0] == 2
+
+
+def test_remat_and_scan_do_not_change_the_function():
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  base = models.get_model("ViT-mu/4", num_classes=3, depth=3, scan=True)
+  params = nn.unbox(base.init({"params": jax.random.key(0)}, x)["params"])
+  params["head"]["kernel"] = jnp.ones_like(params["head"]["kernel"])
+  ref = base.apply({"params": params}, x)
+  for policy in ("full", "dots", "dots_no_batch", "save_attn_out"):
+    out = base.clone(remat_policy=policy).apply({"params": params}, x)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+  unscanned = {k: v for k, v in params.items() if k != "Transformer"}
+  enc = params["Transformer"]
+  unscanned["Transformer"] = {"encoder_norm": enc["encoder_norm"],
+                              "posembed_input": enc["posembed_input"]}
+  for i in range(3):
+    unscanned["Transformer"][f"encoderblock_{i}"] = jax.tree.map(lambda a: a[i], enc["encoderblock"])
+  np.testing.assert_allclose(base.clone(scan=False).apply({"params": unscanned}, x), ref, atol=1e-5)
+
+
+def test_bf16_compute_keeps_float32_params():
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  m32 = models.get_model("ViT-mu/4", num_classes=3, depth=2)
+  params = nn.unbox(m32.init({"params": jax.random.key(0)}, x)["params"])
+  params["head"]["kernel"] = jnp.ones_like(params["head"]["kernel"])
+  bf16 = m32.clone(dtype=jnp.bfloat16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(
+      nn.unbox(bf16.init({"params": jax.random.key(0)}, x)["params"])))
+  out = bf16.apply({"params": params}, x)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, m32.apply({"params": params}, x), rtol=0.05, atol=0.05)
+
+
+def test_stochastic_depth_rate_rises_linearly_and_rescales():
+  x = jnp.ones((4096, 1, 1))
+  for rate in (0.0, 0.25):
+    y = vit._drop_path(x, jnp.float32(rate), jax.random.key(0))
+    kept = np.asarray(y[:, 0, 0] > 0)
+    assert abs(kept.mean() - (1 - rate)) < 0.03
+    np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-6)
+  # The first block never drops; the last drops at the configured rate.
+  model = models.get_model("ViT-mu/4", num_classes=2, depth=4, stoch_depth=0.3)
+  jaxpr = jax.make_jaxpr(lambda: jnp.linspace(0.0, model.stoch_depth, model.depth))()
+  rates = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts)[0]
+  np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.3], atol=1e-6)
+
+
+def test_attention_uses_dot_product_attention_on_cpu_and_rejects_cudnn():
+  x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
+  model = models.get_model("ViT-mu/4", num_classes=2, attention_impl="xla")
+  params = model.init({"params": jax.random.key(0)}, x)
+  model.apply(params, x)
+  with pytest.raises(Exception):
+    model.clone(attention_impl="cudnn").apply(params, x)
+
+
+def test_flops_match_reference_figures():
+  # DESIGN.md reference: B/16 35.1, S/16 9.2, Ti/16 2.5 forward GFLOPs at 224 px.
+  for name, gflops in (("ViT-B/16", 35.1), ("ViT-S/16", 9.2), ("ViT-Ti/16", 2.5)):
+    got = flops.forward_flops_per_image(models.model_kwargs(name), 224, num_classes=1000) / 1e9
+    assert abs(got - gflops) < 0.05, (name, got)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(name="ViT-Q/16"), "Unknown model name"),
+    (dict(name="ViT-B/16", classifier="cls"), "classifier='cls'"),
+    (dict(name="ViT-B/16", posemb="sincos"), "posemb='sincos'"),
+    (dict(name="ViT-B/16", remat_policy="everything"), "remat_policy"),
+    (dict(name="ViT-B/16", num_heads=7), "not divisible by num_heads=7"),
+    (dict(name="ViT-B/16", stoch_depth=1.0), "stoch_depth=1.0"),
+    (dict(name="ViT-B/16", patch=16), "Unknown model option"),
+])
+def test_bad_model_options(bad, message):
+  with pytest.raises(ValueError, match=message):
+    models.get_model(num_classes=10, **bad)
+
+
+def test_image_not_divisible_by_patch_names_both():
+  model = models.get_model("ViT-B/16", num_classes=10)
+  with pytest.raises(ValueError, match=r"Image size 30x30 is not divisible by the patch size 16x16"):
+    jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 30, 30, 3))))
+  hybrid = models.get_model("R50+B/16", num_classes=10)
+  with pytest.raises(ValueError, match=r"/16 ResNet stem"):
+    jax.eval_shape(lambda: hybrid.init({"params": jax.random.key(0)}, jnp.zeros((1, 40, 40, 3))))
+
+
+def test_wrong_channel_count():
+  model = models.get_model("ViT-mu/4", num_classes=2)
+  params = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="1 channels but the patch embedding expects 3"):
+    model.apply(params, jnp.zeros((1, 8, 8, 1)))
