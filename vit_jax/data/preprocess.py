@@ -1,0 +1,306 @@
+"""Preprocessing ops chosen by name from a registry, composed from big_vision-style pp strings.
+
+A pp string is a `|`-separated chain of op calls with Python-literal arguments::
+
+    decode|inception_crop(224, area_min=8)|flip_lr|randaug(2, 10)|value_range(-1, 1)|onehot(1000)
+
+Every op acts on one example, a dict with "image" (encoded bytes, a PIL image or an HWC uint8/float
+array), "label" (int) and "id" (str, names the image in warnings). Ops run per example on the host
+inside the grain pipeline; image ops work on PIL images (PIL's C code releases the GIL, so reader
+threads scale) and `value_range` turns the result into a float32 HWC array. Random ops draw from the
+`np.random.Generator` grain derives from (seed, example position), which makes them reproducible and
+resumable.
+"""
+from __future__ import annotations
+
+import ast
+import io
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from vit_jax.data import randaug as randaug_lib
+
+Example = dict[str, Any]
+Op = Callable[[Example, np.random.Generator], Example]
+
+_REGISTRY: dict[str, Callable[..., Op]] = {}
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+             "area": Image.Resampling.BOX}
+
+
+def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory under `name`; the factory's arguments are the pp-string arguments."""
+  def wrap(factory: Callable[..., Op]) -> Callable[..., Op]:
+    if name in _REGISTRY:
+      raise ValueError(f"pp op {name!r} is registered twice.")
+    _REGISTRY[name] = factory
+    return factory
+  return wrap
+
+
+def available_ops() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
+  """'name(1, a=2)' -> ('name', [1], {'a': 2}); arguments must be Python literals."""
+  try:
+    node = ast.parse(spec if "(" in spec else spec + "()", mode="eval").body
+  except SyntaxError as e:
+    raise ValueError(f"Cannot parse pp op {spec!r}: {e.msg}. Write ops as name(arg, key=value).") from e
+  if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+    raise ValueError(f"Cannot parse pp op {spec!r}: expected name(arg, key=value).")
+  try:
+    args = [ast.literal_eval(a) for a in node.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+  except ValueError as e:
+    raise ValueError(f"pp op {spec!r}: arguments must be Python literals (numbers, strings, "
+                     "tuples).") from e
+  return node.func.id, args, kwargs
+
+
+def parse(pp: str) -> Op:
+  """Builds one op that applies the chain in `pp` in order; errors name the offending op."""
+  ops = []
+  for spec in (s.strip() for s in pp.split("|")):
+    if not spec:
+      continue
+    name, args, kwargs = _parse_call(spec)
+    if name not in _REGISTRY:
+      raise ValueError(f"Unknown pp op {name!r} in {pp!r}. Available: {', '.join(available_ops())}.")
+    try:
+      ops.append(_REGISTRY[name](*args, **kwargs))
+    except TypeError as e:
+      raise ValueError(f"Bad arguments for pp op {spec!r}: {e}.") from e
+  if not ops:
+    raise ValueError(f"Empty pp string {pp!r}; give at least 'decode|value_range(0, 1)'.")
+
+  def chain(example: Example, rng: np.random.Generator) -> Example:
+    for op in ops:
+      example = op(example, rng)
+    return example
+  return chain
+
+
+def onehot_depth(pp: str) -> int | None:
+  """The class count of the chain's `onehot(depth)` op, or None if it has none."""
+  for spec in (s.strip() for s in pp.split("|")):
+    if spec:
+      name, args, kwargs = _parse_call(spec)
+      if name == "onehot":
+        return int(kwargs.get("depth", args[0] if args else 0))
+  return None
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+  if isinstance(size, int):
+    size = (size, size)
+  h, w = (int(s) for s in size)
+  if h <= 0 or w <= 0:
+    raise ValueError(f"Image size must be positive, got {size!r}.")
+  return h, w
+
+
+def _resample(method: str) -> Image.Resampling:
+  if method not in _RESAMPLE:
+    raise ValueError(f"Unknown resize method {method!r}; use one of {sorted(_RESAMPLE)}.")
+  return _RESAMPLE[method]
+
+
+def to_pil(image: Any) -> Image.Image:
+  """A PIL view of an HWC uint8 array (or the PIL image itself)."""
+  if isinstance(image, Image.Image):
+    return image
+  array = np.asarray(image)
+  if array.dtype != np.uint8:
+    raise ValueError(f"Image ops need uint8 pixels before value_range; got {array.dtype}. "
+                     "Put value_range last in the pp string.")
+  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def to_array(image: Any) -> np.ndarray:
+  """HWC array of an image (grayscale gets a trailing channel axis)."""
+  array = np.asarray(image)
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _with_image(example: Example, image: Any) -> Example:
+  return {**example, "image": image}
+
+
+# --- ops -------------------------------------------------------------------------------------------
+
+@register("decode")
+def decode(channels: int = 3) -> Op:
+  """Decodes JPEG/PNG/... bytes to a PIL image with 1 (grayscale) or 3 (RGB) channels."""
+  if channels not in (1, 3):
+    raise ValueError(f"decode(channels={channels!r}): use 1 (grayscale) or 3 (RGB).")
+  mode = "L" if channels == 1 else "RGB"
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    data = example["image"]
+    if isinstance(data, (bytes, np.bytes_)):
+      image = Image.open(io.BytesIO(data))
+      if image.format == "JPEG":
+        image.draft(mode, image.size)  # Let libjpeg do the colour conversion while decoding.
+    else:  # Already pixels (e.g. a source that stores arrays).
+      image = to_pil(data)
+    return _with_image(example, image.convert(mode))
+  return op
+
+
+@register("resize")
+def resize(size: int | tuple[int, int], method: str = "bilinear") -> Op:
+  """Resizes to exactly `size` (int or (height, width)), ignoring aspect ratio."""
+  h, w = _hw(size)
+  resample = _resample(method)
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    return _with_image(example, to_pil(example["image"]).resize((w, h), resample))
+  return op
+
+
+@register("resize_small")
+def resize_small(size: int, method: str = "bilinear") -> Op:
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
+  small, _ = _hw(size)
+  resample = _resample(method)
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    image = to_pil(example["image"])
+    w, h = image.size
+    scale = small / min(h, w)
+    new = (max(small, round(w * scale)), max(small, round(h * scale)))
+    return _with_image(example, image.resize(new, resample))
+  return op
+
+
+@register("central_crop")
+def central_crop(size: int | tuple[int, int]) -> Op:
+  """Crops the central (height, width) window; the image must be at least that large."""
+  h, w = _hw(size)
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    image = to_pil(example["image"])
+    iw, ih = image.size
+    if ih < h or iw < w:
+      raise ValueError(f"central_crop({h}, {w}) on a {ih}x{iw} image ({example.get('id')}); "
+                       f"resize_small({max(h, w)}) first.")
+    top, left = (ih - h) // 2, (iw - w) // 2
+    return _with_image(example, image.crop((left, top, left + w, top + h)))
+  return op
+
+
+@register("inception_crop")
+def inception_crop(size: int | tuple[int, int], area_min: float = 5, area_max: float = 100,
+                   method: str = "bilinear") -> Op:
+  """Random crop covering area_min..area_max percent of the image with aspect ratio 3/4..4/3,
+  resized to `size` (the Inception / RandomResizedCrop augmentation)."""
+  h, w = _hw(size)
+  if not 0 < area_min <= area_max <= 100:
+    raise ValueError(f"inception_crop needs 0 < area_min <= area_max <= 100 (percent), got "
+                     f"{area_min}, {area_max}.")
+  resample = _resample(method)
+  log_ratio = (np.log(3 / 4), np.log(4 / 3))
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    image = to_pil(example["image"])
+    iw, ih = image.size
+    box = (0, 0, iw, ih)  # Fallback after 10 misses: the whole image.
+    for _ in range(10):
+      area = ih * iw * rng.uniform(area_min, area_max) / 100
+      ratio = np.exp(rng.uniform(*log_ratio))
+      cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+      if 0 < cw <= iw and 0 < ch <= ih:
+        left, top = rng.integers(0, iw - cw + 1), rng.integers(0, ih - ch + 1)
+        box = (left, top, left + cw, top + ch)
+        break
+    # resize(box=...) crops and resizes in one pass, without an intermediate copy.
+    return _with_image(example, image.resize((w, h), resample, box=box))
+  return op
+
+
+@register("flip_lr")
+def flip_lr(p: float = 0.5) -> Op:
+  """Mirrors the image left-right with probability p."""
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    if rng.uniform() >= p:
+      return example
+    return _with_image(example, to_pil(example["image"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+  return op
+
+
+@register("random_shift")
+def random_shift(max_shift: int, fill: int = 0) -> Op:
+  """Translates by up to `max_shift` pixels in each direction (pad with `fill`, random crop back);
+  the standard augmentation for small digit / CIFAR-sized images."""
+  if max_shift < 0:
+    raise ValueError(f"random_shift(max_shift={max_shift}) must be >= 0.")
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    image = to_array(to_pil(example["image"]))
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)),
+                    constant_values=fill)
+    top, left = rng.integers(0, 2 * max_shift + 1, size=2)
+    return _with_image(example, padded[top:top + h, left:left + w])
+  return op
+
+
+@register("randaug")
+def randaug(num_layers: int = 2, magnitude: float = 10) -> Op:
+  """RandAugment: `num_layers` ops drawn uniformly from randaug.OPS, each at `magnitude` (0..10 is
+  the paper's range; larger values extrapolate)."""
+  if num_layers < 0 or magnitude < 0:
+    raise ValueError(f"randaug({num_layers}, {magnitude}): both must be >= 0.")
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    image = to_pil(example["image"])
+    return _with_image(example, randaug_lib.rand_augment(image, num_layers, magnitude, rng))
+  return op
+
+
+@register("value_range")
+def value_range(vmin: float = -1, vmax: float = 1, in_min: float = 0, in_max: float = 255) -> Op:
+  """Maps pixel values linearly from [in_min, in_max] to [vmin, vmax] as float32 HWC."""
+  scale = (vmax - vmin) / (in_max - in_min)
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    pixels = to_array(example["image"]).astype(np.float32)
+    return _with_image(example, (pixels - in_min) * np.float32(scale) + np.float32(vmin))
+  return op
+
+
+@register("onehot")
+def onehot(depth: int, on: float = 1.0, off: float = 0.0, label_smoothing: float = 0.0) -> Op:
+  """Label -> float32 vector of `depth` with `on`/`off` values. label_smoothing=e is the usual
+  shorthand for on=1-e+e/depth, off=e/depth (only one of the two forms may be given)."""
+  if depth <= 0:
+    raise ValueError(f"onehot(depth={depth}) must be positive.")
+  if label_smoothing:
+    if (on, off) != (1.0, 0.0):
+      raise ValueError("onehot: give either label_smoothing or on/off, not both.")
+    if not 0 <= label_smoothing < 1:
+      raise ValueError(f"onehot(label_smoothing={label_smoothing}) must be in [0, 1).")
+    on, off = 1 - label_smoothing + label_smoothing / depth, label_smoothing / depth
+
+  def op(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    label = int(example["label"])
+    if not 0 <= label < depth:
+      raise ValueError(f"Label {label} of {example.get('id')} is outside onehot({depth}); set "
+                       f"onehot's depth to the dataset's number of classes.")
+    vector = np.full((depth,), off, np.float32)
+    vector[label] = on
+    return {**example, "label": vector}
+  return op

@@ -1,0 +1,154 @@
+"""Random-access example sources: prepared tfds datasets (ArrayRecord), image folders, bundled digits.
+
+A source is a sequence of raw examples `{"image": encoded bytes, "label": int, "id": str}` that
+grain can index from any worker; the pipeline shards, shuffles and decodes it. `open_source` checks
+that the data is there and readable without touching the accelerator, so entry points can fail in
+seconds with a command that fixes the problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import tensorflow_datasets as tfds
+
+from vit_jax.data import bundled_mnist
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGEFOLDER = "imagefolder"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A random-access source of raw examples and what the pipeline needs to know about it."""
+  records: Sequence[dict[str, Any]]
+  num_classes: int
+  description: str  # For logs and errors, e.g. "cifar10:train in /data/tfds".
+
+
+class ImageFolderRecords(Sequence):
+  """`root/<split>/<class>/<image>` files as raw examples; labels index the sorted class names."""
+
+  def __init__(self, files: Sequence[str], labels: Sequence[int]):
+    self._files = list(files)
+    self._labels = list(labels)
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    path = self._files[index]
+    with open(path, "rb") as f:
+      return {"image": f.read(), "label": self._labels[index], "id": path}
+
+
+class TfdsRecords(Sequence):
+  """A tfds ArrayRecord data source with undecoded images and an id per example."""
+
+  def __init__(self, data_source: Sequence[Mapping[str, Any]], name: str, split: str):
+    self._data_source = data_source
+    self._prefix = f"{name}:{split}"
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self._data_source[index]
+    name = record.get("file_name")
+    example_id = name.decode() if isinstance(name, bytes) else f"{self._prefix}[{index}]"
+    return {"image": record["image"], "label": int(record["label"]), "id": example_id}
+
+
+def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+  """cfg[key] for dicts and ConfigDicts alike, with `default` for missing or None values."""
+  value = cfg.get(key, default)
+  return default if value is None else value
+
+
+def _open_imagefolder(root: str | None, split: str) -> Source:
+  if not root:
+    raise ValueError("data.name='imagefolder' needs data.root=DIR with DIR/<split>/<class>/*.jpg.")
+  split_dir = pathlib.Path(root).expanduser() / split
+  if not split_dir.is_dir():
+    raise FileNotFoundError(f"Image folder split {str(split_dir)!r} does not exist; expected "
+                            f"{root}/{split}/<class>/<image>.jpg (set data.root / data.split).")
+  # Class names are the union over all split folders so train and test agree on label ids.
+  class_names = sorted({d.name for s in pathlib.Path(split_dir.parent).iterdir() if s.is_dir()
+                        for d in s.iterdir() if d.is_dir() and not d.name.startswith(".")})
+  files, labels = [], []
+  for label, name in enumerate(class_names):
+    class_dir = split_dir / name
+    images = sorted(str(p) for p in class_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if class_dir.is_dir() else []
+    if not images:
+      raise ValueError(f"Class folder {str(class_dir)!r} has no images ({', '.join(IMAGE_SUFFIXES)})"
+                       f"; every class of {root} needs images in split {split!r}. Add images or "
+                       "remove the class from all splits.")
+    files += images
+    labels += [label] * len(images)
+  if not class_names:
+    raise ValueError(f"{str(split_dir)!r} has no class sub-folders; expected {split}/<class>/*.jpg.")
+  return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}")
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+  return (f"tfds build {name} --data_dir={data_dir} --file_format=array_record  (the tfds CLI of "
+          "tensorflow-datasets 4.9.10 needs `pip install apache-beam`; without it: python -c "
+          f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}', "
+          "file_format='array_record').download_and_prepare()\")")
+
+
+def _not_ready_error(name: str, root: str) -> Exception:
+  """Explains why tfds cannot give random access to `name` and how to fix it."""
+  builder = tfds.builder(name, data_dir=root)
+  if not builder.is_prepared():
+    return FileNotFoundError(f"tfds dataset {name!r} is not prepared in {root} ({builder.data_dir} "
+                             f"is missing). Prepare it once (downloads): {_prepare_hint(name, root)}")
+  return ValueError(
+      f"tfds dataset {name!r} in {builder.data_dir} is prepared as "
+      f"{builder.info.file_format.value}; the grain pipeline needs random access (ArrayRecord). "
+      f"Convert it once: tfds convert_format --dataset_dir={builder.data_dir} "
+      f"--out_file_format=array_record, or rebuild with --overwrite: {_prepare_hint(name, root)}")
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None) -> Source:
+  if name == bundled_mnist.BundledMnist.name:
+    bundled_mnist.ensure_prepared(data_dir)
+  root = data_dir or tfds.core.constants.DATA_DIR
+  try:
+    data_source = tfds.data_source(name, split=split, data_dir=root, download=False,
+                                   decoders={"image": tfds.decode.SkipDecoding()})
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown tfds dataset {name!r} (data.name); use a tfds name such as "
+                     "'cifar10', 'bundled_mnist' or 'imagefolder' (with data.root).") from e
+  except ValueError as e:  # tfds raises it for unknown split names.
+    raise ValueError(f"Bad split {split!r} for {name!r} (data.split): {e}") from e
+  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    raise _not_ready_error(name, root) from e
+  features = tfds.builder(name, data_dir=root).info.features
+  if "image" not in features or "label" not in features:
+    raise ValueError(f"tfds dataset {name!r} has features {list(features)}; the classification "
+                     "pipeline needs 'image' and 'label'.")
+  return Source(TfdsRecords(data_source, name, split), features["label"].num_classes,
+                f"{name}:{split} in {root}")
+
+
+def open_source(data_cfg: Mapping[str, Any]) -> Source:
+  """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root).
+
+  Raises FileNotFoundError / ValueError naming the command that prepares missing data.
+  """
+  name = cfg_get(data_cfg, "name")
+  split = cfg_get(data_cfg, "split", "train")
+  if not name:
+    raise ValueError("data.name is empty; set it to a tfds name, 'bundled_mnist' or 'imagefolder'.")
+  if name == IMAGEFOLDER:
+    source = _open_imagefolder(cfg_get(data_cfg, "root"), split)
+  else:
+    data_dir = cfg_get(data_cfg, "data_dir")
+    source = _open_tfds(name, split, os.path.expanduser(data_dir) if data_dir else None)
+  if not len(source.records):
+    raise ValueError(f"{source.description} has no examples.")
+  return source
