@@ -48,7 +48,10 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def to_per_layer(flat: Mapping[str, Any]) -> FlatParams:
-  """Splits scanned `.../encoderblock/X` (leading layer axis) into `.../encoderblock_{i}/X`."""
+  """Splits scanned `.../encoderblock/X` (leading layer axis) into `.../encoderblock_{i}/X`.
+
+  Works on arrays and on abstract `jax.ShapeDtypeStruct` leaves (from `jax.eval_shape`).
+  """
   out = {}
   for key, value in flat.items():
     match = _SCANNED_KEY.match(key)
@@ -56,7 +59,9 @@ def to_per_layer(flat: Mapping[str, Any]) -> FlatParams:
       out[key] = value
       continue
     for i in range(value.shape[0]):
-      out[f"{match['prefix']}encoderblock_{i}/{match['rest']}"] = value[i]
+      layer = (jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+               if isinstance(value, jax.ShapeDtypeStruct) else value[i])
+      out[f"{match['prefix']}encoderblock_{i}/{match['rest']}"] = layer
   return out
 
 
@@ -206,9 +211,14 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
   unused = sorted(set(ckpt) - set(init_flat))
   if missing or mismatched:
     raise ValueError(_mismatch_message(source, missing, mismatched, unused))
-  if unused:
-    logging.warning("Dropped %d params of %s that the model does not have:%s", len(unused), source,
-                    _first(unused))
+  # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a slip.
+  dropped_head = [k for k in unused if k.startswith((_HEAD_PREFIX, "pre_logits/"))]
+  dropped_other = [k for k in unused if k not in dropped_head]
+  if dropped_head:
+    logging.info("Dropped the checkpoint's head params:%s", _first(dropped_head))
+  if dropped_other:
+    logging.warning("Dropped %d params of %s that the model does not have:%s", len(dropped_other),
+                    source, _first(dropped_other))
   return unflatten(out)
 
 
