@@ -55,18 +55,19 @@ def test_parse_collectives_reads_every_replica_group_spelling(line, op, full_byt
 
 def test_project_adds_exposed_communication_to_the_roofline():
   target = projection.get_target("h100-8x")
-  cost = projection.ProgramCost(flops=989e12 * 0.5 * 0.010, bytes_accessed=3350e9 * 0.004,
+  cost = projection.ProgramCost(flops=1.0, bytes_accessed=3350e9 * 0.004,
                                 collectives=(projection.Collective("all-reduce", 450e9 * 0.001, 8),
                                              projection.Collective("all-gather", 1000, 2)),
                                 num_devices=8, per_device_batch=32)
-  p = projection.project(cost, target, mfu=0.5)
+  train_flops_per_image = 989e12 * 0.5 * 0.010 / 32  # 10 ms of compute per chip at 50% MFU.
+  p = projection.project(cost, target, train_flops_per_image, mfu=0.5)
   np.testing.assert_allclose([p["compute_s"], p["memory_s"]], [0.010, 0.004])
   comm = (2 * 7 / 8 * 450e9 * 0.001 + 1 / 2 * 1000) / 450e9
   np.testing.assert_allclose(p["comm_s"], comm)
   np.testing.assert_allclose(p["img_per_s"], 256 / (0.010 + comm))
   assert p["label"] == "projection" and p["bound"] == "compute" and p["global_batch"] == 256
   # A 32-GPU target grows the all-device group to 32 and crosses nodes over InfiniBand.
-  big = projection.project(cost, projection.get_target("h100-32x"), mfu=0.5)
+  big = projection.project(cost, projection.get_target("h100-32x"), train_flops_per_image, mfu=0.5)
   assert big["comm_s"] > 8 * p["comm_s"]
   with pytest.raises(ValueError, match="tpu-v9"):
     projection.get_target("tpu-v9")

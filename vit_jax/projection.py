@@ -1,11 +1,12 @@
 """Projected training speed on hardware we don't have. Always a projection, never a measurement.
 
-The inputs are read from a compiled training step (per device, one step): FLOPs and bytes accessed
-from XLA's cost analysis of the unscanned model (a scanned body is counted once), and the bytes every
+The inputs are read from a compiled training step (per device, one step): bytes accessed (and the
+hardware FLOPs, kept for reference) from XLA's cost analysis of the unscanned model (a scanned body is
+counted once), and the bytes every
 collective (all-reduce, all-gather, reduce-scatter, all-to-all, permute) moves, parsed from the
 optimised HLO. The model, per chip of the target:
 
-    compute = FLOPs / (peak bf16 FLOP/s x assumed MFU)
+    compute = model FLOPs (analytic, per chip) / (peak bf16 FLOP/s x assumed MFU)
     memory  = bytes accessed / HBM bandwidth
     comm    = sum over collectives of ring-algorithm bytes / per-chip collective bandwidth
     step    = max(compute, memory) + comm            (no compute/communication overlap: conservative)
@@ -18,7 +19,6 @@ compilers', so the memory term is indicative only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -146,11 +146,16 @@ def _ring_bytes(c: Collective, n: int) -> float:
   return factor * c.full_bytes
 
 
-def project(cost: ProgramCost, target: Target, mfu: float = DEFAULT_MFU) -> dict[str, Any]:
-  """Predicted step time and img/s of the profiled program on `target` at the assumed MFU."""
+def project(cost: ProgramCost, target: Target, train_flops_per_image: float,
+            mfu: float = DEFAULT_MFU) -> dict[str, Any]:
+  """Predicted step time and img/s of the profiled program on `target` at the assumed MFU.
+
+  MFU is defined on model FLOPs (vit_jax.flops), so the compute term uses those; XLA's count also
+  holds rematerialisation, optimizer and elementwise work that MFU does not credit.
+  """
   if not 0 < mfu <= 1:
     raise ValueError(f"mfu={mfu}: the assumed model FLOP utilisation must be in (0, 1].")
-  compute_s = cost.flops / (target.peak_flops * mfu)
+  compute_s = train_flops_per_image * cost.per_device_batch / (target.peak_flops * mfu)
   memory_s = cost.bytes_accessed / target.hbm_bytes_per_s
   comm_bytes = sum(_ring_bytes(c, target.chips if c.group_size >= cost.num_devices else c.group_size)
                    for c in cost.collectives)
@@ -177,7 +182,3 @@ def get_target(name: str) -> Target:
   if name not in TARGETS:
     raise ValueError(f"unknown projection target {name!r}; choose from {sorted(TARGETS)}.")
   return TARGETS[name]
-
-
-def dumps(cost: ProgramCost) -> str:
-  return json.dumps(cost.to_json())
