@@ -26,7 +26,16 @@ REMAT_POLICIES = {
 }
 
 
-def _init(init_fn, axes: tuple[Optional[str], ...]):
+def _init(init_fn, axes: tuple[Optional[str], ...], shape: Optional[tuple[int, ...]] = None):
+  """Initializer carrying logical axis names.
+
+  `shape` is for DenseGeneral params with several in/out dims: flax initialises those flattened and
+  unboxes before reshaping, so under a mesh (e.g. jit with shardings) the names would be applied to
+  the flat value and fail; reshaping inside the box gives the names the shape they describe.
+  """
+  if shape is not None:
+    flat_init = init_fn
+    init_fn = lambda rng, flat_shape, dtype=jnp.float32: flat_init(rng, flat_shape, dtype).reshape(shape)
   return nn.with_logical_partitioning(init_fn, axes)
 
 
@@ -71,8 +80,9 @@ class MultiHeadDotProductAttention(nn.Module):
     def proj(name):
       return nn.DenseGeneral(
           (self.num_heads, head_dim), dtype=self.dtype, name=name,
-          kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "heads", "kv")),
-          bias_init=_init(nn.initializers.zeros, ("heads", "kv")))
+          kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "heads", "kv"),
+                            (width, self.num_heads, head_dim)),
+          bias_init=_init(nn.initializers.zeros, ("heads", "kv"), (self.num_heads, head_dim)))
 
     q = proj("query")(inputs_q)
     k = proj("key")(inputs_kv)
@@ -87,7 +97,8 @@ class MultiHeadDotProductAttention(nn.Module):
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
     out = nn.DenseGeneral(
         width, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=_init(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
+        kernel_init=_init(nn.initializers.xavier_uniform(), ("heads", "kv", "embed"),
+                          (self.num_heads, head_dim, width)),
         bias_init=_init(nn.initializers.zeros, ("embed",)))(out)
     return out
 
