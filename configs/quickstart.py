@@ -27,7 +27,6 @@ def get_config(arg: str | None = None):
   data_dir = a.data_dir or None
   c.input.data = dict(name="bundled_mnist", split="train", data_dir=data_dir)
   c.input.pp = "decode(channels=1)|random_shift(2)|value_range(-1, 1)|onehot(10)"
-  c.input.shuffle_buffer = 4_500
   c.batch_size = a.batch
   c.total_epochs = a.epochs
 

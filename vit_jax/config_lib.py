@@ -57,8 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.data = dict(name="", split="train", data_dir=config_dict.placeholder(str),
                       root=config_dict.placeholder(str))
   c.input.pp = ""
-  c.input.shuffle_buffer = 50_000
-  c.input.workers = 0
+  c.input.threads = 8      # reader threads per host
+  c.input.workers = 0      # grain worker processes per host
+  c.input.prefetch = 2     # batches put on device ahead of use
   c.input.mixup = dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5)
 
   # Duration: exactly one of total_steps / total_epochs / total_examples.

@@ -191,11 +191,11 @@ def abstract_params(model: nn.Module, image_shape: Sequence[int], mesh: jax.shar
 
   Tracing the init also validates the model against the image shape (e.g. patch size divides it).
   """
-  def init():
-    return model.init({"params": jax.random.key(0)}, jnp.zeros(image_shape, jnp.float32),
-                      train=False)["params"]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-    boxed = jax.eval_shape(init)
+  # Traced without a mesh context: flax would constrain DenseGeneral's flattened (D, H*Dh) init
+  # value with the 3-axis names of its (D, H, Dh) kernel. Placement comes from the shardings instead.
+  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
+                                            jnp.zeros(image_shape, jnp.float32),
+                                            train=False)["params"])
   shardings = sharding.logical_shardings(boxed, mesh, rules)
   return nn.meta.unbox(boxed), shardings
 
@@ -362,6 +362,36 @@ def _setup(config: ml_collections.ConfigDict, workdir: str,
                 state_shardings=state_shardings)
 
 
+def _initial_state(config: ml_collections.ConfigDict, s: _Setup,
+                   checkpointer: state_lib.TrainStateCheckpointer) -> tuple[TrainState, int, Any]:
+  """(state, its step, data-iterator state or None): resumed, fine-tuned from config.init, or fresh.
+
+  Init is traced outside the mesh context (see `abstract_params`); each function compiles once.
+  """
+  ema = bool(config.get("ema_decay"))
+  init_state = jax.jit(lambda params, rng: make_state(s.tx, params, rng, ema),
+                       in_shardings=(s.param_shardings, sharding.replicated(s.mesh)),
+                       out_shardings=s.state_shardings, donate_argnums=0)
+  if checkpointer.latest_step() is not None:
+    abstract_state = jax.tree.map(
+        lambda x, sharding_: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_),
+        jax.eval_shape(init_state, s.abstract_params, jax.random.PRNGKey(0)), s.state_shardings)
+    state, data_state, step = checkpointer.restore(abstract_state)
+    logging.info("Resumed from %s/%d.", checkpointer.directory, step)
+    return state, step, data_state
+  init_params = jax.jit(
+      lambda rng: nn.meta.unbox(s.model.init(
+          {"params": rng}, jnp.zeros(s.image_shape, jnp.float32), train=False)["params"]),
+      out_shardings=s.param_shardings)
+  params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = init_params(params_rng)
+  if config.get("init"):
+    params = load_init_params(config.init, params, tuple(config.get("dont_load", ())))
+    params = jax.device_put(params, s.param_shardings)
+    logging.info("Initialised from %s.", config.init)
+  return init_state(params, state_rng), 0, None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (resuming from WORKDIR/checkpoints if present) and returns the final metrics.
@@ -383,7 +413,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   mesh, batch_size, total_steps = s.mesh, config.batch_size, s.total_steps
   replicated = sharding.replicated(mesh)
-  ema_decay = config.get("ema_decay", None)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abstract_params))
   logging.info("Model %s: %s params; mesh %s; %d steps of %d images (%d warmup).",
                config.model_name, f"{num_params:,}", dict(mesh.shape), total_steps, batch_size,
@@ -394,20 +423,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metrics_writer.MetricsWriter(workdir, enabled=jax.process_index() == 0)
   train_iter, first_batch = s.train_iter, s.first_batch
 
+  state, start, data_state = _initial_state(config, s, checkpointer)
+  if data_state is not None:
+    train_iter.set_state(data_state)
+    first_batch = None
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, s.rules)):
-    # --- Compiled functions: each compiled once. ---
-    init_params = jax.jit(
-        lambda rng: nn.meta.unbox(s.model.init(
-            {"params": rng}, jnp.zeros(s.image_shape, jnp.float32), train=False)["params"]),
-        out_shardings=s.param_shardings)
-    init_state = jax.jit(lambda params, rng: make_state(s.tx, params, rng, bool(ema_decay)),
-                         in_shardings=(s.param_shardings, replicated),
-                         out_shardings=s.state_shardings, donate_argnums=0)
+    # Compiled once each: the train step (state donated) and every evaluator's step.
     train_step = jax.jit(
         make_train_step(s.model, s.tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
                         schedule=s.schedule, label_smoothing=config.get("label_smoothing", 0.0),
                         grad_accum_steps=config.get("grad_accum_steps", 1),
-                        mixup_cfg=config.input.get("mixup"), ema_decay=ema_decay),
+                        mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay")),
         in_shardings=(s.state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(s.state_shardings, replicated), donate_argnums=0)
     evals = {name: evaluators.build(cfg, model=s.model, mesh=mesh,
@@ -415,27 +442,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     batch_size=config.get("eval_batch_size", batch_size),
                                     loss_name=config.get("loss", "softmax_xent"))
              for name, cfg in (config.get("evals") or {}).items()}
-
-    # --- State: resume, fine-tune from config.init, or fresh. ---
-    if checkpointer.latest_step() is not None:
-      abstract_state = jax.tree.map(
-          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-          jax.eval_shape(init_state, s.abstract_params, jax.random.PRNGKey(0)),
-          s.state_shardings)
-      state, data_state, start = checkpointer.restore(abstract_state)
-      logging.info("Resumed from %s/%d.", checkpointer.directory, start)
-      if data_state is not None:
-        train_iter.set_state(data_state)
-        first_batch = None
-    else:
-      params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-      params = init_params(params_rng)
-      if config.get("init"):
-        params = load_init_params(config.init, params, tuple(config.get("dont_load", ())))
-        params = jax.device_put(params, s.param_shardings)
-        logging.info("Initialised from %s.", config.init)
-      state = init_state(params, state_rng)
-      start = 0
 
     mfu_of = _mfu_fn(s.model_kwargs, config, s.image_shape, devices)
     progress = metrics_writer.ProgressLine(total_steps, batch_size, start)

@@ -1,33 +1,19 @@
 """Orbax checkpoints of the training state and of the input pipeline's position.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is the train-state pytree (params, optimizer
-state, step, rng, ...) written by every process in parallel (each its own shards); `data` is one JSON
-file with every process's data-iterator state, gathered to process 0, so a resumed run continues each
-host's input stream exactly where it stopped. Restoring takes an abstract target whose shardings may
+state, step, rng, ...) written by every process in parallel (each its own shards); `data` is the input
+iterator's JSON state (`vit_jax.data.pipeline`'s holds every host's position), so a resumed run continues
+each host's input stream exactly where it stopped. Restoring takes an abstract target whose shardings may
 come from a different mesh or device count than the one that saved.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
-
-
-def _gather_json(value: Any) -> list[Any]:
-  """Every process's JSON-serialisable `value`, in process order (identical on all processes)."""
-  if jax.process_count() == 1:
-    return [value]
-  encoded = np.frombuffer(json.dumps(value).encode(), np.uint8)
-  lengths = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:encoded.size] = encoded
-  gathered = multihost_utils.process_allgather(padded)
-  return [json.loads(row[:n].tobytes()) for row, n in zip(gathered, lengths.reshape(-1))]
 
 
 class TrainStateCheckpointer:
@@ -61,31 +47,22 @@ class TrainStateCheckpointer:
       return False  # Orbax would silently skip a second save of the same step.
     if not force and not self._manager.should_save(step):
       return False
-    data = {"process_count": jax.process_count(), "per_process": _gather_json(
-        None if data_iterator is None else data_iterator.get_state())}
+    # Every process calls get_state(): for multi-host iterators it is a collective.
+    data = {"iterator": None if data_iterator is None else data_iterator.get_state()}
     return self._manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int]:
     """Restores onto the shardings in `abstract_state` (a tree of jax.ShapeDtypeStruct).
 
-    Returns (state, this process's data-iterator state or None, step).
+    Returns (state, the data-iterator state or None, step).
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    data = restored.data
-    data_state = None
-    if data and data.get("per_process"):
-      if data["process_count"] != jax.process_count():
-        raise ValueError(
-            f"Checkpoint {self.directory}/{step} was written by {data['process_count']} processes "
-            f"but this run has {jax.process_count()}; the input position cannot be mapped. Resume "
-            "with the same number of hosts (the device count per host may change).")
-      data_state = data["per_process"][jax.process_index()]
-    return restored.state, data_state, step
+    return restored.state, (restored.data or {}).get("iterator"), step
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -54,20 +54,19 @@ class ClassificationEvaluator:
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, model: nn.Module, mesh: Mesh,
                params_sharding: Any, batch_size: int, loss_name: str = "softmax_xent"):
-    self.cfg = cfg
-    self.batch_size = cfg.get("batch_size", None) or batch_size
-    self._batch_sharding = sharding.batch_sharding(mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    self._batches = pipeline.make_eval_iterable(
+        cfg, global_batch_size=cfg.get("batch_size", None) or batch_size, sharding=batch_sharding)
     replicated = sharding.replicated(mesh)
     self._zeros = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in _SUMS},
                           out_shardings=replicated)
     self._step = jax.jit(make_eval_step(model, optim.get_loss(loss_name)),
-                         in_shardings=(params_sharding, self._batch_sharding, replicated),
+                         in_shardings=(params_sharding, batch_sharding, replicated),
                          out_shardings=replicated, donate_argnums=2)
 
   def __call__(self, params: Any) -> dict[str, float]:
     sums = self._zeros()
-    for batch in pipeline.make_eval_iterable(self.cfg, global_batch_size=self.batch_size,
-                                             sharding=self._batch_sharding):
+    for batch in self._batches:
       sums = self._step(params, batch, sums)
     sums = jax.device_get(sums)
     count = max(float(sums["count"]), 1.0)
