@@ -113,18 +113,19 @@ def test_every_param_has_logical_axis_names():
 def test_options_forward_and_grad(options):
   model = models.get_model("ViT-mu/8", num_classes=5, depth=2, **options)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  params = nn.unbox(model.init({"params": jax.random.key(0)}, x)["params"])
+  params = nn.unbox(jax.jit(model.init)({"params": jax.random.key(0)}, x)["params"])
   # A non-zero head so gradients reach every layer.
   params["head"]["kernel"] = jax.random.normal(jax.random.key(3), params["head"]["kernel"].shape)
 
   def loss(p, rng):
     return jnp.sum(model.apply({"params": p}, x, train=True, rngs={"dropout": rng}) ** 2)
 
-  g = jax.grad(loss)(params, jax.random.key(2))
+  g = jax.jit(jax.grad(loss))(params, jax.random.key(2))
   assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves(g))
   assert float(jnp.abs(g["embedding"]["kernel"]).sum()) > 0
-  assert model.apply({"params": params}, x).shape == (2, 5)
-  assert model.clone(num_classes=0).apply({"params": params}, x).shape[0] == 2
+  assert jax.eval_shape(model.apply, {"params": params}, x).shape == (2, 5)
+  features = jax.eval_shape(model.clone(num_classes=0).apply, {"params": params}, x)
+  assert features.shape == (2, options.get("representation_size", 32))
 
 
 def test_remat_and_scan_do_not_change_the_function():
@@ -132,17 +133,22 @@ def test_remat_and_scan_do_not_change_the_function():
   base = models.get_model("ViT-mu/4", num_classes=3, depth=3, scan=True)
   params = nn.unbox(base.init({"params": jax.random.key(0)}, x)["params"])
   params["head"]["kernel"] = jnp.ones_like(params["head"]["kernel"])
-  ref = base.apply({"params": params}, x)
-  for policy in ("full", "dots", "dots_no_batch", "save_attn_out"):
-    out = base.clone(remat_policy=policy).apply({"params": params}, x)
-    np.testing.assert_allclose(out, ref, atol=1e-5)
+  def grads(model):
+    return jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(params)
+
+  ref = jax.jit(base.apply)({"params": params}, x)
+  ref_grads = grads(base)
+  for policy in ("full", "dots_no_batch"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 grads(base.clone(remat_policy=policy)), ref_grads)
   unscanned = {k: v for k, v in params.items() if k != "Transformer"}
   enc = params["Transformer"]
   unscanned["Transformer"] = {"encoder_norm": enc["encoder_norm"],
                               "posembed_input": enc["posembed_input"]}
   for i in range(3):
     unscanned["Transformer"][f"encoderblock_{i}"] = jax.tree.map(lambda a: a[i], enc["encoderblock"])
-  np.testing.assert_allclose(base.clone(scan=False).apply({"params": unscanned}, x), ref, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(base.clone(scan=False).apply)({"params": unscanned}, x), ref,
+                             atol=1e-5)
 
 
 def test_bf16_compute_keeps_float32_params():
