@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -157,7 +158,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     ema_params = (optim.ema_update(state.ema_params, params, ema_decay) if ema_decay
                   else state.ema_params)
     metrics = {"train/loss": loss, "lr": schedule(state.step),
-               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_params)
     return new_state, metrics
@@ -503,9 +504,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 # Entry point
 
 
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops the INFO chatter of Orbax, TFDS and grain (each save logs ~30 lines); keeps warnings."""
+  _LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/grain/")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        lib in record.pathname for lib in self._LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the log readable: our progress lines, not every library's INFO messages."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     if _CONFIG.value is None:

@@ -1,0 +1,58 @@
+"""Mesh construction from the config and logical-axis placement of params."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from vit_jax import models
+from vit_jax import sharding
+
+
+def test_mesh_from_config_resolves_minus_one():
+  mesh = sharding.make_mesh((("data", -1), ("fsdp", 4)))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  assert sharding.data_parallel_size(mesh) == 8
+  assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ((("data", 3),), "has 3 devices but 8 are available"),
+    ((("data", -1), ("fsdp", -1)), "at most one -1"),
+    ((("data", 3), ("fsdp", -1)), "needs a multiple of 3 devices"),
+    ((("model", 8),), "must name distinct axes from"),
+])
+def test_bad_meshes(spec, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.make_mesh(spec)
+
+
+def _param_specs(mesh_spec):
+  mesh = sharding.make_mesh(mesh_spec)
+  model = models.get_model("ViT-mu/4", num_classes=10, width=32, num_heads=4, mlp_dim=64)
+  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
+                                            jnp.zeros((1, 16, 16, 3)))["params"])
+  shardings = sharding.logical_shardings(boxed, mesh, sharding.DEFAULT_RULES)
+  block = shardings["Transformer"]["encoderblock_0"]
+  return block, shardings
+
+
+def test_fsdp_shards_embed_dims_and_replicates_what_does_not_divide():
+  block, shardings = _param_specs((("data", 2), ("fsdp", 4)))
+  assert block["MlpBlock_3"]["Dense_0"]["kernel"].spec == P("fsdp", None)
+  assert block["MultiHeadDotProductAttention_1"]["query"]["kernel"].spec == P("fsdp", None, None)
+  # 10 classes do not split 4 ways: that dim stays whole instead of failing.
+  assert shardings["head"]["kernel"].spec == P("fsdp", None)
+  assert shardings["head"]["bias"].spec == P(None)
+
+
+def test_tensor_parallel_splits_heads_and_mlp():
+  block, _ = _param_specs((("data", -1), ("tensor", 2)))
+  assert block["MlpBlock_3"]["Dense_0"]["kernel"].spec == P(None, "tensor")
+  assert block["MultiHeadDotProductAttention_1"]["out"]["kernel"].spec == P("tensor", None, None)
+
+
+def test_rules_drop_axes_missing_from_the_mesh():
+  mesh = sharding.make_mesh((("data", -1),))
+  rules = dict(sharding.mesh_rules(mesh, sharding.DEFAULT_RULES))
+  assert rules["batch"] == "data" and rules["embed"] is None and rules["mlp"] is None

@@ -1,0 +1,129 @@
+r"""Evaluate a trained model without training: every evaluator in `config.evals`, one full pass each.
+
+    python -m vit_jax.evaluate --config=configs/quickstart.py --workdir=/tmp/vit_quickstart
+    python -m vit_jax.evaluate --config=configs/finetune.py:dataset=cifar10 --workdir=/tmp/eval \
+        --checkpoint=/path/to/ViT-B_16.npz
+
+Params come from `--checkpoint` (an official `.npz` or an Orbax checkpoint directory) or else from the
+latest checkpoint in WORKDIR/checkpoints. Prints the metrics and writes them to WORKDIR/eval.json.
+Bad config values exit with code 2 before anything is compiled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+from vit_jax import checkpoints
+from vit_jax import config_checks
+from vit_jax import evaluators
+from vit_jax import sharding
+from vit_jax import train
+from vit_jax.checkpoints import state as state_lib
+from vit_jax.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints) / output dir.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz file or Orbax checkpoint directory "
+                                  "(default: the latest in WORKDIR/checkpoints).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "As in vit_jax.train.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "As in vit_jax.train.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "As in vit_jax.train.")
+
+
+def _read_params(path: str) -> Any:
+  if path.endswith(".npz"):
+    return checkpoints.load_npz(path)
+  return state_lib.load_params(path)
+
+
+def _check_matches(loaded: Any, abstract: Any, path: str, model_name: str) -> None:
+  """The checkpoint must be exactly this model (same names and shapes)."""
+  got = {"/".join(str(k.key) for k in p): x.shape
+         for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
+  want = {"/".join(str(k.key) for k in p): x.shape
+          for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+  if got != want:
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[:5]
+    raise ValueError(f"Checkpoint {path} does not fit config.model_name={model_name!r}: "
+                     f"(param, checkpoint shape, model shape) differ for "
+                     f"{[(k, got.get(k), want.get(k)) for k in diff]}; use the config it was "
+                     "trained with.")
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None,
+             devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """Runs every evaluator of `config.evals` on the checkpoint's params; returns `<name>/<metric>`."""
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    config_checks.check_workdir(workdir)
+    if not config.get("evals"):
+      raise ValueError("config.evals is empty: nothing to evaluate; add e.g. config.evals.val.")
+    path = checkpoint or os.path.join(workdir, "checkpoints")
+    config_checks.check_init(path)
+    for cfg in config.evals.values():
+      pipeline.check_ready(cfg)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    rules = tuple(config.get("sharding_rules") or sharding.DEFAULT_RULES)
+    model, _ = train.build_model(config)
+    name, first = next(iter(config.evals.items()))
+    batch_size = first.get("batch_size", None) or config.eval_batch_size
+    config_checks.check_batch(batch_size, data_parallel=sharding.data_parallel_size(mesh),
+                              num_processes=jax.process_count(), grad_accum_steps=1,
+                              what=f"config.evals.{name}.batch_size")
+    sample = next(iter(pipeline.make_eval_iterable(first, global_batch_size=batch_size,
+                                                   sharding=sharding.batch_sharding(mesh))))
+    abstract, param_shardings = train.abstract_params(
+        model, (1,) + tuple(sample["image"].shape[1:]), mesh, rules)
+    params = _read_params(path)
+    _check_matches(params, abstract, path, config.model_name)
+  except (ValueError, FileNotFoundError) as e:
+    raise config_checks.ConfigError(str(e)) from e
+
+  params = jax.device_put(params, param_shardings)
+  results = {}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
+    for name, cfg in config.evals.items():
+      evaluator = evaluators.build(cfg, model=model, mesh=mesh, params_sharding=param_shardings,
+                                   batch_size=config.eval_batch_size,
+                                   loss_name=config.get("loss", "softmax_xent"))
+      results.update({f"{name}/{k}": v for k, v in evaluator(params).items()})
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"checkpoint": path, "metrics": results}, f, indent=1)
+  return results
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train.quiet_library_logs()
+  train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    if _CONFIG.value is None:
+      raise config_checks.ConfigError("--config is required.")
+    results = evaluate(_CONFIG.value, _WORKDIR.value or "", _CHECKPOINT.value)
+  except config_checks.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(train.EXIT_BAD_CONFIG)
+  if jax.process_index() == 0:
+    print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                    for k, v in results.items()))
+
+
+def run() -> None:
+  """Console-script entry point (`vit-evaluate`)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
