@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from vit_jax import config_lib
+from vit_jax import evaluate
 from vit_jax import metrics_writer
 from vit_jax import train
 from vit_jax.checkpoints import state as state_lib
@@ -142,3 +143,10 @@ def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
   assert sorted(losses(interrupted)) == list(range(1, TOTAL_STEPS + 1))
   jax.tree.map(np.testing.assert_array_equal, final_params(interrupted),
                final_params(reference_workdir))
+
+
+def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
+  config, workdir, final = fsdp_run
+  results = evaluate.evaluate(config, str(tmp_path), checkpoint=os.path.join(workdir, "checkpoints"))
+  assert results["val/prec@1"] == final["val/prec@1"]
+  np.testing.assert_allclose(results["val/loss"], final["val/loss"], rtol=1e-5)

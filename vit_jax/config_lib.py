@@ -38,7 +38,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       try:
         result[key] = type(default)(value)
       except ValueError as e:
-        raise ValueError(f"Config arg {key}={value!r} must be a {type(default).__name__}.") from e
+        raise ValueError(
+            f"Config arg {key}={value!r} must be of type {type(default).__name__}.") from e
   return ml_collections.ConfigDict(result)
 
 
