@@ -44,9 +44,9 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image side; skips
 _CHANNELS = flags.DEFINE_integer("channels", 3, "Image channels, with --image_size.")
 _TARGETS = flags.DEFINE_list("targets", [], f"Projection targets: {sorted(projection.TARGETS)}.")
 _MFU = flags.DEFINE_float("assumed_mfu", projection.DEFAULT_MFU, "MFU the projections assume.")
-_PROGRAM_COST = flags.DEFINE_integer(
-    "program_cost_per_device_batch", None, "Internal: print the ProgramCost JSON of the unscanned "
-    "training step at this per-device batch on this process's devices, and exit.")
+_PROGRAM_COSTS = flags.DEFINE_list(
+    "program_costs_for", [], "Internal: print the ProgramCost JSON of the unscanned training step at "
+    "each of these per-device batches on this process's devices, and exit.")
 
 # XLA FLOP counts come from programs compiled (never run) for a few images on one device.
 _XLA_COUNT_BATCH = 4
@@ -184,29 +184,29 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
 def _projections(targets: Sequence[str], batch_size: int, train_flops_per_image: float,
                  assumed_mfu: float, config_flags_argv: Sequence[str]) -> list[dict[str, Any]]:
   """Each target's projection from the unscanned step compiled for its per-chip batch."""
-  costs: dict[int, projection.ProgramCost] = {}
-  results = []
-  for target in map(projection.get_target, targets):
-    per_chip = max(1, batch_size // target.chips)
-    if per_chip not in costs:
-      costs[per_chip] = _program_cost_in_subprocess(config_flags_argv, per_chip)
-    results.append(projection.project(costs[per_chip], target, train_flops_per_image, assumed_mfu))
-  return results
+  if not targets:
+    return []
+  targets = [projection.get_target(t) for t in targets]
+  per_chip = {t.name: max(1, batch_size // t.chips) for t in targets}
+  costs = _program_costs_in_subprocess(config_flags_argv, sorted(set(per_chip.values())))
+  return [projection.project(costs[per_chip[t.name]], t, train_flops_per_image, assumed_mfu)
+          for t in targets]
 
 
-def _program_cost_in_subprocess(config_flags_argv: Sequence[str], per_device_batch: int
-                                ) -> projection.ProgramCost:
+def _program_costs_in_subprocess(config_flags_argv: Sequence[str], per_device_batches: Sequence[int]
+                                 ) -> dict[int, projection.ProgramCost]:
   """Compiles the trial's step on fake CPU devices: the device count is fixed at JAX start-up."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={_PROJECTION_DEVICES}"}
   command = [sys.executable, "-m", "vit_jax.bench", *config_flags_argv,
-             f"--program_cost_per_device_batch={per_device_batch}"]
+             f"--program_costs_for={','.join(map(str, per_device_batches))}"]
   if _IMAGE_SIZE.value:
     command += [f"--image_size={_IMAGE_SIZE.value}", f"--channels={_CHANNELS.value}"]
   result = subprocess.run(command, env=env, capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f"compiling the projection program failed:\n{result.stderr[-3000:]}")
-  return projection.ProgramCost.from_json(json.loads(result.stdout.strip().splitlines()[-1]))
+  costs = json.loads(result.stdout.strip().splitlines()[-1])
+  return {int(b): projection.ProgramCost.from_json(c) for b, c in costs.items()}
 
 
 def format_profile(p: dict[str, Any]) -> str:
@@ -237,19 +237,21 @@ def main(argv: Sequence[str]) -> None:
     raise ValueError("--config is required, e.g. --config=configs/quickstart.py:patch=7.")
   for target in _TARGETS.value:
     projection.get_target(target)
-  batch_size = _BATCH.value or config.batch_size
-  config_checks.check_train_config(config, num_devices=jax.device_count(),
-                                   num_processes=jax.process_count())
   hwc = image_shape(config)
   models.model_kwargs(config.model_name, **config.model)  # Unknown model fields fail here.
 
-  if _PROGRAM_COST.value:
-    per_device = _PROGRAM_COST.value
-    compiled, *_ = _compile_train_step(_model_config(config, scan=False), hwc,
-                                       per_device * jax.device_count(), jax.devices())
-    print(json.dumps(projection.program_cost(compiled, jax.device_count(), per_device).to_json()))
+  if _PROGRAM_COSTS.value:  # The parent process checked the config for its own devices.
+    costs = {}
+    for per_device in map(int, _PROGRAM_COSTS.value):
+      compiled, *_ = _compile_train_step(_model_config(config, scan=False), hwc,
+                                         per_device * jax.device_count(), jax.devices())
+      costs[per_device] = projection.program_cost(compiled, jax.device_count(), per_device).to_json()
+    print(json.dumps(costs))
     return
 
+  batch_size = _BATCH.value or config.batch_size
+  config_checks.check_train_config(config, num_devices=jax.device_count(),
+                                   num_processes=jax.process_count())
   config_argv = [a for a in sys.argv[1:] if a.startswith("--config")]
   result = profile(config, hwc, batch_size, _STEPS.value, _TARGETS.value, _MFU.value, config_argv)
   patch_sizes = tuple(config.get("flexi", {}).get("patch_sizes", ()))

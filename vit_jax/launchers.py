@@ -41,6 +41,11 @@ def is_done(workdir: str) -> bool:
     return False  # Written half-way: the run did not finish.
 
 
+def _with_env(study: Study, command: Sequence[str]) -> str:
+  """`K=V ... command` as one shell line."""
+  return shlex.join([*(f"{k}={v}" for k, v in study.env.items()), *command])
+
+
 def bench_args(study: Study, trial: Trial, workdir: str, extra: Sequence[str] = ()) -> list[str]:
   return ["-m", "vit_jax.bench", *study.train_args(trial), f"--output={workdir}/{BENCH_FILE}", *extra]
 
@@ -79,8 +84,9 @@ class LocalLauncher:
     for command in self.commands(study, trial):
       program = command[2].rsplit(".", 1)[-1]
       with open(os.path.join(workdir, f"{program}.log"), "a") as log:
-        print(f"[{trial.name}] {program}: {shlex.join(command)}", flush=True)
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **study.env}).returncode
       if returncode:
         print(f"[{trial.name}] {program} failed with exit code {returncode}; see {log.name}", flush=True)
         return returncode
@@ -95,7 +101,7 @@ class LocalLauncher:
     if self.dry_run:
       for trial in pending:
         for command in self.commands(study, trial):
-          print(shlex.join(command))
+          print(_with_env(study, command))
       return
     write_manifest(study, self.sweep_dir)
     with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
@@ -148,8 +154,8 @@ class TpuLauncher:
 
   def trial_command(self, study: Study, trial: Trial) -> list[str]:
     workdir = trial_workdir(self.workdir_root, trial)
-    bench = shlex.join(["python3", *bench_args(study, trial, workdir)])
-    train = shlex.join(["python3", *train_args(study, trial, workdir)])
+    bench = _with_env(study, ["python3", *bench_args(study, trial, workdir)])
+    train = _with_env(study, ["python3", *train_args(study, trial, workdir)])
     return self.ssh(f"cd {shlex.quote(self.remote_dir)} && {bench} && {train}")
 
   def launch(self, study: Study) -> None:
@@ -205,6 +211,7 @@ class SlurmLauncher:
     lines += ["set -euo pipefail", f"cd {shlex.quote(self.repo_dir)}"]
     if self.setup:
       lines.append(self.setup)
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in study.env.items()]
     srun = ["srun", "--kill-on-bad-exit=1", "python"]
     lines.append(shlex.join([*srun, *bench_args(study, trial, workdir)]))
     lines.append(shlex.join([*srun, *train_args(study, trial, workdir)]))

@@ -112,20 +112,30 @@ def trials(points: Sequence[Point]) -> list[Trial]:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-  """A sweep: the config file (relative to the repository root), fixed args, and the trials."""
+  """A sweep: the config file (relative to the repository root), what every trial shares, the trials.
+
+  `base_args` are config-file args and `base_overrides` config fields (`{"optim.lr": 1e-3}`) set for
+  every trial; trials may override them; neither appears in trial names. `env` is exported for every
+  trial's programs wherever they run (e.g. `TFDS_DATA_DIR`).
+  """
   name: str
   config: str
   trials: Sequence[Trial]
   base_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  base_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  env: Mapping[str, str] = dataclasses.field(default_factory=dict)
   description: str = ""
 
   def train_args(self, trial: Trial) -> list[str]:
     """Config flags shared by `vit_jax.train` and `vit_jax.bench` for one trial."""
-    return [f"--config={trial.config_flag(self.config, self.base_args)}", *trial.override_flags()]
+    base = Trial("base", {}, {k: v for k, v in self.base_overrides.items() if k not in trial.overrides})
+    return [f"--config={trial.config_flag(self.config, self.base_args)}", *base.override_flags(),
+            *trial.override_flags()]
 
   def to_json(self) -> dict[str, Any]:
     return {
         "name": self.name, "config": self.config, "base_args": dict(self.base_args),
+        "base_overrides": dict(self.base_overrides), "env": dict(self.env),
         "description": self.description,
         "trials": [{"name": t.name, "config_args": dict(t.config_args), "overrides": dict(t.overrides),
                     "values": t.values()} for t in self.trials],
