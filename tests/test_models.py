@@ -222,3 +222,21 @@ def test_wrong_channel_count():
   params = model.init({"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="1 channels but the patch embedding expects 3"):
     model.apply(params, jnp.zeros((1, 8, 8, 1)))
+
+
+def test_flexivit_call_at_another_patch_size_preserves_upsampled_tokens():
+  # Same 6x6 token grid: 48 px at patch 8 vs the image upsampled 2x at patch 16. PI-resize makes the
+  # token embeddings equal, the position embedding is unchanged, so the logits must match.
+  model = models.get_model("ViT-mu/8", num_classes=4, depth=2)
+  x = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
+  params = nn.unbox(jax.jit(model.init)({"params": jax.random.key(0)}, x)["params"])
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+  # Upsample every 8x8 patch on its own (a whole-image resize would blend neighbouring patches).
+  patches = x.reshape(2, 6, 8, 6, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+  patches = jax.image.resize(patches, (2, 6, 6, 16, 16, 3), "bilinear", antialias=False)
+  x_up = patches.transpose(0, 1, 3, 2, 4, 5).reshape(2, 96, 96, 3)
+  apply = jax.jit(lambda p, im, ps: model.apply({"params": p}, im, patch_size=ps),
+                  static_argnums=2)
+  np.testing.assert_allclose(apply(params, x_up, (16, 16)), apply(params, x, None), atol=1e-4)
+  # Another grid: the learned position embedding is resized on the fly.
+  assert apply(params, x, (4, 4)).shape == (2, 4)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from vit_jax.models import resnet
+from vit_jax.models import resize, resnet
 
 Dtype = Any
 
@@ -170,13 +170,46 @@ class EncoderBlock(nn.Module):
 
 
 class AddPositionEmbs(nn.Module):
-  """Learned position embedding over every token (class token included, as the official models)."""
+  """Learned position embedding over every token (class token included, as the official models).
+
+  The parameter keeps the grid it was initialised with; when a call sees another grid (FlexiViT
+  patch sizes), the grid part is resized bilinearly on the fly and the prefix tokens are kept.
+  """
+  num_prefix_tokens: int = 0
+  grid: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    shape = (1, x.shape[1], x.shape[2])
+    if self.has_variable("params", "pos_embedding"):
+      shape = nn.unbox(self.get_variable("params", "pos_embedding")).shape
     pe = self.param("pos_embedding", _init(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
-                    (1, x.shape[1], x.shape[2]), jnp.float32)
+                    shape, jnp.float32)
+    if pe.shape[1] != x.shape[1]:
+      pe = resize.resize_posemb(pe, self.grid, self.num_prefix_tokens)
     return x + pe.astype(x.dtype)
+
+
+class PatchEmbedding(nn.Module):
+  """Non-overlapping patch projection (a strided conv, kernel (ph, pw, C, D)).
+
+  Called with another `patch_size` than the kernel's, the kernel is PI-resized (FlexiViT), so one
+  set of weights serves every patch size.
+  """
+  width: int
+  kernel_size: tuple[int, int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    kernel = self.param("kernel", _init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                        (*self.kernel_size, x.shape[-1], self.width), jnp.float32)
+    bias = self.param("bias", _init(nn.initializers.zeros, ("embed",)), (self.width,), jnp.float32)
+    kernel = resize.pi_resize_patch_kernel(kernel, patch_size)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), patch_size, "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
 
 
 class _ScannedBlock(EncoderBlock):
@@ -201,9 +234,10 @@ class Encoder(nn.Module):
   attention_impl: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, grid: tuple[int, int], num_prefix_tokens: int,
+               train: bool) -> jax.Array:
     if self.posemb == "learn":
-      x = AddPositionEmbs(name="posembed_input")(x)
+      x = AddPositionEmbs(num_prefix_tokens, grid, name="posembed_input")(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     block_kwargs = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
                         dropout=self.dropout, attention_dropout=self.attention_dropout,
@@ -275,17 +309,21 @@ class Model(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    self._check_input(images)
+  def __call__(self, images: jax.Array, *, train: bool = False,
+               patch_size: Optional[Sequence[int]] = None) -> jax.Array:
+    """Logits for NHWC `images`.
+
+    `patch_size` (static) runs the model at another patch size than its kernel's (FlexiViT):
+    the patch kernel is PI-resized and a learned position embedding resized to the new grid.
+    """
+    patch_size = tuple(patch_size or self.patch_size)
+    self._check_input(images, patch_size)
     x = images.astype(self.dtype)
     if self.resnet is not None:
       x = resnet.resnet_stem(x, tuple(self.resnet["num_layers"]),
                              int(self.resnet.get("width_factor", 1)), self.dtype)
-    ph, pw = self.patch_size
-    x = nn.Conv(self.width, (ph, pw), strides=(ph, pw), padding="VALID", dtype=self.dtype,
-                name="embedding",
-                kernel_init=_init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                bias_init=_init(nn.initializers.zeros, ("embed",)))(x)
+    x = PatchEmbedding(self.width, tuple(self.patch_size), self.dtype, name="embedding")(
+        x, patch_size)
     b, gh, gw, d = x.shape
     x = jnp.reshape(x, (b, gh * gw, d))
 
@@ -304,7 +342,7 @@ class Model(nn.Module):
         dtype=self.dtype, dropout=self.dropout, attention_dropout=self.attention_dropout,
         stoch_depth=self.stoch_depth, scan=self.scan, remat_policy=self.remat_policy,
         attention_impl=self.attention_impl, name="Transformer")
-    x = encoder(x, train)
+    x = encoder(x, (gh, gw), int(use_cls), train)
 
     if self.classifier == "token":
       x = x[:, 0]
@@ -327,12 +365,12 @@ class Model(nn.Module):
                       bias_init=_init(nn.initializers.zeros, ("classes",)))(x)
     return logits.astype(jnp.float32)
 
-  def _check_input(self, images: jax.Array) -> None:
+  def _check_input(self, images: jax.Array, patch_size: tuple[int, int]) -> None:
     if images.ndim != 4:
       raise ValueError(f"Expected NHWC images, got shape {images.shape}.")
     h, w = images.shape[1:3]
     stride = resnet.stem_stride(self.resnet["num_layers"]) if self.resnet is not None else 1
-    ph, pw = self.patch_size
+    ph, pw = patch_size
     if h % (stride * ph) or w % (stride * pw):
       what = f"patch size {ph}x{pw}" + (f" on a /{stride} ResNet stem" if stride > 1 else "")
       raise ValueError(
