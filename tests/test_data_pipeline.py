@@ -1,0 +1,222 @@
+"""Sources and pipeline: real tfds builders built locally, tfds mock_data, real image folders."""
+import json
+import logging
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vit_jax.data import bundled_mnist
+from vit_jax.data import pipeline
+from vit_jax.data import sources
+
+tfds.disable_progress_bar()
+
+
+class TinyDigits(tfds.core.GeneratorBasedBuilder):
+  """A real, tiny tfds builder: 12 train / 6 test 8x8 images of 3 classes."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 3)),
+        "label": tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 3}
+
+
+def _write_folder(root, split, counts, start=0):
+  """PNG files root/split/<class>/*.png; every pixel holds the image's index (its identity)."""
+  index = start
+  for name, count in counts.items():
+    (root / split / name).mkdir(parents=True, exist_ok=True)
+    for _ in range(count):
+      pixels = np.zeros((8, 8, 3), np.uint8)
+      pixels[..., :2] = index % 256, index // 256
+      Image.fromarray(pixels).save(root / split / name / f"{index:04d}.png")
+      index += 1
+  return index
+
+
+def _ids(images):
+  images = np.asarray(images)
+  return [int(v) for v in images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)]
+
+
+@pytest.fixture
+def folder(tmp_path):
+  _write_folder(tmp_path, "train", {"cat": 20, "dog": 20})
+  _write_folder(tmp_path, "test", {"cat": 20, "dog": 21}, start=1000)
+  return tmp_path
+
+
+def _cfg(root, split="train", pp="decode", **kw):
+  return {"data": {"name": "imagefolder", "root": str(root), "split": split}, "pp": pp, **kw}
+
+
+def _take(dataset, n):
+  it = iter(dataset)
+  return [next(it) for _ in range(n)]
+
+
+def test_imagefolder_labels_and_errors(folder):
+  source = sources.open_source(_cfg(folder)["data"])
+  assert source.num_classes == 2 and len(source.records) == 40
+  assert source.records[0]["label"] == 0 and source.records[39]["label"] == 1
+  assert source.records[39]["id"].endswith("dog/0039.png")
+  (folder / "train" / "emu").mkdir()
+  with pytest.raises(ValueError, match="emu' has no images"):
+    sources.open_source(_cfg(folder)["data"])
+  with pytest.raises(FileNotFoundError, match="val"):
+    sources.open_source(_cfg(folder, split="val")["data"])
+  with pytest.raises(ValueError, match="data.root"):
+    sources.open_source({"name": "imagefolder"})
+
+
+def test_corrupt_images_are_skipped_or_fatal(folder, caplog):
+  bad = folder / "train" / "cat" / "0003.png"
+  bad.write_bytes(b"not an image")
+  truncated = folder / "train" / "dog" / "0030.png"
+  truncated.write_bytes(truncated.read_bytes()[:-30])  # Cut inside the pixel data.
+  caplog.set_level(logging.WARNING)
+  batches = _take(pipeline.train_dataset(_cfg(folder, threads=0), 38, 0, 0, 1), 1)
+  assert sorted(_ids(batches[0]["image"])) == [i for i in range(40) if i not in (3, 30)]
+  warnings = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+  assert any(str(bad) in w for w in warnings) and any(str(truncated) in w for w in warnings)
+  assert any("2 skipped so far" in w for w in warnings)
+  cfg = _cfg(folder, threads=0)
+  cfg["data"]["on_corrupt"] = "error"
+  with pytest.raises(ValueError, match="Corrupt image .*(0003|0030).png"):
+    _take(pipeline.train_dataset(cfg, 40, 0, 0, 1), 1)
+
+
+def test_train_stream_is_deterministic_given_seed(folder):
+  cfg = _cfg(folder, pp="decode|flip_lr")
+  a, b = (_take(pipeline.train_dataset(cfg, 8, seed=3), 6) for _ in range(2))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+  other = _take(pipeline.train_dataset(cfg, 8, seed=4), 6)
+  assert _ids(np.concatenate([x["image"] for x in a])) != _ids(
+      np.concatenate([x["image"] for x in other]))
+  epoch1, epoch2 = (sorted(_ids(np.concatenate([x["image"] for x in part])))
+                    for part in (a[:5], a[5:] + _take(pipeline.train_dataset(cfg, 8, 3), 10)[6:10]))
+  assert epoch1 == epoch2 == list(range(40))  # Each epoch is a permutation of the split.
+
+
+@pytest.mark.parametrize("threads,prefetch", [(0, 0), (4, 2)])
+def test_exact_mid_epoch_resume(folder, threads, prefetch):
+  cfg = _cfg(folder, pp="decode|random_shift(1)|value_range(0, 255)|onehot(2)", threads=threads,
+             prefetch=prefetch, seed=7)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=8)
+  for _ in range(7):  # 5 batches per epoch: stop inside the second epoch.
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = [next(it) for _ in range(4)]
+  resumed = pipeline.make_train_iterator(cfg, global_batch_size=8)
+  resumed.set_state(state)
+  for want, got in zip(expected, (next(resumed) for _ in range(4))):
+    assert got["image"].sharding == want["image"].sharding
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  with pytest.raises(ValueError, match="seed=7 but this run has 8"):
+    pipeline.make_train_iterator(cfg, global_batch_size=8, seed=8).set_state(state)
+
+
+def test_global_batches_are_sharded_over_devices(folder):
+  mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  batch = next(pipeline.make_train_iterator(_cfg(folder, pp="decode|onehot(2)"), 16, sharding))
+  assert batch["image"].shape == (16, 8, 8, 3) and batch["label"].shape == (16, 2)
+  assert batch["image"].sharding == sharding and len(batch["image"].addressable_shards) == 8
+  with pytest.raises(ValueError, match="Global batch size 12 cannot be split"):
+    pipeline.make_train_iterator(_cfg(folder), 12, sharding)
+
+
+def test_two_hosts_read_disjoint_shards(folder):
+  cfg = _cfg(folder, pp="decode|flip_lr")
+  seen = []
+  for host in (0, 1):
+    batches = _take(pipeline.train_dataset(cfg, 4, 0, process_index=host, process_count=2), 10)
+    first, second = (_ids(np.concatenate([b["image"] for b in half]))
+                     for half in (batches[:5], batches[5:]))
+    assert sorted(first) == sorted(second) and first != second  # Same shard, reshuffled.
+    seen.append(set(first))
+  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(40))
+
+
+def test_eval_covers_every_example_once_with_padding(folder):
+  cfg = _cfg(folder, split="test", pp="decode|onehot(2)")
+  per_host = [list(pipeline.eval_batches(cfg, 8, host, 2)) for host in (0, 1)]
+  assert [len(b) for b in per_host] == [3, 3]  # ceil(ceil(41 / 2) / 8): equal on every host.
+  ids = []
+  for batch in (b for host in per_host for b in host):
+    real = batch["mask"] == 1
+    ids += _ids(batch["image"][real])
+    assert not batch["image"][~real].any() and not batch["label"][~real].any()
+  assert sorted(ids) == list(range(1000, 1041))
+  batches = list(pipeline.make_eval_iterable(cfg, 16))
+  assert len(batches) == 3 and sum(float(b["mask"].sum()) for b in batches) == 41
+  assert batches[0]["image"].shape == (16, 8, 8, 3)
+
+
+def test_tfds_not_prepared_names_the_build_command(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match=f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record"):
+    pipeline.check_ready({"name": "cifar10", "data_dir": str(tmp_path)})
+  with pytest.raises(ValueError, match="Unknown tfds dataset 'cifar1000'"):
+    pipeline.check_ready({"name": "cifar1000", "data_dir": str(tmp_path)})
+
+
+def test_tfrecord_dataset_names_the_conversion(tmp_path):
+  TinyDigits(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+  with pytest.raises(ValueError, match="prepared as tfrecord.*convert_format --dataset_dir="):
+    pipeline.check_ready({"name": "tiny_digits", "data_dir": str(tmp_path)})
+
+
+def test_locally_built_tfds_dataset(tmp_path):
+  TinyDigits(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  data = {"name": "tiny_digits", "split": "train", "data_dir": str(tmp_path)}
+  source = pipeline.check_ready({"data": data, "pp": "decode|onehot(3)"})
+  assert source.num_classes == 3 and len(source.records) == 12
+  batch = _take(pipeline.train_dataset({"data": data, "pp": "decode|onehot(3)"}, 12, 0), 1)[0]
+  assert sorted(batch["image"][:, 0, 0, 0]) == list(range(12))
+  np.testing.assert_array_equal(batch["label"].argmax(1), batch["image"][:, 0, 0, 0] % 3)
+  with pytest.raises(ValueError, match="has 3 classes but the pp string has onehot\\(2\\)"):
+    pipeline.check_ready({"data": data, "pp": "decode|onehot(2)"})
+  with pytest.raises(ValueError, match="Bad split 'validation'"):
+    pipeline.check_ready({**data, "split": "validation"})
+
+
+def test_any_tfds_dataset_with_mock_data():
+  cfg = {"data": {"name": "cifar10", "split": "train", "data_dir": "/nonexistent"},
+         "pp": "decode|flip_lr|value_range(-1, 1)|onehot(10)"}
+  with tfds.testing.mock_data(num_examples=16):
+    a, b = (_take(pipeline.train_dataset(cfg, 4, 0), 3) for _ in range(2))
+  assert a[0]["image"].shape == (4, 32, 32, 3) and a[0]["label"].shape == (4, 10)
+  assert a[0]["image"].min() >= -1 and a[0]["image"].max() <= 1
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_bundled_mnist(tmp_path):
+  labels = bundled_mnist._load_digits()[1]
+  split = bundled_mnist.split_indices(labels)
+  assert not set(split["train"]) & set(split["test"])
+  np.testing.assert_array_equal(np.bincount(labels[split["test"]]), [50] * 10)
+  for name, size in (("train", 4500), ("test", 500)):
+    data = {"name": "bundled_mnist", "split": name, "data_dir": str(tmp_path)}
+    assert len(pipeline.check_ready(data).records) == size  # Built offline on first use.
+  cfg = {"data": {**data, "split": "train"}, "pp": "decode(1)|random_shift(2)|value_range(0, 1)|"
+         "onehot(10)"}
+  batch = _take(pipeline.train_dataset(cfg, 16, 0), 1)[0]
+  assert batch["image"].shape == (16, 28, 28, 1) and batch["label"].shape == (16, 10)
+  with pytest.raises(ValueError, match="10 classes but the pp string has onehot\\(5\\)"):
+    pipeline.check_ready({"data": data, "pp": "decode|onehot(5)"})
