@@ -12,17 +12,25 @@ from vit_jax.models import resize
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4)
 
 
+def _is_box(x):
+  return isinstance(x, flax.core.meta.AxisMetadata)
+
+
 def _init(model, image_size, seed=0):
-  images = jnp.zeros((1, image_size, image_size, 3))
-  return model.init({"params": jax.random.key(seed)}, images)["params"]
+  """Params structured as `model.init`'s (logical-axis boxes included), random values from NumPy.
+
+  Only `jax.eval_shape` runs the model: compiling a real init costs ~10 s even for tiny models.
+  """
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  abstract = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda box: box.replace_boxed((0.1 * rng.normal(size=box.value.shape)).astype(np.float32)),
+      abstract, is_leaf=_is_box)
 
 
-def _randomised(params, seed=1):
-  """Non-trivial values everywhere (zero-init heads would hide mistakes)."""
-  plain = flax.linen.unbox(params)
-  keys = jax.random.split(jax.random.key(seed), len(jax.tree.leaves(plain)))
-  leaves = [0.1 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, jax.tree.leaves(plain))]
-  return jax.tree.unflatten(jax.tree.structure(plain), leaves)
+def _logits(model, params, images):
+  return jax.jit(model.apply)({"params": params}, images)
 
 
 def _images(size, seed=2, n=2):
@@ -33,7 +41,7 @@ def _images(size, seed=2, n=2):
 def tiny_ckpt(tmp_path_factory):
   """A tiny token-classifier ViT (16 px, patch 4, 10 classes), its params and its `.npz`."""
   model = models.get_model("ViT-Ti/16", num_classes=10, **TINY)
-  params = _randomised(_init(model, 16))
+  params = flax.linen.unbox(_init(model, 16))
   path = tmp_path_factory.mktemp("ckpt") / "tiny.npz"
   checkpoints.save_npz(params, path)
   return model, params, path
@@ -116,17 +124,13 @@ def test_load_pretrained_gives_identical_logits_in_either_layout(tiny_ckpt, scan
   # Logical-axis boxes survive, so the training code can still shard the result.
   assert jax.tree.structure(loaded, is_leaf=_is_box) == jax.tree.structure(init, is_leaf=_is_box)
   x = _images(16)
-  np.testing.assert_allclose(target.apply({"params": loaded}, x), model.apply({"params": params}, x),
+  np.testing.assert_allclose(_logits(target, loaded, x), _logits(model, params, x),
                              atol=1e-5)
-
-
-def _is_box(x):
-  return isinstance(x, flax.core.meta.AxisMetadata)
 
 
 def test_scanned_params_save_as_per_layer_and_convert_back():
   model = models.get_model("ViT-Ti/16", num_classes=3, scan=True, **TINY)
-  flat = npz.flatten(flax.linen.unbox(_randomised(_init(model, 8))))
+  flat = npz.flatten(flax.linen.unbox(_init(model, 8)))
   per_layer = npz.to_per_layer(flat)
   assert "Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel" in per_layer
   assert not any("encoderblock/" in k for k in per_layer)
@@ -141,7 +145,7 @@ def test_scanned_params_save_as_per_layer_and_convert_back():
 
 def test_new_num_classes_keeps_the_fresh_head(tiny_ckpt):
   _, params, path = tiny_ckpt
-  init = flax.linen.unbox(_randomised(_init(models.get_model("ViT-Ti/16", num_classes=7, **TINY), 16), 9))
+  init = flax.linen.unbox(_init(models.get_model("ViT-Ti/16", num_classes=7, **TINY), 16, seed=9))
   loaded = checkpoints.load_pretrained(init, path)
   np.testing.assert_array_equal(loaded["head"]["kernel"], init["head"]["kernel"])
   np.testing.assert_array_equal(loaded["cls"], params["cls"])
@@ -149,7 +153,7 @@ def test_new_num_classes_keeps_the_fresh_head(tiny_ckpt):
 
 def test_dont_load_keeps_init_values(tiny_ckpt):
   _, params, path = tiny_ckpt
-  init = flax.linen.unbox(_randomised(_init(models.get_model("ViT-Ti/16", num_classes=10, **TINY), 16), 9))
+  init = flax.linen.unbox(_init(models.get_model("ViT-Ti/16", num_classes=10, **TINY), 16, seed=9))
   loaded = checkpoints.load_pretrained(init, path, dont_load=("head/.*", r".*/encoderblock_1/.*"))
   np.testing.assert_array_equal(loaded["head"]["bias"], init["head"]["bias"])
   np.testing.assert_array_equal(loaded["Transformer"]["encoderblock_1"]["LayerNorm_0"]["scale"],
@@ -161,7 +165,7 @@ def test_dont_load_keeps_init_values(tiny_ckpt):
 def test_pre_logits_is_dropped_for_a_model_without_it(tmp_path):
   with_repr = models.get_model("ViT-Ti/16", num_classes=10, representation_size=16, **TINY)
   path = tmp_path / "repr.npz"
-  checkpoints.save_npz(_randomised(_init(with_repr, 16)), path)
+  checkpoints.save_npz(flax.linen.unbox(_init(with_repr, 16)), path)
   plain_init = _init(models.get_model("ViT-Ti/16", num_classes=5, **TINY), 16)
   loaded = checkpoints.load_pretrained(plain_init, path)
   assert "pre_logits" not in loaded
@@ -178,7 +182,7 @@ def test_pre_logits_is_dropped_for_a_model_without_it(tmp_path):
 def test_resolution_change_resizes_the_posemb_grid(tmp_path, classifier, prefix):
   kw = dict(TINY, classifier=classifier)
   path = tmp_path / "ckpt.npz"
-  params = _randomised(_init(models.get_model("ViT-Ti/16", num_classes=10, **kw), 16))
+  params = flax.linen.unbox(_init(models.get_model("ViT-Ti/16", num_classes=10, **kw), 16))
   checkpoints.save_npz(params, path)
   target = models.get_model("ViT-Ti/16", num_classes=10, **kw)
   loaded = checkpoints.load_pretrained(_init(target, 24), path)  # 4x4 -> 6x6 grid
@@ -186,7 +190,7 @@ def test_resolution_change_resizes_the_posemb_grid(tmp_path, classifier, prefix)
   new = flax.linen.unbox(loaded)["Transformer"]["posembed_input"]["pos_embedding"]
   assert new.shape == (1, prefix + 36, 32)
   np.testing.assert_allclose(new, resize.resize_posemb(posemb, (6, 6), prefix), atol=1e-6)
-  assert target.apply({"params": loaded}, _images(24)).shape == (2, 10)
+  assert _logits(target, loaded, _images(24)).shape == (2, 10)
 
 
 def test_posemb_of_a_token_checkpoint_fits_a_gap_model(tiny_ckpt):
@@ -219,14 +223,14 @@ def test_patch_size_change_runs_the_checkpoint_at_another_patch_size(tiny_ckpt):
   upsample = lambda p: jax.image.resize(p, (8, 8, 3), "bilinear", antialias=False)
   patches = _to_patches(x, 4)
   big = _from_patches(jax.vmap(jax.vmap(jax.vmap(upsample)))(patches))
-  np.testing.assert_allclose(target.apply({"params": loaded}, big), model.apply({"params": params}, x),
+  np.testing.assert_allclose(_logits(target, loaded, big), _logits(model, params, x),
                              atol=1e-4)
 
 
 def test_hybrid_roundtrip_uses_the_official_groupnorm_shape(tmp_path):
   kw = dict(width=32, depth=1, mlp_dim=64, num_heads=2, resnet={"num_layers": (1,), "width_factor": 1})
   model = models.get_model("R+Ti/16", num_classes=4, **kw)
-  params = _randomised(_init(model, 32))
+  params = flax.linen.unbox(_init(model, 32))
   path = tmp_path / "hybrid.npz"
   checkpoints.save_npz(params, path)
   with np.load(path) as f:
@@ -234,7 +238,7 @@ def test_hybrid_roundtrip_uses_the_official_groupnorm_shape(tmp_path):
     assert f["block1/unit1/gn_proj/bias"].shape == (1, 1, 1, 256)
   loaded = checkpoints.load_pretrained(_init(model, 32, seed=3), path)
   x = _images(32)
-  np.testing.assert_allclose(model.apply({"params": loaded}, x), model.apply({"params": params}, x),
+  np.testing.assert_allclose(_logits(model, loaded, x), _logits(model, params, x),
                              atol=1e-5)
   assert checkpoints.load_npz(path)["gn_root"]["scale"].shape == (64,)
 
@@ -245,7 +249,7 @@ def test_mismatching_checkpoint_lists_the_first_keys_and_the_fix(tiny_ckpt):
   with pytest.raises(ValueError) as err:
     checkpoints.load_pretrained(wider, path)
   message = str(err.value)
-  assert "shape mismatches:" in message and "embedding/bias: checkpoint (32,) vs model (64,)" in message
+  assert "36 shape mismatches:" in message and "bias: checkpoint (32,) vs model (64,)" in message
   assert "... and" in message and "Fix:" in message and "dont_load" in message
   deeper = _init(models.get_model("ViT-Ti/16", num_classes=10, **dict(TINY, depth=3)), 16)
   with pytest.raises(ValueError, match="missing from the checkpoint:\n      Transformer/encoderblock_2/"):

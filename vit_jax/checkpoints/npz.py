@@ -210,7 +210,7 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
 
   unused = sorted(set(ckpt) - set(init_flat))
   if missing or mismatched:
-    raise ValueError(_mismatch_message(source, missing, mismatched, unused))
+    raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused))
   # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a slip.
   dropped_head = [k for k in unused if k.startswith((_HEAD_PREFIX, "pre_logits/"))]
   dropped_other = [k for k in unused if k not in dropped_head]
