@@ -293,7 +293,9 @@ def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int,
   batch = local_batch_size(sharding, global_batch_size)
   index, count = _host(None, None)
   dataset = train_dataset(cfg, batch, seed, index, count)
-  identity = {"seed": seed, "process_count": count, "global_batch_size": global_batch_size}
+  # Grain workers each batch their own slice of the stream, so the worker count is part of it.
+  identity = {"seed": seed, "process_count": count, "global_batch_size": global_batch_size,
+              "workers": int(sources.cfg_get(cfg, "workers", 0))}
   return TrainIterator(dataset, sharding, int(sources.cfg_get(cfg, "prefetch", 2)), identity,
                        index)
 

@@ -27,6 +27,10 @@ class Source:
   num_classes: int
   description: str  # For logs and errors, e.g. "cifar10:train in /data/tfds".
 
+  @property
+  def num_examples(self) -> int:
+    return len(self.records)
+
 
 class ImageFolderRecords(Sequence):
   """`root/<split>/<class>/<image>` files as raw examples; labels index the sorted class names."""
@@ -100,37 +104,41 @@ def _prepare_hint(name: str, data_dir: str) -> str:
           "file_format='array_record').download_and_prepare()\")")
 
 
-def _not_ready_error(name: str, root: str) -> Exception:
-  """Explains why tfds cannot give random access to `name` and how to fix it."""
-  builder = tfds.builder(name, data_dir=root)
+def _not_ready_error(builder: tfds.core.DatasetBuilder, root: str) -> Exception:
+  """Explains why tfds cannot give random access to the builder's data and how to fix it."""
   if not builder.is_prepared():
-    return FileNotFoundError(f"tfds dataset {name!r} is not prepared in {root} ({builder.data_dir} "
-                             f"is missing). Prepare it once (downloads): {_prepare_hint(name, root)}")
+    return FileNotFoundError(
+        f"tfds dataset {builder.name!r} is not prepared in {root} ({builder.data_dir} is missing). "
+        f"Prepare it once (downloads): {_prepare_hint(builder.name, root)}")
   return ValueError(
-      f"tfds dataset {name!r} in {builder.data_dir} is prepared as "
+      f"tfds dataset {builder.name!r} in {builder.data_dir} is prepared as "
       f"{builder.info.file_format.value}; the grain pipeline needs random access (ArrayRecord). "
       f"Convert it once: tfds convert_format --dataset_dir={builder.data_dir} "
-      f"--out_file_format=array_record, or rebuild with --overwrite: {_prepare_hint(name, root)}")
+      f"--out_file_format=array_record, or rebuild with --overwrite: "
+      f"{_prepare_hint(builder.name, root)}")
 
 
 def _open_tfds(name: str, split: str, data_dir: str | None) -> Source:
-  if name == bundled_mnist.BundledMnist.name:
-    bundled_mnist.ensure_prepared(data_dir)
   root = data_dir or tfds.core.constants.DATA_DIR
-  try:
-    data_source = tfds.data_source(name, split=split, data_dir=root, download=False,
-                                   decoders={"image": tfds.decode.SkipDecoding()})
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"Unknown tfds dataset {name!r} (data.name); use a tfds name such as "
-                     "'cifar10', 'bundled_mnist' or 'imagefolder' (with data.root).") from e
-  except ValueError as e:  # tfds raises it for unknown split names.
-    raise ValueError(f"Bad split {split!r} for {name!r} (data.split): {e}") from e
-  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
-    raise _not_ready_error(name, root) from e
-  features = tfds.builder(name, data_dir=root).info.features
+  if name == bundled_mnist.BundledMnist.name:
+    builder = bundled_mnist.ensure_prepared(root)
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=root)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise ValueError(f"Unknown tfds dataset {name!r} (data.name); use a tfds name such as "
+                       "'cifar10', 'bundled_mnist' or 'imagefolder' (with data.root).") from e
+  features = builder.info.features
   if "image" not in features or "label" not in features:
     raise ValueError(f"tfds dataset {name!r} has features {list(features)}; the classification "
                      "pipeline needs 'image' and 'label'.")
+  try:
+    data_source = builder.as_data_source(split=split,
+                                         decoders={"image": tfds.decode.SkipDecoding()})
+  except ValueError as e:  # tfds raises it for unknown split names.
+    raise ValueError(f"Bad split {split!r} for {name!r} (data.split): {e}") from e
+  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    raise _not_ready_error(builder, root) from e
   return Source(TfdsRecords(data_source, name, split), features["label"].num_classes,
                 f"{name}:{split} in {root}")
 
