@@ -85,8 +85,8 @@ def _host_shard(num_examples: int, index: int, count: int) -> slice:
 
 
 def _read_options(cfg: Mapping[str, Any]) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=int(sources.cfg_get(cfg, "threads", 8)),
-                           prefetch_buffer_size=int(sources.cfg_get(cfg, "threads", 8)) * 4)
+  threads = int(sources.cfg_get(cfg, "threads", 8))  # PIL releases the GIL: threads scale.
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * threads)
 
 
 def _open_checked(cfg: Mapping[str, Any]) -> sources.Source:
