@@ -1,12 +1,13 @@
 r"""Patch size x model size: accuracy against measured and projected cost, in one table and three plots.
 
-Local scale (default; this laptop/CPU, bundled digits, ~15 minutes for the whole study):
+Local scale (default; a CPU, bundled digits; ~20 minutes for the whole study on a shared 2-core box):
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local
     python -m vit_jax.report runs/sweeps/patch_size_tradeoff_local --out=experiments/patch_size_tradeoff_local
 
-  ViTs of depth 2 at widths 32 and 64 with patches 2, 4, 7 and 14 on the 28x28 digits (196, 49, 16 and
-  4 patch tokens), 3 epochs each (105 steps of batch 128), with the quickstart recipe otherwise.
+  ViTs of depth 2 at widths 16 and 32 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28 digits
+  (196, 49, 16 and 4 patch tokens), 2 epochs each (70 steps of batch 128), the quickstart recipe
+  otherwise. Small on purpose: every trial fits in a couple of minutes on a shared CPU.
 
 ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) on a TPU pod slice:
 
@@ -22,11 +23,11 @@ from vit_jax import config_lib, sweep
 def get_sweep(arg: str | None = None) -> sweep.Study:
   a = config_lib.parse_arg(arg, scale="local", data_dir="")
   if a.scale == "local":
-    widths = sweep.zip_(sweep.axis("width", [32, 64]), sweep.axis("heads", [2, 4]))
+    widths = sweep.zip_(sweep.axis("width", [16, 32]), sweep.axis("heads", [1, 2]))
     trials = sweep.trials(sweep.product(widths, sweep.axis("patch", [2, 4, 7, 14])))
     return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", trials,
-                       base_args={"depth": 2, "epochs": 3.0},
-                       description="ViT depth 2, widths 32/64, patches 2/4/7/14, bundled digits, 3 epochs")
+                       base_args={"depth": 2, "epochs": 2.0},
+                       description="ViT depth 2, widths 16/32, patches 2/4/7/14, bundled digits, 2 epochs")
   if a.scale == "imagenet":
     if not a.data_dir:
       raise ValueError("scale=imagenet needs data_dir=<where imagenet2012 is prepared>, e.g. "

@@ -140,30 +140,46 @@ def test_slurm_dry_run_writes_nothing(fake_bin, study_file, tmp_path):
   assert result.stdout.count("#SBATCH --gpus-per-node=8") == 4
 
 
-def test_local_launcher_skips_done_trials_and_stops_a_trial_after_a_failed_step(tmp_path, monkeypatch):
-  """The interpreter is a recording program: bench succeeds, training of patch 16 fails."""
+def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
+  """The interpreter is a recording program: bench writes bench.json; training of patch 16 fails once."""
   calls = tmp_path / "calls.jsonl"
   interpreter = tmp_path / "python"
   interpreter.write_text(RECORDER.format(python=sys.executable) + textwrap.dedent("""\
-      if sys.argv[2] == "vit_jax.train":
-        if "patch_size=16" in sys.argv[-1]:
-          sys.exit(3)
-        workdir = sys.argv[-1].split("=", 1)[1]
-        open(os.path.join(workdir, "summary.json"), "w").write('{"done": true}')
+      paths = dict(a[2:].split("=", 1) for a in sys.argv if a.startswith(("--output=", "--workdir=")))
+      if sys.argv[2] == "vit_jax.bench":
+        open(paths["output"], "w").write("{}")
+      elif "patch_size=16" in paths["workdir"] and os.path.exists(os.environ["FAIL_PATCH_16"]):
+        sys.exit(3)
+      else:
+        open(os.path.join(paths["workdir"], "summary.json"), "w").write('{"done": true}')
       """))
   interpreter.chmod(0o755)
+  fail_marker = tmp_path / "fail"
+  fail_marker.touch()
   monkeypatch.setenv("FAKE_CALLS", str(calls))
+  monkeypatch.setenv("FAIL_PATCH_16", str(fail_marker))
   points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("config.model.patch_size", [8, 16]))
   study = sweep.Study("t", "configs/x.py", sweep.trials(points))
   _mark_done(tmp_path / "sweep" / "variant=S,patch_size=8")
   launcher = launchers.LocalLauncher(str(tmp_path / "sweep"), parallel=2, targets=("h100-8x",),
                                      python=str(interpreter))
+
+  def runs():
+    recorded = [json.loads(l) for l in calls.read_text().splitlines()]
+    calls.unlink()
+    return sorted((c[2], next(a for a in c if a.startswith(("--output=", "--workdir=")))
+                   .split("/sweep/")[1].split("/")[0]) for c in recorded)
+
   with pytest.raises(RuntimeError, match="2 of 3 trials failed"):
     launcher.launch(study)
-  runs = sorted((c[2], c[-1].rsplit("/", 1)[-1] if c[2] == "vit_jax.train" else c[-2].split("/")[-2])
-                for c in map(json.loads, calls.read_text().splitlines()))
-  assert runs == [("vit_jax.bench", "variant=S,patch_size=16"), ("vit_jax.bench", "variant=Ti,patch_size=16"),
-                  ("vit_jax.bench", "variant=Ti,patch_size=8"), ("vit_jax.train", "variant=S,patch_size=16"),
-                  ("vit_jax.train", "variant=Ti,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=8")]
+  assert runs() == [("vit_jax.bench", "variant=S,patch_size=16"), ("vit_jax.bench", "variant=Ti,patch_size=16"),
+                    ("vit_jax.bench", "variant=Ti,patch_size=8"), ("vit_jax.train", "variant=S,patch_size=16"),
+                    ("vit_jax.train", "variant=Ti,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=8")]
   assert launchers.is_done(str(tmp_path / "sweep" / "variant=Ti,patch_size=8"))
   assert (tmp_path / "sweep" / "sweep.json").exists()
+
+  # Re-launch: only the two unfinished trials train again, and their profiles are not re-measured.
+  fail_marker.unlink()
+  launcher.launch(study)
+  assert runs() == [("vit_jax.train", "variant=S,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=16")]
+  assert all(launchers.is_done(str(tmp_path / "sweep" / t.name)) for t in study.trials)

@@ -14,7 +14,8 @@ optimised HLO. The model, per chip of the target:
 Collectives whose group spans every device of the profiled program are taken to span every chip of
 the target (data / FSDP axes grow with the slice); smaller groups (tensor axes) keep their size.
 Bytes accessed come from the program compiled for the host CPU, whose fusion differs from TPU/GPU
-compilers', so the memory term is indicative only.
+compilers', so the memory term is indicative only. Kernel-launch and host overheads are not modelled:
+for tiny models (a step of microseconds) the projection is a bound real hardware will not reach.
 """
 from __future__ import annotations
 
