@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from test_train import make_image_folder, tiny_config
+from tiny_training import make_image_folder, tiny_config
 from vit_jax import config_checks
 from vit_jax import train
 

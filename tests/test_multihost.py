@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from test_train import final_params, losses, make_image_folder, tiny_config
+from tiny_training import final_params, losses, make_image_folder, tiny_config
 from vit_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def test_two_processes_match_one_process(tmp_path):
   root = make_image_folder(str(tmp_path / "images"))
   config_file = tmp_path / "tiny_config.py"
   config_file.write_text(
-      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom test_train import tiny_config\n\n"
+      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom tiny_training import tiny_config\n\n"
       f"def get_config():\n  return tiny_config({root!r}, mesh=(('data', -1),))\n")
   workdir = str(tmp_path / "two_processes")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -65,7 +65,7 @@ def test_clipping_and_bf16_first_moment():
   updates, state = _one_update(_cfg(name="sgd", momentum=0.9, grad_clip_norm=1.0,
                                     mu_dtype="bfloat16"), grads=grads)
   assert optax.tree.norm(updates) == pytest.approx(0.1, rel=1e-2)
-  assert {x.dtype for x in jax.tree.leaves(state) if getattr(x, "ndim", 0)} == {jnp.bfloat16}
+  assert {x.dtype for x in jax.tree.leaves(state) if getattr(x, "ndim", 0)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_bad_optimizer_names():

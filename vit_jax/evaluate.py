@@ -20,7 +20,6 @@ from absl import flags
 import flax.linen as nn
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from vit_jax import checkpoints
 from vit_jax import config_checks
@@ -30,14 +29,8 @@ from vit_jax import train
 from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints) / output dir.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz file or Orbax checkpoint directory "
                                   "(default: the latest in WORKDIR/checkpoints).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "As in vit_jax.train.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "As in vit_jax.train.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "As in vit_jax.train.")
 
 
 def _read_params(path: str) -> Any:
@@ -107,11 +100,12 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   train.quiet_library_logs()
-  train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  train.initialize_distributed(train.COORDINATOR_FLAG.value, train.NUM_PROCESSES_FLAG.value,
+                               train.PROCESS_ID_FLAG.value)
   try:
-    if _CONFIG.value is None:
+    if train.CONFIG_FLAG.value is None:
       raise config_checks.ConfigError("--config is required.")
-    results = evaluate(_CONFIG.value, _WORKDIR.value or "", _CHECKPOINT.value)
+    results = evaluate(train.CONFIG_FLAG.value, train.WORKDIR_FLAG.value or "", _CHECKPOINT.value)
   except config_checks.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(train.EXIT_BAD_CONFIG)

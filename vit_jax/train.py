@@ -48,15 +48,17 @@ from vit_jax.data import pipeline
 from vit_jax.data import sources
 from vit_jax.evaluators.classification import make_eval_step  # Part of this module's API.
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
-_COORDINATOR = flags.DEFINE_string(
+# Shared with vit_jax.evaluate (absl flags can only be defined once per process).
+CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                              lock_config=True)
+WORKDIR_FLAG = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+COORDINATOR_FLAG = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs started by hand "
     "(TPU pods and SLURM are detected automatically).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with "
-                                      "--coordinator_address).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with "
-                                   "--coordinator_address).")
+NUM_PROCESSES_FLAG = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (with --coordinator_address).")
+PROCESS_ID_FLAG = flags.DEFINE_integer(
+    "process_id", None, "This process's index (with --coordinator_address).")
 
 EXIT_BAD_CONFIG = 2
 
@@ -451,6 +453,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     final: dict[str, Any] = {}
     step = start
     t_start = time.perf_counter()
+    if start >= total_steps:  # A finished run started again: report its final evaluation.
+      final.update(_evaluate_all(evals, state))
     try:
       for step in range(start + 1, total_steps + 1):
         batch = first_batch if first_batch is not None else next(train_iter)
@@ -522,11 +526,11 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   quiet_library_logs()
-  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  initialize_distributed(COORDINATOR_FLAG.value, NUM_PROCESSES_FLAG.value, PROCESS_ID_FLAG.value)
   try:
-    if _CONFIG.value is None:
+    if CONFIG_FLAG.value is None:
       raise config_checks.ConfigError("--config is required, e.g. --config=configs/quickstart.py.")
-    final = train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
+    final = train_and_evaluate(CONFIG_FLAG.value, WORKDIR_FLAG.value or "")
   except config_checks.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_BAD_CONFIG)
