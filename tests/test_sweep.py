@@ -61,3 +61,11 @@ def test_cli_bad_study_exits_2():
   result = subprocess.run([sys.executable, "-m", "vit_jax.sweep", "experiments/nope.py", "--dry_run"],
                           cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and "experiments/nope.py" in result.stderr
+
+
+def test_manifest_refuses_a_sweep_dir_whose_trials_ran_with_other_flags(tmp_path):
+  trials = sweep.trials(sweep.axis("patch", [4, 7]))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 2.0}), str(tmp_path))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials[:1], base_args={"epochs": 2.0}), str(tmp_path))
+  with pytest.raises(ValueError, match="patch=4 ran with"):
+    sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 3.0}), str(tmp_path))

@@ -94,6 +94,8 @@ class LocalLauncher:
     return 0
 
   def launch(self, study: Study) -> None:
+    if not self.dry_run:
+      write_manifest(study, self.sweep_dir)
     pending = [t for t in study.trials if not is_done(trial_workdir(self.sweep_dir, t))]
     for trial in study.trials:
       if trial not in pending:
@@ -103,7 +105,6 @@ class LocalLauncher:
         for command in self.commands(study, trial):
           print(_with_env(study, command))
       return
-    write_manifest(study, self.sweep_dir)
     with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
       codes = list(pool.map(lambda t: self._run_trial(study, t), pending))
     failed = [t.name for t, code in zip(pending, codes) if code]

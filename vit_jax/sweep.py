@@ -138,7 +138,7 @@ class Study:
         "base_overrides": dict(self.base_overrides), "env": dict(self.env),
         "description": self.description,
         "trials": [{"name": t.name, "config_args": dict(t.config_args), "overrides": dict(t.overrides),
-                    "values": t.values()} for t in self.trials],
+                    "values": t.values(), "flags": self.train_args(t)} for t in self.trials],
     }
 
 
@@ -160,11 +160,22 @@ def load_study(spec: str) -> Study:
 
 
 def write_manifest(study: Study, sweep_dir: str) -> None:
-  """Records the study next to its trials so `vit_jax.report` can label every row."""
+  """Records the study next to its trials so `vit_jax.report` can label every row.
+
+  Refuses a sweep dir whose trials of the same name ran with other flags: they would be skipped as
+  done (or resumed from checkpoints) although the study changed.
+  """
   from etils import epath  # Handles gs:// sweep dirs too.
-  directory = epath.Path(sweep_dir)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "sweep.json").write_text(json.dumps(study.to_json(), indent=1, default=str))
+  manifest = epath.Path(sweep_dir) / "sweep.json"
+  new = study.to_json()
+  if manifest.exists():
+    old_flags = {t["name"]: t.get("flags") for t in json.loads(manifest.read_text())["trials"]}
+    for trial in new["trials"]:
+      if old_flags.get(trial["name"]) not in (None, trial["flags"]):
+        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, the study now "
+                         f"says {trial['flags']}; use another --sweep_dir or delete that trial's dir.")
+  manifest.parent.mkdir(parents=True, exist_ok=True)
+  manifest.write_text(json.dumps(new, indent=1, default=str))
 
 
 def main(argv: Sequence[str]) -> None:
