@@ -151,6 +151,9 @@ def decode(channels: int = 3) -> Op:
         image.draft(mode, image.size)  # Let libjpeg do the colour conversion while decoding.
     else:  # Already pixels (e.g. a source that stores arrays).
       image = to_pil(data)
+    if image.mode == mode:
+      image.load()  # Decode now (errors surface here), in place: convert() would copy.
+      return _with_image(example, image)
     return _with_image(example, image.convert(mode))
   return op
 
