@@ -116,11 +116,14 @@ def read_npz(path: str | epath.PathLike) -> FlatParams:
   return flat
 
 
+def squeeze_groupnorm(flat: Mapping[str, Any]) -> FlatParams:
+  """Legacy (1, 1, 1, C) GroupNorm scale/bias of the published hybrid files -> (C,), as the model's."""
+  return {k: v.reshape(v.shape[-1:]) if _GROUPNORM_KEY.search(k) else v for k, v in flat.items()}
+
+
 def load_npz(path: str | epath.PathLike) -> dict[str, Any]:
   """Reads an official `.npz` into a nested param tree in the per-layer layout, GroupNorm as (C,)."""
-  flat = read_npz(path)
-  return unflatten({k: v.reshape(v.shape[-1:]) if _GROUPNORM_KEY.search(k) else v
-                    for k, v in flat.items()})
+  return unflatten(squeeze_groupnorm(read_npz(path)))
 
 
 def save_npz(params: Mapping[str, Any], path: str | epath.PathLike) -> None:
@@ -144,10 +147,22 @@ def save_npz(params: Mapping[str, Any], path: str | epath.PathLike) -> None:
   logging.info("Saved %d arrays to %s", len(arrays), path)
 
 
+def read_params(path: str | epath.PathLike) -> FlatParams:
+  """Flat params of an official `.npz` file or of an Orbax train-state checkpoint directory.
+
+  A directory is read with `vit_jax.checkpoints.state.load_params` (a step directory, or a
+  checkpoints root whose latest step is taken).
+  """
+  if epath.Path(path).is_dir():
+    from vit_jax.checkpoints import state  # pylint: disable=g-import-not-at-top  (Orbax is heavy)
+    return flatten(state.load_params(str(path)))
+  return read_npz(path)
+
+
 def load_pretrained(init_params: Mapping[str, Any], path: str | epath.PathLike, *,
                     dont_load: Sequence[str] = (), posemb_method: str = "bilinear") -> dict[str, Any]:
-  """Loads an official `.npz` into params shaped like `init_params` (see `merge_pretrained`)."""
-  return merge_pretrained(init_params, read_npz(path), dont_load=dont_load,
+  """Loads a checkpoint (`read_params`) into params shaped like `init_params` (`merge_pretrained`)."""
+  return merge_pretrained(init_params, read_params(path), dont_load=dont_load,
                           posemb_method=posemb_method, source=str(path))
 
 
@@ -210,7 +225,8 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
 
   unused = sorted(set(ckpt) - set(init_flat))
   if missing or mismatched:
-    raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused))
+    raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused,
+                                       _LOAD_FIX))
   # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a slip.
   dropped_head = [k for k in unused if k.startswith((_HEAD_PREFIX, "pre_logits/"))]
   dropped_other = [k for k in unused if k not in dropped_head]
@@ -220,6 +236,21 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
     logging.warning("Dropped %d params of %s that the model does not have:%s", len(dropped_other),
                     source, _first(dropped_other))
   return unflatten(out)
+
+
+def check_matches(params: Mapping[str, Any], expected: Mapping[str, Any], *, source: str,
+                  fix: str) -> None:
+  """Raises ValueError unless `params` has exactly the keys and shapes of `expected`.
+
+  Both may be nested or flat, in the same layer layout; the error lists the first offenders and `fix`.
+  """
+  got, want = flatten(params), flatten(flax.linen.unbox(expected))
+  missing = sorted(set(want) - set(got))
+  unused = sorted(set(got) - set(want))
+  mismatched = sorted(f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(want[k].shape)}"
+                      for k in set(got) & set(want) if tuple(got[k].shape) != tuple(want[k].shape))
+  if missing or unused or mismatched:
+    raise ValueError(_mismatch_message(source, missing, mismatched, unused, fix))
 
 
 def _adapt(key: str, value: np.ndarray, target: Any, ckpt: Mapping[str, Any],
@@ -259,7 +290,13 @@ def _first(keys: Sequence[str]) -> str:
   return "".join(f"\n      {k}" for k in keys[:_SHOWN]) + more
 
 
-def _mismatch_message(source: str, missing: list[str], mismatched: list[str], unused: list[str]) -> str:
+_LOAD_FIX = ("Fix: build the model the checkpoint was trained with (variant, classifier, "
+             "representation_size, resnet), or keep params at their init value with "
+             "dont_load=(regex, ...), e.g. dont_load=('MAPHead_0/.*',).")
+
+
+def _mismatch_message(source: str, missing: list[str], mismatched: list[str], unused: list[str],
+                      fix: str) -> str:
   lines = [f"{source} does not fit the model:"]
   if missing:
     lines.append(f"  {len(missing)} model params missing from the checkpoint:{_first(missing)}")
@@ -267,7 +304,5 @@ def _mismatch_message(source: str, missing: list[str], mismatched: list[str], un
     lines.append(f"  {len(mismatched)} shape mismatches:{_first(mismatched)}")
   if unused:
     lines.append(f"  {len(unused)} checkpoint params the model does not have:{_first(unused)}")
-  lines.append("Fix: build the model the checkpoint was trained with (variant, classifier, "
-               "representation_size, resnet), or keep params at their init value with "
-               "dont_load=(regex, ...), e.g. dont_load=('MAPHead_0/.*',).")
+  lines.append(fix)
   return "\n".join(lines)
