@@ -1,4 +1,4 @@
-"""Checkpoints: official `.npz` interop, Hugging Face export (and the Orbax train-state manager)."""
-from vit_jax.checkpoints.npz import load_npz, load_pretrained, merge_pretrained, save_npz
+"""Checkpoints: official `.npz` interop (npz), Hugging Face export (hf), Orbax train state (state)."""
+from vit_jax.checkpoints.npz import load_npz, load_pretrained, merge_pretrained, read_params, save_npz
 
-__all__ = ["load_npz", "load_pretrained", "merge_pretrained", "save_npz"]
+__all__ = ["load_npz", "load_pretrained", "merge_pretrained", "read_params", "save_npz"]

@@ -279,10 +279,13 @@ def _resize_posemb(value: np.ndarray, target_shape: tuple[int, ...], ckpt: Mappi
                      f"resize it yourself with vit_jax.models.resize.resize_posemb(..., old_grid=...).")
   logging.info("Resizing the position embedding %s -> %s (%s).", value.shape, target_shape, method)
   resized = np.asarray(resize.resize_posemb(value, (side, side), old_prefix, method))
-  if old_prefix != new_prefix:
-    init_posemb = np.asarray(flax.linen.unbox(init_flat[_POSEMB_KEY]))
-    resized = np.concatenate([init_posemb[:, :new_prefix], resized[:, old_prefix:]], axis=1)
-  return resized
+  if old_prefix == new_prefix:
+    return resized
+  grid = resized[:, old_prefix:]
+  if not new_prefix:
+    return grid  # e.g. a token-classifier checkpoint into a gap model: the class entry goes.
+  init_prefix = np.asarray(flax.linen.unbox(init_flat[_POSEMB_KEY]))[:, :new_prefix]
+  return np.concatenate([init_prefix, grid], axis=1)
 
 
 def _first(keys: Sequence[str]) -> str:
