@@ -1,5 +1,4 @@
 """Mesh construction from the config and logical-axis placement of params."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 # Mesh axes that split the batch (data parallelism, including FSDP's data-parallel role).
