@@ -144,7 +144,7 @@ def test_two_hosts_read_disjoint_shards(folder):
   cfg = _cfg(folder, pp="decode|flip_lr")
   seen = []
   for host in (0, 1):
-    batches = _take(pipeline.train_dataset(cfg, 4, 0, process_index=host, process_count=2), 10)
+    batches = _take(pipeline.train_dataset(cfg, 4, 0, shard_index=host, shard_count=2), 10)
     first, second = (_ids(np.concatenate([b["image"] for b in half]))
                      for half in (batches[:5], batches[5:]))
     assert sorted(first) == sorted(second) and first != second  # Same shard, reshuffled.

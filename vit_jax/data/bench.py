@@ -83,7 +83,7 @@ def _measure(method: str, batches: Iterator[int], num_images: int) -> Measuremen
 def ours(root: str, size: int, threads: int) -> Iterator[int]:
   cfg = {"data": {"name": "imagefolder", "root": root, "split": "train"},
          "pp": f"decode|inception_crop({size})|flip_lr", "threads": threads}
-  for batch in pipeline.train_dataset(cfg, _BATCH, seed=0, process_index=0, process_count=1):
+  for batch in pipeline.train_dataset(cfg, _BATCH, seed=0):
     yield len(batch["image"])
 
 

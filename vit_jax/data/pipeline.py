@@ -71,17 +71,12 @@ class Preprocess:
     return {"image": preprocess.to_array(out["image"]), "label": np.asarray(out["label"])}
 
 
-def _host(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  if not 0 <= index < count:
-    raise ValueError(f"process_index {index} is outside process_count {count}.")
-  return index, count
-
-
-def _host_shard(num_examples: int, index: int, count: int) -> slice:
+def _example_range(num_examples: int, shard_index: int, shard_count: int) -> slice:
   """Contiguous, disjoint, near-equal shards that cover every example once."""
-  return slice(num_examples * index // count, num_examples * (index + 1) // count)
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"Data shard {shard_index} is outside shard count {shard_count}.")
+  return slice(num_examples * shard_index // shard_count,
+               num_examples * (shard_index + 1) // shard_count)
 
 
 def _read_options(cfg: Mapping[str, Any]) -> grain.ReadOptions:
@@ -111,27 +106,26 @@ def check_ready(cfg: Mapping[str, Any]) -> sources.Source:
   return _open_checked(cfg) if "data" in cfg else sources.open_source(cfg)
 
 
-def _host_seed(seed: int, index: int) -> int:
-  # Hosts get different augmentation streams; the shuffle seed is shared (shards are disjoint).
-  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def _shard_seed(seed: int, shard_index: int) -> int:
+  # Shards get different augmentation streams; the shuffle seed is shared (shards are disjoint).
+  return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
 
 
-def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
-  """This host's infinite stream of numpy batches {"image": (b,H,W,C), "label": (b,...)}."""
-  index, count = _host(process_index, process_count)
+def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
+  """Infinite stream of numpy batches {"image": (b,H,W,C), "label": (b,...)} of one data shard
+  (a host's share of the split; `data_shard` says which one a process feeds)."""
   source = _open_checked(cfg)
-  shard = _host_shard(len(source.records), index, count)
+  shard = _example_range(len(source.records), shard_index, shard_count)
   if shard.stop - shard.start < local_batch_size:
-    raise ValueError(f"{source.description} gives host {index} of {count} only "
+    raise ValueError(f"{source.description} gives shard {shard_index} of {shard_count} only "
                      f"{shard.stop - shard.start} examples, fewer than its batch of "
                      f"{local_batch_size}; use a smaller batch or a bigger split.")
   on_corrupt = sources.cfg_get(cfg["data"], "on_corrupt", "skip")
   dataset = (grain.MapDataset.source(source.records)[shard]
              .shuffle(seed=seed)
              .repeat()
-             .random_map(Preprocess(cfg["pp"], on_corrupt), seed=_host_seed(seed, index))
+             .random_map(Preprocess(cfg["pp"], on_corrupt), seed=_shard_seed(seed, shard_index))
              .to_iter_dataset(_read_options(cfg))
              .batch(local_batch_size, drop_remainder=True))
   workers = int(sources.cfg_get(cfg, "workers", 0))
@@ -140,22 +134,22 @@ def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int,
   return dataset
 
 
-def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One deterministic pass over this host's shard as numpy batches with a 0/1 "mask".
+def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int = 0,
+                 shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """One deterministic pass over a data shard as numpy batches with a 0/1 "mask".
 
-  Every host yields the same number of batches (ceil(ceil(N / hosts) / batch)); the last ones are
-  padded with zero images and mask 0, so collective eval steps never wait on a host.
+  Every shard yields the same number of batches (ceil(ceil(N / shards) / batch)); the last ones
+  are padded with zero images and mask 0, so collective eval steps never wait on a host.
   """
-  index, count = _host(process_index, process_count)
   source = _open_checked(cfg)
   num_examples = len(source.records)
-  if num_examples < count:
-    raise ValueError(f"{source.description} has {num_examples} examples, fewer than the {count} "
-                     "hosts that evaluate it.")
-  num_batches = math.ceil(math.ceil(num_examples / count) / local_batch_size)
+  if num_examples < shard_count:
+    raise ValueError(f"{source.description} has {num_examples} examples, fewer than the "
+                     f"{shard_count} hosts that evaluate it.")
+  num_batches = math.ceil(math.ceil(num_examples / shard_count) / local_batch_size)
   on_corrupt = sources.cfg_get(cfg["data"], "on_corrupt", "skip")
-  dataset = (grain.MapDataset.source(source.records)[_host_shard(num_examples, index, count)]
+  dataset = (grain.MapDataset.source(source.records)[_example_range(num_examples, shard_index,
+                                                                     shard_count)]
              .random_map(Preprocess(cfg["pp"], on_corrupt), seed=0)
              .to_iter_dataset(_read_options(cfg))
              .batch(local_batch_size, drop_remainder=False))
@@ -164,7 +158,7 @@ def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, process_index: i
     yield _pad_batch(template, local_batch_size, len(template["image"]))
     num_batches -= 1
   if template is None:
-    raise ValueError(f"Every example of {source.description} on host {index} is corrupt.")
+    raise ValueError(f"Every example of {source.description} in shard {shard_index} is corrupt.")
   for _ in range(num_batches):
     yield _pad_batch(template, local_batch_size, 0)
 
@@ -179,17 +173,24 @@ def _pad_batch(batch: dict[str, np.ndarray], size: int, num_real: int) -> dict[s
   return padded
 
 
-def local_batch_size(sharding: jax.sharding.Sharding, global_batch_size: int) -> int:
-  """Rows of a global batch that this process's devices hold under `sharding`."""
+def data_shard(sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int, int]:
+  """(shard index, shard count, local batch size) for the batch rows this process's devices hold.
+
+  Rows are read from the shard of the split with the same position as the rows in the batch, so
+  processes holding the same rows (a batch replicated across hosts) read the same data.
+  """
   try:
     indices = sharding.addressable_devices_indices_map((global_batch_size,))
   except ValueError as e:
     raise ValueError(f"Global batch size {global_batch_size} cannot be split by the batch "
                      f"sharding {sharding}: {e}. Use a multiple of the data-parallel size.") from e
-  rows = set()
-  for index in indices.values():
-    rows.update(range(*index[0].indices(global_batch_size)))
-  return len(rows)
+  rows = sorted({row for index in indices.values()
+                 for row in range(*index[0].indices(global_batch_size))})
+  local = len(rows)
+  if rows != list(range(rows[0], rows[0] + local)):
+    raise ValueError(f"Process {jax.process_index()} holds non-contiguous rows of the batch under "
+                     f"{sharding}; order the mesh devices by process (jax.make_mesh does).")
+  return rows[0] // local, global_batch_size // local, local
 
 
 def _default_sharding() -> jax.sharding.NamedSharding:
@@ -290,14 +291,14 @@ def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int,
   """
   sharding = sharding or _default_sharding()
   seed = int(sources.cfg_get(cfg, "seed", 0) if seed is None else seed)
-  batch = local_batch_size(sharding, global_batch_size)
-  index, count = _host(None, None)
-  dataset = train_dataset(cfg, batch, seed, index, count)
+  shard_index, shard_count, batch = data_shard(sharding, global_batch_size)
+  dataset = train_dataset(cfg, batch, seed, shard_index, shard_count)
   # Grain workers each batch their own slice of the stream, so the worker count is part of it.
-  identity = {"seed": seed, "process_count": count, "global_batch_size": global_batch_size,
+  identity = {"seed": seed, "process_count": jax.process_count(),
+              "global_batch_size": global_batch_size,
               "workers": int(sources.cfg_get(cfg, "workers", 0))}
   return TrainIterator(dataset, sharding, int(sources.cfg_get(cfg, "prefetch", 2)), identity,
-                       index)
+                       jax.process_index())
 
 
 class EvalIterable:
@@ -307,12 +308,14 @@ class EvalIterable:
                sharding: jax.sharding.Sharding):
     self._cfg = cfg
     self._sharding = sharding
-    self._local_batch_size = local_batch_size(sharding, global_batch_size)
+    self._shard_index, self._shard_count, self._local_batch_size = data_shard(
+        sharding, global_batch_size)
     self._depth = int(sources.cfg_get(cfg, "prefetch", 2))
     check_ready(cfg)
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-    host_batches = eval_batches(self._cfg, self._local_batch_size)
+    host_batches = eval_batches(self._cfg, self._local_batch_size, self._shard_index,
+                                self._shard_count)
     return _DevicePrefetch(host_batches, self._sharding, self._depth)
 
 
