@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax import checkpoints, models
-from vit_jax.checkpoints import npz
+from vit_jax.checkpoints import npz, state
 from vit_jax.models import resize
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4)
@@ -193,9 +193,22 @@ def test_resolution_change_resizes_the_posemb_grid(tmp_path, classifier, prefix)
   assert _logits(target, loaded, _images(24)).shape == (2, 10)
 
 
+def _abstract_init(model, image_size):
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)["params"]
+
+
+def test_loading_into_abstract_params_allocates_only_what_is_loaded(tiny_ckpt):
+  _, params, path = tiny_ckpt
+  init = _abstract_init(models.get_model("ViT-Ti/16", num_classes=3, **TINY), 16)
+  loaded = flax.linen.unbox(checkpoints.load_pretrained(init, path))
+  np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
+  assert isinstance(loaded["head"]["kernel"], jax.ShapeDtypeStruct)  # new head: left to the caller
+
+
 def test_posemb_of_a_token_checkpoint_fits_a_gap_model(tiny_ckpt):
   _, params, path = tiny_ckpt
-  gap_init = _init(models.get_model("ViT-Ti/16", num_classes=10, classifier="gap", **TINY), 24)
+  gap_init = _abstract_init(models.get_model("ViT-Ti/16", num_classes=10, classifier="gap", **TINY), 24)
   loaded = flax.linen.unbox(checkpoints.load_pretrained(gap_init, path))
   posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
   np.testing.assert_allclose(loaded["Transformer"]["posembed_input"]["pos_embedding"],
@@ -225,6 +238,17 @@ def test_patch_size_change_runs_the_checkpoint_at_another_patch_size(tiny_ckpt):
   big = _from_patches(jax.vmap(jax.vmap(jax.vmap(upsample)))(patches))
   np.testing.assert_allclose(_logits(target, loaded, big), _logits(model, params, x),
                              atol=1e-4)
+
+
+def test_load_pretrained_reads_an_orbax_train_state(tiny_ckpt, tmp_path):
+  model, params, _ = tiny_ckpt
+  manager = state.TrainStateCheckpointer(str(tmp_path), save_every_steps=1, async_save=False)
+  manager.save(3, {"params": jax.tree.map(jnp.asarray, params), "step": jnp.asarray(3)}, force=True)
+  manager.close()
+  scanned = models.get_model("ViT-Ti/16", num_classes=10, scan=True, **TINY)
+  loaded = checkpoints.load_pretrained(_init(scanned, 16, seed=4), tmp_path)
+  x = _images(16)
+  np.testing.assert_allclose(_logits(scanned, loaded, x), _logits(model, params, x), atol=1e-5)
 
 
 def test_hybrid_roundtrip_uses_the_official_groupnorm_shape(tmp_path):
