@@ -116,5 +116,10 @@ def main(argv: Sequence[str]) -> None:
   print("Wrote:\n" + "\n".join(f"  {p}" for p in written))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console-script entry point."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

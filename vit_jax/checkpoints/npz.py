@@ -223,6 +223,10 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
     value = value.astype(target.dtype)
     out[key] = init_leaf.replace_boxed(value) if isinstance(init_leaf, flax.core.meta.AxisMetadata) else value
 
+  for pattern in patterns:
+    if not any(pattern.fullmatch(k) for k in init_flat):
+      logging.warning("dont_load pattern %r matches no model param (it must match the whole "
+                      "'/'-joined name, e.g. 'head/.*').", pattern.pattern)
   unused = sorted(set(ckpt) - set(init_flat))
   if missing or mismatched:
     raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused,
