@@ -134,7 +134,8 @@ def hf_state_dict(params: Mapping[str, Any], model_kwargs: Mapping[str, Any]) ->
     dense("classifier", "head")
   if flat:
     raise ValueError(f"Params {sorted(flat)[:5]} have no place in ViTForImageClassification: the "
-                     f"checkpoint is not a {model_kwargs['depth']}-layer token-classifier ViT (check --model).")
+                     f"checkpoint is not a {model_kwargs['depth']}-layer token-classifier ViT "
+                     "(check --model).")
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
