@@ -6,8 +6,8 @@ Local scale (default; a CPU, bundled digits; ~20 minutes for the whole study on 
     python -m vit_jax.report runs/sweeps/patch_size_tradeoff_local --out=experiments/patch_size_tradeoff_local
 
   ViTs of depth 2 at widths 16 and 32 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28 digits
-  (196, 49, 16 and 4 patch tokens), 2 epochs each (70 steps of batch 128), the quickstart recipe
-  otherwise. Small on purpose: every trial fits in a couple of minutes on a shared CPU.
+  (196, 49, 16 and 4 patch tokens), 2 epochs each (70 steps of batch 128, 7 warm-up steps), the
+  quickstart recipe otherwise. Small on purpose: every trial fits in a couple of minutes on a shared CPU.
 
 ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) on a TPU pod slice:
 
@@ -27,6 +27,8 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
     trials = sweep.trials(sweep.product(widths, sweep.axis("patch", [2, 4, 7, 14])))
     return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", trials,
                        base_args={"depth": 2, "epochs": 2.0},
+                       # The quickstart's 100 warm-up steps would outlast these 70-step runs.
+                       base_overrides={"optim.warmup_steps": 7},
                        description="ViT depth 2, widths 16/32, patches 2/4/7/14, bundled digits, 2 epochs")
   if a.scale == "imagenet":
     if not a.data_dir:
