@@ -4,6 +4,7 @@ Module and parameter names follow google-research/vision_transformer, so the off
 trees map 1:1 (see vit_jax/checkpoints). Every parameter carries logical axis names
 ('embed', 'mlp', 'heads', 'kv', 'classes', 'layers') that vit_jax/sharding.py maps to mesh axes.
 """
+import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map")
 POSEMBS = ("learn", "sincos2d")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -57,12 +59,51 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0,
   return jnp.asarray(pe, dtype)[None]
 
 
+def uses_fused_attention_kernel(implementation: Optional[str], backend: Optional[str] = None) -> bool:
+  """Whether attention runs `jax.nn.dot_product_attention` (True) or explicit head-major einsums.
+
+  'cudnn' forces the fused kernel (cuDNN flash attention; GPU only). 'xla' forces the einsums.
+  None picks the fused kernel on GPU, where cuDNN is fast, and the einsums elsewhere: on CPU the
+  (B, T, H, Dh) layout that `dot_product_attention` works in costs transposes around every batched
+  matmul, while einsums that emit (B, H, T, Dh) straight from the projections avoid them
+  (experiments/SPEED.md: attention forward + backward ~33% less CPU time).
+  """
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={implementation!r}; choose one of {ATTENTION_IMPLS}.")
+  if implementation is not None:
+    return implementation == "cudnn"
+  return (backend or jax.default_backend()) == "gpu"
+
+
+class _Projection(nn.Module):
+  """Kernel and bias of one attention projection, named and initialised as nn.DenseGeneral would.
+
+  Holding the parameters here (instead of calling DenseGeneral) lets the attention pick the einsum
+  and the output layout, while the tree, the logical axes and the init stay those of the checkpoints.
+  """
+  kernel_shape: tuple[int, ...]
+  kernel_axes: tuple[Optional[str], ...]
+  bias_shape: tuple[int, ...]
+  bias_axes: tuple[Optional[str], ...]
+  num_in_dims: int  # Leading kernel dims that are contracted (fan-in), as DenseGeneral's `axis`.
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    flat = (math.prod(self.kernel_shape[:self.num_in_dims]),
+            math.prod(self.kernel_shape[self.num_in_dims:]))
+    kernel = self.param("kernel", _init(nn.initializers.xavier_uniform(), self.kernel_axes,
+                                        self.kernel_shape), flat, jnp.float32)
+    bias = self.param("bias", _init(nn.initializers.zeros, self.bias_axes, self.bias_shape),
+                      (math.prod(self.bias_shape),), jnp.float32)
+    return kernel, bias
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head attention with the official (D, H, Dh) / (H, Dh, D) kernels.
 
-  Uses `jax.nn.dot_product_attention`, so a supporting GPU gets cuDNN flash attention with
-  `implementation='cudnn'` (or automatically with None); attention dropout falls back to the
-  explicit softmax, which that kernel does not support.
+  See `uses_fused_attention_kernel` for the two computation paths; both compute
+  softmax(q k^T / sqrt(Dh)) v. Attention dropout always takes the einsum path (the fused kernel has
+  no dropout).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -75,32 +116,44 @@ class MultiHeadDotProductAttention(nn.Module):
     width = inputs_q.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width={width} is not divisible by num_heads={self.num_heads}.")
-    head_dim = width // self.num_heads
+    heads, head_dim = self.num_heads, width // self.num_heads
+    in_proj = dict(kernel_shape=(width, heads, head_dim), kernel_axes=("embed", "heads", "kv"),
+                   bias_shape=(heads, head_dim), bias_axes=("heads", "kv"), num_in_dims=1)
+    (wq, bq), (wk, bk), (wv, bv) = (
+        jax.tree.map(lambda a: a.astype(self.dtype), _Projection(**in_proj, name=n)())
+        for n in ("query", "key", "value"))
+    wo, bo = _Projection(kernel_shape=(heads, head_dim, width), kernel_axes=("heads", "kv", "embed"),
+                         bias_shape=(width,), bias_axes=("embed",), num_in_dims=2, name="out")()
+    wo, bo = wo.astype(self.dtype), bo.astype(self.dtype)
+    self_attention = inputs_q is inputs_kv
+    inputs_q, inputs_kv = inputs_q.astype(self.dtype), inputs_kv.astype(self.dtype)
+    dropout = self.attention_dropout > 0.0 and not self.deterministic
 
-    def proj(name):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), dtype=self.dtype, name=name,
-          kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "heads", "kv"),
-                            (width, self.num_heads, head_dim)),
-          bias_init=_init(nn.initializers.zeros, ("heads", "kv"), (self.num_heads, head_dim)))
-
-    q = proj("query")(inputs_q)
-    k = proj("key")(inputs_kv)
-    v = proj("value")(inputs_kv)
-    q, k, v = (_constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
-    if self.attention_dropout > 0.0 and not self.deterministic:
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
-      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-      probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
-      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    else:
+    if uses_fused_attention_kernel(self.implementation) and not dropout:
+      q, k, v = (jnp.einsum("btd,dhk->bthk", x, w) + b
+                 for x, w, b in ((inputs_q, wq, bq), (inputs_kv, wk, bk), (inputs_kv, wv, bv)))
+      q, k, v = (_constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
-    out = nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=_init(nn.initializers.xavier_uniform(), ("heads", "kv", "embed"),
-                          (self.num_heads, head_dim, width)),
-        bias_init=_init(nn.initializers.zeros, ("embed",)))(out)
-    return out
+      return jnp.einsum("bthk,hkd->btd", out, wo) + bo
+
+    # Head-major (B, H, T, Dh) straight out of the projections: no transposes around the batched
+    # matmuls. The 1/sqrt(Dh) scale is folded into the (small) query kernel instead of the logits.
+    scale = jnp.asarray(head_dim**-0.5, self.dtype)
+    wq, bq = wq * scale, bq * scale
+    if self_attention:  # One matmul for q, k and v.
+      qkv = jnp.einsum("btd,cdhk->cbhtk", inputs_q, jnp.stack([wq, wk, wv]))
+      qkv = qkv + jnp.stack([bq, bk, bv])[:, None, :, None, :]
+      q, k, v = qkv[0], qkv[1], qkv[2]
+    else:
+      q, k, v = (jnp.einsum("btd,dhk->bhtk", x, w) + b[:, None, :]
+                 for x, w, b in ((inputs_q, wq, bq), (inputs_kv, wk, bk), (inputs_kv, wv, bv)))
+    q, k, v = (_constrain(t, ("batch", "heads", "length", "kv")) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    if dropout:
+      probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    return jnp.einsum("bhqd,hdo->bqo", out, wo) + bo
 
 
 class MlpBlock(nn.Module):
@@ -394,6 +447,8 @@ def _validate_fields(m: Model) -> None:
     raise ValueError(f"posemb={m.posemb!r}; choose one of {POSEMBS}.")
   if m.remat_policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy={m.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}.")
+  if m.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={m.attention_impl!r}; choose one of {ATTENTION_IMPLS}.")
   if m.width % m.num_heads:
     raise ValueError(f"width={m.width} is not divisible by num_heads={m.num_heads}.")
   if len(tuple(m.patch_size)) != 2 or min(m.patch_size) <= 0:
