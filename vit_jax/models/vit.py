@@ -62,17 +62,15 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0,
 def uses_fused_attention_kernel(implementation: Optional[str], backend: Optional[str] = None) -> bool:
   """Whether attention runs `jax.nn.dot_product_attention` (True) or explicit head-major einsums.
 
-  'cudnn' forces the fused kernel (cuDNN flash attention; GPU only). 'xla' forces the einsums.
-  None picks the fused kernel on GPU, where cuDNN is fast, and the einsums elsewhere: on CPU the
-  (B, T, H, Dh) layout that `dot_product_attention` works in costs transposes around every batched
-  matmul, while einsums that emit (B, H, T, Dh) straight from the projections avoid them
-  (experiments/SPEED.md: attention forward + backward ~33% less CPU time).
+  'xla' / 'cudnn' force that implementation of `dot_product_attention` ('cudnn' = flash attention,
+  GPU only). None picks `dot_product_attention` on GPU, where cuDNN is fast, and the einsums
+  elsewhere: on CPU the (B, T, H, Dh) layout that `dot_product_attention` works in costs transposes
+  around every batched matmul, while einsums that emit (B, H, T, Dh) straight from the projections
+  avoid them (numbers in experiments/SPEED.md).
   """
   if implementation not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={implementation!r}; choose one of {ATTENTION_IMPLS}.")
-  if implementation is not None:
-    return implementation == "cudnn"
-  return (backend or jax.default_backend()) == "gpu"
+  return implementation is not None or (backend or jax.default_backend()) == "gpu"
 
 
 class _Projection(nn.Module):
