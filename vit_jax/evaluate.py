@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -26,31 +26,10 @@ from vit_jax import config_checks
 from vit_jax import evaluators
 from vit_jax import sharding
 from vit_jax import train
-from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import pipeline
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz file or Orbax checkpoint directory "
                                   "(default: the latest in WORKDIR/checkpoints).")
-
-
-def _read_params(path: str) -> Any:
-  if path.endswith(".npz"):
-    return checkpoints.load_npz(path)
-  return state_lib.load_params(path)
-
-
-def _check_matches(loaded: Any, abstract: Any, path: str, model_name: str) -> None:
-  """The checkpoint must be exactly this model (same names and shapes)."""
-  got = {"/".join(str(k.key) for k in p): x.shape
-         for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-  want = {"/".join(str(k.key) for k in p): x.shape
-          for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
-  if got != want:
-    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[:5]
-    raise ValueError(f"Checkpoint {path} does not fit config.model_name={model_name!r}: "
-                     f"(param, checkpoint shape, model shape) differ for "
-                     f"{[(k, got.get(k), want.get(k)) for k in diff]}; use the config it was "
-                     "trained with.")
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None,
@@ -77,8 +56,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | 
                                                    sharding=sharding.batch_sharding(mesh))))
     abstract, param_shardings = train.abstract_params(
         model, (1,) + tuple(sample["image"].shape[1:]), mesh, rules)
-    params = _read_params(path)
-    _check_matches(params, abstract, path, config.model_name)
+    params = checkpoints.load_exact(
+        path, abstract, fix=f"evaluate with the config the checkpoint was trained with "
+        f"(config.model_name={config.model_name!r} and its model options do not fit it).")
   except (ValueError, FileNotFoundError) as e:
     raise config_checks.ConfigError(str(e)) from e
 

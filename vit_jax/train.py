@@ -216,11 +216,7 @@ def load_init_params(path: str, init_params: Any, dont_load: Sequence[str] = ())
   The head is reset when num_classes differs and the position embedding / patch kernel are resized
   (vit_jax.checkpoints.merge_pretrained). Returns host arrays.
   """
-  init_host = _to_host(init_params)
-  if path.endswith(".npz"):
-    return checkpoints.load_pretrained(init_host, path, dont_load=dont_load)
-  return checkpoints.merge_pretrained(init_host, state_lib.load_params(path), dont_load=dont_load,
-                                      source=path)
+  return checkpoints.load_pretrained(_to_host(init_params), path, dont_load=dont_load)
 
 
 def _state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shardings: Any,

@@ -191,11 +191,7 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
   if set(init_params) == {"params"}:
     raise ValueError("init_params looks like a variables dict {'params': ...}: pass variables['params'].")
   init_flat = flatten(init_params)
-  ckpt = flatten(flax.linen.unbox(pretrained))
-  if _is_scanned(init_flat) and _is_per_layer(ckpt):
-    ckpt = to_scanned(ckpt)
-  elif _is_per_layer(init_flat) and _is_scanned(ckpt):
-    ckpt = to_per_layer(ckpt)
+  ckpt = match_layout(flatten(flax.linen.unbox(pretrained)), init_flat)
   patterns = [re.compile(p) for p in dont_load]
 
   out, missing, mismatched = {}, [], []
@@ -240,6 +236,25 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
     logging.warning("Dropped %d params of %s that the model does not have:%s", len(dropped_other),
                     source, _first(dropped_other))
   return unflatten(out)
+
+
+def match_layout(flat: Mapping[str, Any], like: Mapping[str, Any]) -> FlatParams:
+  """`flat` converted to the scanned or per-layer layout of the flat tree `like`."""
+  if _is_scanned(like) and _is_per_layer(flat):
+    return to_scanned(flat)
+  if _is_per_layer(like) and _is_scanned(flat):
+    return to_per_layer(flat)
+  return dict(flat)
+
+
+def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *, fix: str) -> dict[str, Any]:
+  """Params of `path` that must be exactly the model of `expected` (names and shapes), e.g. for eval.
+
+  Either layer layout is accepted; anything else that differs raises the `check_matches` error.
+  """
+  flat = match_layout(read_params(path), flatten(expected))
+  check_matches(flat, expected, source=str(path), fix=fix)
+  return unflatten(flat)
 
 
 def check_matches(params: Mapping[str, Any], expected: Mapping[str, Any], *, source: str,
