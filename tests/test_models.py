@@ -60,36 +60,6 @@ def test_official_spelling_and_variants():
   assert models.model_kwargs("ViT-B/16", patch_size=8)["patch_size"] == (8, 8)
 
 
-def test_official_key_names_and_shapes():
-  shapes = {"/".join(k): v.shape for k, v in
-            jax.tree_util.tree_flatten_with_path(_param_shapes(
-                models.get_model("ViT-B/16", num_classes=1000)))[0]
-            for k in [tuple(p.key for p in k)]}
-  expected = {
-      "embedding/kernel": (16, 16, 3, 768), "embedding/bias": (768,), "cls": (1, 1, 768),
-      "Transformer/posembed_input/pos_embedding": (1, 197, 768),
-      "Transformer/encoderblock_0/LayerNorm_0/scale": (768,),
-      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel": (768, 12, 64),
-      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/value/bias": (12, 64),
-      "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel": (12, 64, 768),
-      "Transformer/encoderblock_11/LayerNorm_2/bias": (768,),
-      "Transformer/encoderblock_11/MlpBlock_3/Dense_0/kernel": (768, 3072),
-      "Transformer/encoderblock_11/MlpBlock_3/Dense_1/kernel": (3072, 768),
-      "Transformer/encoder_norm/scale": (768,), "head/kernel": (768, 1000), "head/bias": (1000,),
-  }
-  for key, shape in expected.items():
-    assert shapes[key] == shape, key
-
-
-def test_hybrid_key_names():
-  params = _param_shapes(models.get_model("R50+B/16", num_classes=10))
-  assert params["conv_root"]["kernel"].shape == (7, 7, 3, 64)
-  assert set(params["block1"]) == {"unit1", "unit2", "unit3"}
-  assert params["block3"]["unit9"]["conv3"]["kernel"].shape == (1, 1, 256, 1024)
-  assert params["block2"]["unit1"]["conv_proj"]["kernel"].shape == (1, 1, 256, 512)
-  assert params["embedding"]["kernel"].shape == (1, 1, 1024, 768)
-
-
 def test_every_param_has_logical_axis_names():
   model = models.get_model("ViT-mu/4", num_classes=3, classifier="map", representation_size=8,
                            scan=True)
