@@ -159,7 +159,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
 
 
 def _size_label(row: dict[str, Any]) -> str:
-  return row["model"] or (f"width {row['width']}" if row.get("width") else row["trial"])
+  """Model size without the patch: 'ViT-S/16' -> 'ViT-S (width 384)'."""
+  if not row.get("width"):
+    return row["model"] or row["trial"]
+  return f"{row['model'].split('/')[0] or 'ViT'} (width {row['width']})"
 
 
 def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path, metric: str | None) -> list[str]:
