@@ -1,0 +1,108 @@
+"""The speed work must not change what the model computes: attention paths, init, remat."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import models
+from vit_jax.models import vit
+
+
+def _reference_attention(params, x_q: np.ndarray, x_kv: np.ndarray) -> np.ndarray:
+  """softmax(q k^T / sqrt(Dh)) v with the official (D, H, Dh) kernels, in float64 NumPy."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), nn.meta.unbox(params))
+  proj = lambda x, name: np.einsum("btd,dhk->bthk", x, p[name]["kernel"]) + p[name]["bias"]
+  q, k, v = proj(x_q, "query"), proj(x_kv, "key"), proj(x_kv, "value")
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = np.einsum("bhqk,bkhd->bqhd", probs, v)
+  return np.einsum("bqhd,hdo->bqo", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _random_params(params, seed: int):
+  """Init gives zero biases; random ones make the check cover them."""
+  leaves, treedef = jax.tree.flatten(nn.meta.unbox(params))
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape) * 0.3 for k, a in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("implementation", [None, "xla"])
+@pytest.mark.parametrize("num_queries", [7, 1])  # self-attention (fused QKV matmul) and a MAP-style probe
+def test_attention_paths_match_reference(implementation, num_queries):
+  width, heads, tokens = 24, 3, 7
+  x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
+  x_q = x_kv if num_queries == tokens else jax.random.normal(jax.random.key(1), (2, 1, width))
+  attention = vit.MultiHeadDotProductAttention(heads, implementation=implementation)
+  params = _random_params(attention.init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
+  out = attention.apply({"params": params}, x_q, x_kv)
+  expected = _reference_attention(params, np.asarray(x_q), np.asarray(x_kv))
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_params_and_init_are_those_of_dense_general():
+  """Same tree, shapes, logical axes and initial values as nn.DenseGeneral projections (checkpoints)."""
+
+  class DenseGeneralAttentionParams(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      def dense(name, features, axis, kernel_axes, bias_axes, kernel_shape, bias_shape):
+        return nn.DenseGeneral(
+            features, axis=axis, name=name,
+            kernel_init=vit._init(nn.initializers.xavier_uniform(), kernel_axes, kernel_shape),
+            bias_init=vit._init(nn.initializers.zeros, bias_axes, bias_shape))
+      h = [dense(n, (3, 8), -1, ("embed", "heads", "kv"), ("heads", "kv"), (24, 3, 8), (3, 8))(x)
+           for n in ("query", "key", "value")]
+      return dense("out", 24, (-2, -1), ("heads", "kv", "embed"), ("embed",), (3, 8, 24), (24,))(h[0])
+
+  x = jnp.ones((1, 5, 24))
+  ours = vit.MultiHeadDotProductAttention(3).init(jax.random.key(0), x, x)["params"]
+  theirs = DenseGeneralAttentionParams().init(jax.random.key(0), x)["params"]
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for a, b in zip(jax.tree.leaves(ours, is_leaf=lambda l: isinstance(l, nn.Partitioned)),
+                  jax.tree.leaves(theirs, is_leaf=lambda l: isinstance(l, nn.Partitioned))):
+    assert a.names == b.names
+    np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+@pytest.mark.parametrize("implementation,backend,fused", [
+    (None, "cpu", False), (None, "tpu", False), (None, "gpu", True),
+    ("xla", "cpu", True), ("cudnn", "gpu", True)])
+def test_attention_path_selection(implementation, backend, fused):
+  assert vit.uses_fused_attention_kernel(implementation, backend) is fused
+
+
+def test_unknown_attention_impl_is_rejected_with_the_choices():
+  with pytest.raises(ValueError, match="attention_impl='flash'.*cudnn"):
+    models.get_model("ViT-Ti/16", num_classes=10, attention_impl="flash")
+
+
+def test_attention_dropout_runs_on_the_einsum_path_even_when_xla_is_asked():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 16))
+  attention = vit.MultiHeadDotProductAttention(2, attention_dropout=0.5, deterministic=False,
+                                               implementation="xla")
+  params = attention.init(jax.random.key(1), x, x)["params"]
+  a, b = (attention.apply({"params": params}, x, x, rngs={"dropout": jax.random.key(s)}) for s in (2, 3))
+  assert not np.allclose(np.asarray(a), np.asarray(b))  # Dropout was applied, with its own rng.
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_policies_give_identical_gradients(scan):
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  labels = jax.nn.one_hot(jnp.array([1, 3]), 5)
+
+  def grads(policy):
+    model = models.get_model("ViT-Ti/16", num_classes=5, patch_size=8, width=32, depth=2, num_heads=2,
+                             mlp_dim=64, scan=scan, remat_policy=policy, stoch_depth=0.1)
+    params = _random_params(model.init(jax.random.key(1), images)["params"], seed=4)
+
+    def loss(p):
+      logits = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.key(5)})
+      return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
+    return jax.jit(jax.grad(loss))(params)
+
+  reference = grads("none")
+  for policy in sorted(set(vit.REMAT_POLICIES) - {"none"}):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 grads(policy), reference)
