@@ -1,0 +1,134 @@
+r"""ViT-B/16 training throughput and MFU on one GPU: ours (bf16, cuDNN flash attention) vs torch.compile.
+
+    python experiments/speed_gpu.py                          # batch sweep, ours then torch.compile
+    python experiments/speed_gpu.py --batches=256 --profile_dir=/tmp/vit_trace --skip_torch
+
+Ours: our train step (vit_jax.train.make_train_step, AdamW, state donated) with compute dtype
+bfloat16 (params and optimizer state float32) and attention_impl='cudnn'. Theirs: transformers
+ViTForImageClassification (SDPA attention) under torch.autocast(bfloat16) + fused AdamW, compiled
+with torch.compile. MFU = analytic training FLOPs (vit_jax.flops, 3x forward, no remat) x img/s /
+the GPU's dense bf16 peak (vit_jax.hardware, 989 TFLOP/s for an H100 SXM).
+
+--profile_dir writes a jax.profiler trace of a few steps at the best batch (open it in
+TensorBoard's profile plugin or Perfetto) to see what the step spends its time on.
+"""
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vit_jax import flops
+from vit_jax import hardware
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import train
+
+VARIANT, IMAGE_SIZE, NUM_CLASSES = "B/16", 224, 1000
+
+
+def ours_img_per_s(batch_size: int, steps: int, profile_dir: str | None = None) -> float:
+  """Images/s of our bf16 train step with cuDNN flash attention at `batch_size`."""
+  model = models.get_model(f"ViT-{VARIANT}", num_classes=NUM_CLASSES, dtype=jnp.bfloat16,
+                           attention_impl="cudnn")
+  images = jax.random.normal(jax.random.key(0), (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3))
+  labels = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (batch_size,), 0, NUM_CLASSES),
+                          NUM_CLASSES)
+  params = jax.jit(lambda: nn.meta.unbox(model.init({"params": jax.random.key(2)}, images[:1])["params"]))()
+  cfg = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, wd=1e-4, schedule="constant"))
+  tx, schedule = optim.make_optimizer(cfg, params, total_steps=1_000_000, warmup_steps=0)
+  step = jax.jit(train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
+                 donate_argnums=0)
+  state = train.make_state(tx, params, jax.random.key(3), ema=False)
+  batch = {"image": images, "label": labels}
+  for _ in range(3):  # Compile and warm up.
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for i in range(5):
+        with jax.profiler.StepTraceAnnotation("train", step_num=i):
+          state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+    print(f"  trace written to {profile_dir}")
+  return batch_size * steps / seconds
+
+
+def torch_img_per_s(batch_size: int, steps: int) -> float:
+  """Images/s of transformers ViT-B/16 + fused AdamW, bf16 autocast, torch.compile, on cuda."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  kw = models.model_kwargs(f"ViT-{VARIANT}")
+  config = transformers.ViTConfig(
+      hidden_size=kw["width"], num_hidden_layers=kw["depth"], num_attention_heads=kw["num_heads"],
+      intermediate_size=kw["mlp_dim"], patch_size=kw["patch_size"][0], image_size=IMAGE_SIZE,
+      hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_labels=NUM_CLASSES)
+  model = transformers.ViTForImageClassification(config).cuda().train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+  images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device="cuda")
+  labels = torch.randint(0, NUM_CLASSES, (batch_size,), device="cuda")
+
+  @torch.compile
+  def loss_fn(x, y):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+      return model(pixel_values=x, labels=y).loss
+
+  def step():
+    loss = loss_fn(images, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  for _ in range(3):
+    step()
+  torch.cuda.synchronize()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  torch.cuda.synchronize()
+  return batch_size * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batches", default="64,128,256,384,512", help="comma-separated global batches")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--profile_dir", default=None, help="write a jax.profiler trace at the best batch")
+  parser.add_argument("--skip_torch", action="store_true")
+  args = parser.parse_args()
+  if jax.default_backend() != "gpu":
+    parser.error(f"needs a GPU; jax sees {jax.devices()[0].device_kind!r}. Run it on a GPU machine.")
+
+  peak, source = hardware.peak_flops_per_device()
+  train_flops = flops.train_flops_per_image(models.model_kwargs(f"ViT-{VARIANT}"), IMAGE_SIZE,
+                                            num_classes=NUM_CLASSES)
+  print(f"ViT-{VARIANT} {IMAGE_SIZE}px bf16 on {jax.devices()[0].device_kind}; peak "
+        f"{peak / 1e12:.0f} TFLOP/s ({source}); {train_flops / 1e9:.1f} GFLOP per training image")
+  mfu = lambda img_s: 100 * img_s * train_flops / peak
+  best = (0.0, None)
+  for batch_size in (int(b) for b in args.batches.split(",")):
+    try:
+      img_s = ours_img_per_s(batch_size, args.steps)
+    except jax.errors.JaxRuntimeError as e:  # Out of memory at this batch: larger ones will be too.
+      print(f"  ours  batch {batch_size:4d}: {str(e).splitlines()[0][:120]}")
+      break
+    print(f"  ours  batch {batch_size:4d}: {img_s:8.1f} img/s  MFU {mfu(img_s):5.1f}%", flush=True)
+    best = max(best, (img_s, batch_size))
+  if args.profile_dir and best[1]:
+    ours_img_per_s(best[1], args.steps, args.profile_dir)
+  if not args.skip_torch and best[1]:
+    img_s = torch_img_per_s(best[1], args.steps)
+    print(f"  torch.compile batch {best[1]:4d}: {img_s:8.1f} img/s  MFU {mfu(img_s):5.1f}%  "
+          f"(ours/torch {best[0] / img_s:.2f})")
+
+
+if __name__ == "__main__":
+  main()
