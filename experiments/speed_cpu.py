@@ -10,32 +10,29 @@ the reported figure per side is the median over rounds and the ratio is ours / t
 GFLOP/s use the analytic training FLOPs (vit_jax.flops) and are set against the probed fp32
 matmul rate of this CPU (vit_jax.hardware).
 
-Needs the `bench` extra (torch, transformers). XLA CPU flags that help are applied by
-vit_jax.xla_flags before jax initialises its backend.
+Needs the `bench` extra (torch, transformers). No XLA CPU flag beat the defaults (SPEED.md); to
+try one, set XLA_FLAGS in the environment.
 """
 import argparse
 import resource
 import statistics
 import time
+import os
 from typing import Callable
 
-from vit_jax import xla_flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+import transformers
 
-xla_flags.apply_cpu_defaults()
-
-import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-import transformers  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from vit_jax import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import hardware  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax import flops
+from vit_jax import hardware
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import train
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
@@ -171,7 +168,7 @@ def main() -> None:
   peak, source = hardware.peak_flops_per_device()
   print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
-  print(f"XLA_FLAGS: {xla_flags.current() or '(none)'}")
+  print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")
   print(f"peak: {peak / 1e9:.0f} GFLOP/s ({source})")
   for variant in args.variants.split(","):
     print(f"ViT-{variant} {args.image_size}px batch {args.batch_size}, {args.rounds} rounds x "
