@@ -14,10 +14,10 @@ Needs the `bench` extra (torch, transformers). No XLA CPU flag beat the defaults
 try one, set XLA_FLAGS in the environment.
 """
 import argparse
+import os
 import resource
 import statistics
 import time
-import os
 from typing import Callable
 
 import flax.linen as nn
