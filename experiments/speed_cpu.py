@@ -10,8 +10,10 @@ the reported figure per side is the median over rounds and the ratio is ours / t
 GFLOP/s use the analytic training FLOPs (vit_jax.flops) and are set against the probed fp32
 matmul rate of this CPU (vit_jax.hardware).
 
-Needs the `bench` extra (torch, transformers). No XLA CPU flag beat the defaults (SPEED.md); to
-try one, set XLA_FLAGS in the environment.
+Our step runs as the trainer runs it on CPU: vit_jax.xla_flags gives one single-threaded XLA
+device per core and the batch is split over them by a data-parallel mesh (vit_jax.sharding).
+`XLA_FLAGS=--xla_force_host_platform_device_count=1` times XLA's default instead (one device,
+multi-threaded ops). Needs the `bench` extra (torch, transformers).
 """
 import argparse
 import os
@@ -20,6 +22,11 @@ import statistics
 import time
 from typing import Callable
 
+from vit_jax import xla_flags
+
+xla_flags.apply_cpu_defaults()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,7 +39,9 @@ from vit_jax import flops
 from vit_jax import hardware
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import sharding
 from vit_jax import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
@@ -51,21 +60,29 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
   impl, _, dtype = spec.partition(":")
   model = models.get_model(f"ViT-{variant}", num_classes=NUM_CLASSES, dtype=jnp.dtype(dtype or "float32"),
                            attention_impl=None if impl == "auto" else impl)
-  images = jnp.asarray(batch.transpose(0, 2, 3, 1))  # NCHW -> NHWC
-  onehot = jax.nn.one_hot(jnp.asarray(labels), NUM_CLASSES)
-  params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, images[:1])["params"])()
-  params = nn.meta.unbox(params)
+  mesh, rules = sharding.make_mesh([("data", -1)]), sharding.DEFAULT_RULES
+  abstract, param_shardings = train.abstract_params(model, (1,) + batch.shape[2:] + (3,), mesh, rules)
   cfg = ml_collections.ConfigDict(dict(name="adamw", lr=LR, wd=WD, schedule="constant"))
-  tx, schedule = optim.make_optimizer(cfg, params, total_steps=1_000_000, warmup_steps=0)
-  step_fn = jax.jit(train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
-                    donate_argnums=0)
-  state = train.make_state(tx, params, jax.random.key(1), ema=False)
-  data = {"image": images, "label": onehot}
+  tx, schedule = optim.make_optimizer(cfg, abstract, total_steps=1_000_000, warmup_steps=0)
+  state_shardings = train._state_shardings(tx, abstract, param_shardings, mesh, ema=False)  # pylint: disable=protected-access
+  batch_sharding = sharding.batch_sharding(mesh)
+  data = {"image": jax.device_put(batch.transpose(0, 2, 3, 1), batch_sharding),  # NCHW -> NHWC
+          "label": jax.device_put(np.eye(NUM_CLASSES, dtype=np.float32)[labels], batch_sharding)}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
+    init = jax.jit(lambda: nn.meta.unbox(
+        model.init({"params": jax.random.key(0)}, data["image"][:1])["params"]),
+        out_shardings=param_shardings)
+    state = jax.device_put(train.make_state(tx, init(), jax.random.key(1), ema=False), state_shardings)
+    step_fn = jax.jit(
+        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
   def run(steps: int) -> None:
     nonlocal state
-    for _ in range(steps):
-      state, metrics = step_fn(state, data)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
+      for _ in range(steps):
+        state, metrics = step_fn(state, data)
     jax.block_until_ready((state, metrics))
 
   return run
