@@ -106,3 +106,13 @@ def test_remat_policies_give_identical_gradients(scan):
   for policy in sorted(set(vit.REMAT_POLICIES) - {"none"}):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  grads(policy), reference)
+
+
+def test_cpu_flags_give_one_single_threaded_device_per_core_unless_the_user_chose(monkeypatch):
+  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(xla_flags.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  assert xla_flags.apply_cpu_defaults() == (
+      "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=3 --xla_cpu_multi_thread_eigen=false")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  assert xla_flags.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
