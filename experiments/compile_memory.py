@@ -58,7 +58,7 @@ def compile_train_step(variant: str, *, global_batch: int, mesh: jax.sharding.Me
   cfg = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, wd=1e-4, schedule="constant"))
   tx, schedule = optim.make_optimizer(cfg, params, total_steps=1, warmup_steps=0)
   state = jax.eval_shape(lambda p: train.make_state(tx, p, jax.random.key(0), ema=False), params)
-  state_shardings = train._state_shardings(tx, params, param_shardings, mesh, ema=False)  # pylint: disable=protected-access
+  state_shardings = train.state_shardings(tx, params, param_shardings, mesh, ema=False)
   batch = {"image": jax.ShapeDtypeStruct(image_shape, jnp.float32),
            "label": jax.ShapeDtypeStruct((global_batch, NUM_CLASSES), jnp.float32)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):

@@ -64,7 +64,7 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
   abstract, param_shardings = train.abstract_params(model, (1,) + batch.shape[2:] + (3,), mesh, rules)
   cfg = ml_collections.ConfigDict(dict(name="adamw", lr=LR, wd=WD, schedule="constant"))
   tx, schedule = optim.make_optimizer(cfg, abstract, total_steps=1_000_000, warmup_steps=0)
-  state_shardings = train._state_shardings(tx, abstract, param_shardings, mesh, ema=False)  # pylint: disable=protected-access
+  state_shardings = train.state_shardings(tx, abstract, param_shardings, mesh, ema=False)
   batch_sharding = sharding.batch_sharding(mesh)
   data = {"image": jax.device_put(batch.transpose(0, 2, 3, 1), batch_sharding),  # NCHW -> NHWC
           "label": jax.device_put(np.eye(NUM_CLASSES, dtype=np.float32)[labels], batch_sharding)}

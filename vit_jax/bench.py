@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import config_checks, flops, models, optim, projection, sharding, train
+from vit_jax import config_checks, flops, models, optim, projection, sharding, train, xla_flags
 from vit_jax.data import pipeline
 
 # `--config` is the trainer's flag (defined when vit_jax.train is imported): same syntax, same parsing.
@@ -87,7 +87,7 @@ def _compile_train_step(config: ml_collections.ConfigDict, hwc: Sequence[int], b
   abstract, param_shardings = train.abstract_params(model, (1, *hwc), mesh, rules)
   tx, schedule = optim.make_optimizer(config.optim, abstract, total_steps=1000, warmup_steps=10)
   ema = bool(config.get("ema_decay"))
-  state_shardings = train._state_shardings(tx, abstract, param_shardings, mesh, ema)  # pylint: disable=protected-access
+  state_shardings = train.state_shardings(tx, abstract, param_shardings, mesh, ema)
   batch_sharding = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
     step = jax.jit(
@@ -161,7 +161,7 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
   image_hw, channels = tuple(hwc[:2]), hwc[2]
   fwd = flops.forward_flops_per_image(model_kwargs, image_hw, channels, config.num_classes)
   train_flops = flops.train_flops_per_image(model_kwargs, image_hw, channels, config.num_classes)
-  mfu_of = train._mfu_fn(model_kwargs, config, (1, *hwc), devices)  # pylint: disable=protected-access
+  mfu_of = train.mfu_fn(model_kwargs, config, (1, *hwc), devices)
   peak_memory, memory_source = _peak_memory()
   memory = compiled.memory_analysis()
   result = {
@@ -232,6 +232,7 @@ def format_profile(p: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_flags.apply_cpu_defaults()  # Measure the step as the trainer runs it.
   config = flags.FLAGS.config
   if config is None:
     raise ValueError("--config is required, e.g. --config=configs/quickstart.py:patch=7.")

@@ -79,9 +79,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  train.quiet_library_logs()
-  train.initialize_distributed(train.COORDINATOR_FLAG.value, train.NUM_PROCESSES_FLAG.value,
-                               train.PROCESS_ID_FLAG.value)
+  train.start_process()
   try:
     if train.CONFIG_FLAG.value is None:
       raise config_checks.ConfigError("--config is required.")

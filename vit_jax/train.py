@@ -42,6 +42,7 @@ from vit_jax import metrics_writer
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
+from vit_jax import xla_flags
 from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import mixup
 from vit_jax.data import pipeline
@@ -219,7 +220,7 @@ def load_init_params(path: str, init_params: Any, dont_load: Sequence[str] = ())
   return checkpoints.load_pretrained(_to_host(init_params), path, dont_load=dont_load)
 
 
-def _state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shardings: Any,
+def state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shardings: Any,
                      mesh: jax.sharding.Mesh, ema: bool) -> TrainState:
   """Optimizer state is sharded like the params it mirrors (moments of an FSDP kernel are FSDP)."""
   replicated = sharding.replicated(mesh)
@@ -280,7 +281,7 @@ class _StopRequests:
 # The training loop
 
 
-def _mfu_fn(model_kwargs: dict[str, Any], config: ml_collections.ConfigDict,
+def mfu_fn(model_kwargs: dict[str, Any], config: ml_collections.ConfigDict,
             image_shape: Sequence[int], devices: Sequence[jax.Device]
             ) -> Callable[[float], float | None]:
   """img/s -> model FLOPs utilisation against the devices' peak (analytic FLOPs; see flops.py)."""
@@ -352,13 +353,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str,
   abstract, param_shardings = abstract_params(model, image_shape, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optim, abstract, total_steps=total_steps,
                                       warmup_steps=warmup_steps)
-  state_shardings = _state_shardings(tx, abstract, param_shardings, mesh,
-                                     bool(config.get("ema_decay")))
   return _Setup(mesh=mesh, rules=rules, model=model, model_kwargs=model_kwargs,
                 total_steps=total_steps, warmup_steps=warmup_steps, tx=tx, schedule=schedule,
                 train_iter=train_iter, first_batch=first_batch, image_shape=image_shape,
                 abstract_params=abstract, param_shardings=param_shardings,
-                state_shardings=state_shardings)
+                state_shardings=state_shardings(tx, abstract, param_shardings, mesh,
+                                                bool(config.get("ema_decay"))))
 
 
 def _initial_state(config: ml_collections.ConfigDict, s: _Setup,
@@ -442,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     loss_name=config.get("loss", "softmax_xent"))
              for name, cfg in (config.get("evals") or {}).items()}
 
-    mfu_of = _mfu_fn(s.model_kwargs, config, s.image_shape, devices)
+    mfu_of = mfu_fn(s.model_kwargs, config, s.image_shape, devices)
     progress = metrics_writer.ProgressLine(total_steps, batch_size, start)
     stop = _StopRequests()
     log_every = config.get("log_every_steps", 50)
@@ -518,11 +518,17 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
+def start_process() -> None:
+  """What every entry point does first: quiet library logs, CPU XLA flags, multi-host start-up."""
+  quiet_library_logs()
+  xla_flags.apply_cpu_defaults()  # Before anything touches a device: XLA reads the flags once.
+  initialize_distributed(COORDINATOR_FLAG.value, NUM_PROCESSES_FLAG.value, PROCESS_ID_FLAG.value)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  quiet_library_logs()
-  initialize_distributed(COORDINATOR_FLAG.value, NUM_PROCESSES_FLAG.value, PROCESS_ID_FLAG.value)
+  start_process()
   try:
     if CONFIG_FLAG.value is None:
       raise config_checks.ConfigError("--config is required, e.g. --config=configs/quickstart.py.")
