@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Sequence
 
 import ml_collections
 
@@ -69,6 +70,19 @@ def check_batch(batch_size: int, *, data_parallel: int, num_processes: int, grad
         f"{what}={batch_size} (micro-batch {micro} with grad_accum_steps={grad_accum_steps}) is not "
         f"divisible by the data-parallel size {data_parallel} (mesh axes {sharding.BATCH_AXES}); "
         f"use a multiple of {step}, e.g. {max(step, batch_size - batch_size % step)}.")
+
+
+def check_flexi_patch_sizes(patch_sizes: Sequence[int], image_hw: Sequence[int]) -> None:
+  """FlexiViT patch sizes (`config.flexi.patch_sizes`) must be positive ints dividing the image."""
+  h, w = image_hw
+  for patch in patch_sizes:
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch <= 0:
+      raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)}: {patch!r} is not a positive "
+                       "int; give square patch sides, e.g. (4, 7, 14).")
+    if h % patch or w % patch:
+      divisors = [d for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0]
+      raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)}: patch size {patch} does not "
+                       f"divide the {h}x{w} images; choose sizes among {divisors}.")
 
 
 def check_train_config(config: ml_collections.ConfigDict, *, num_devices: int,
