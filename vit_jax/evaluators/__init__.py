@@ -5,7 +5,9 @@ Every evaluator is built once (compiling its step once) and then called with par
     evaluator = evaluators.build(cfg, model=model, mesh=mesh, params_sharding=..., batch_size=256)
     metrics = evaluator(params)            # {"prec@1": 0.97, "loss": 0.11, ...}
 
-The training loop logs them as `<name>/<metric>` (e.g. `val/prec@1`).
+The training loop logs them as `<name>/<metric>` (e.g. `val/prec@1`). Built with FlexiViT
+`patch_sizes=(4, 7)` (from `config.flexi.patch_sizes`), an evaluator also reports every metric at each
+of those patch sizes as `<metric>@p<P>` (e.g. `val/prec@1@p7`), one compiled step per size.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ REGISTRY: dict[str, Callable[..., Evaluator]] = {
 
 
 def build(cfg: ml_collections.ConfigDict, **kwargs: Any) -> Evaluator:
-  """Instantiates the evaluator named by `cfg.type` (kwargs: model, mesh, params_sharding, ...)."""
+  """Instantiates the evaluator named by `cfg.type` (kwargs: model, mesh, params_sharding, ...,
+  patch_sizes)."""
   kind = cfg.get("type", "classification")
   if kind not in REGISTRY:
     raise ValueError(f"Unknown evaluator type={kind!r}; choose one of {sorted(REGISTRY)}.")

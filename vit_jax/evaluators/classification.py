@@ -1,7 +1,7 @@
 """Classification evaluator: mean loss, top-1 and top-5 precision over one full pass of a dataset."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,15 +16,17 @@ from vit_jax.data import pipeline
 _SUMS = ("loss", "correct@1", "correct@5", "count")
 
 
-def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array] = optim.softmax_xent
+def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array] = optim.softmax_xent,
+                   patch_size: tuple[int, int] | None = None
                    ) -> Callable[[Any, dict[str, jax.Array], dict[str, jax.Array]], dict[str, jax.Array]]:
   """(params, batch, sums) -> sums + this batch's masked sums of loss / correct@1 / correct@5 / count.
 
   Padding examples (batch["mask"] == 0) count for nothing; a label counts as hit when any of the
-  top-k predicted classes is labelled positive (so multi-label datasets work too).
+  top-k predicted classes is labelled positive (so multi-label datasets work too). `patch_size`
+  runs the model at another patch size than its own (FlexiViT).
   """
   def eval_step(params, batch, sums):
-    logits = model.apply({"params": params}, batch["image"], train=False)
+    logits = model.apply({"params": params}, batch["image"], train=False, patch_size=patch_size)
     labels = batch["label"]
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32)).astype(jnp.float32)
     k = min(5, logits.shape[-1])
@@ -43,6 +45,10 @@ def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array] = optim.s
 class ClassificationEvaluator:
   """Runs `make_eval_step` over `pipeline.make_eval_iterable(cfg)`; compiled once, reused each call.
 
+  With FlexiViT `patch_sizes`, each batch also goes through the model at every one of those sizes
+  (one compiled step per size, one pass over the data) and the metrics at size P are returned as
+  `<metric>@p<P>`; the plain keys stay those of the model's own patch size.
+
   Args:
     cfg: `config.evals.<name>`: data=dict(name, split, ...), pp, batch_size (optional).
     model: the flax model.
@@ -50,25 +56,40 @@ class ClassificationEvaluator:
     params_sharding: the shardings of the params it will be called with.
     batch_size: global eval batch size (used when cfg has none).
     loss_name: a name in `optim.LOSSES`.
+    patch_sizes: square patch sides to evaluate at besides the model's own (`config.flexi`).
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, model: nn.Module, mesh: Mesh,
-               params_sharding: Any, batch_size: int, loss_name: str = "softmax_xent"):
+               params_sharding: Any, batch_size: int, loss_name: str = "softmax_xent",
+               patch_sizes: Sequence[int] = ()):
     batch_sharding = sharding.batch_sharding(mesh)
     self._batches = pipeline.make_eval_iterable(
         cfg, global_batch_size=cfg.get("batch_size", None) or batch_size, sharding=batch_sharding)
     replicated = sharding.replicated(mesh)
     self._zeros = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in _SUMS},
                           out_shardings=replicated)
-    self._step = jax.jit(make_eval_step(model, optim.get_loss(loss_name)),
-                         in_shardings=(params_sharding, batch_sharding, replicated),
-                         out_shardings=replicated, donate_argnums=2)
+    # Patch size -> the metric-key suffixes it reports under ("" for the model's own size).
+    self._suffixes: dict[tuple[int, int], list[str]] = {tuple(model.patch_size): [""]}
+    for patch in patch_sizes:
+      self._suffixes.setdefault((patch, patch), []).append(f"@p{patch}")
+    self._steps = {
+        size: jax.jit(make_eval_step(model, optim.get_loss(loss_name), size),
+                      in_shardings=(params_sharding, batch_sharding, replicated),
+                      out_shardings=replicated, donate_argnums=2)
+        for size in self._suffixes}
 
   def __call__(self, params: Any) -> dict[str, float]:
-    sums = self._zeros()
+    sums = {size: self._zeros() for size in self._steps}
     for batch in self._batches:
-      sums = self._step(params, batch, sums)
-    sums = jax.device_get(sums)
-    count = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss"]) / count, "prec@1": float(sums["correct@1"]) / count,
-            "prec@5": float(sums["correct@5"]) / count, "num_examples": int(sums["count"])}
+      for size, step in self._steps.items():
+        sums[size] = step(params, batch, sums[size])
+    results = {}
+    for size, size_sums in jax.device_get(sums).items():
+      count = max(float(size_sums["count"]), 1.0)
+      metrics = {"loss": float(size_sums["loss"]) / count,
+                 "prec@1": float(size_sums["correct@1"]) / count,
+                 "prec@5": float(size_sums["correct@5"]) / count,
+                 "num_examples": int(size_sums["count"])}
+      for suffix in self._suffixes[size]:
+        results.update({k + suffix: v for k, v in metrics.items()})
+    return results
