@@ -36,6 +36,8 @@ def _set(**fields):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.model.update(patch_size=(5, 5)), "not divisible by the patch size 5x5"),
+    (lambda c: c.flexi.update(patch_sizes=(4, 5)),
+     "config.flexi.patch_sizes=(4, 5): patch size 5 does not divide the 16x16 images"),
     (_set(batch_size=30), "config.batch_size=30 (micro-batch 30 with grad_accum_steps=1) is not "
      "divisible by the data-parallel size 8"),
     (_set(mesh=(("data", 3),)), "config.mesh=[('data', 3)] has 3 devices but 8 are available"),

@@ -54,6 +54,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | 
                               what=f"config.evals.{name}.batch_size")
     sample = next(iter(pipeline.make_eval_iterable(first, global_batch_size=batch_size,
                                                    sharding=sharding.batch_sharding(mesh))))
+    config_checks.check_flexi_patch_sizes(config.flexi.patch_sizes, sample["image"].shape[1:3])
     abstract, param_shardings = train.abstract_params(
         model, (1,) + tuple(sample["image"].shape[1:]), mesh, rules)
     params = checkpoints.load_exact(
@@ -68,7 +69,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | 
     for name, cfg in config.evals.items():
       evaluator = evaluators.build(cfg, model=model, mesh=mesh, params_sharding=param_shardings,
                                    batch_size=config.eval_batch_size,
-                                   loss_name=config.get("loss", "softmax_xent"))
+                                   loss_name=config.get("loss", "softmax_xent"),
+                                   patch_sizes=tuple(config.flexi.patch_sizes))
       results.update({f"{name}/{k}": v for k, v in evaluator(params).items()})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:

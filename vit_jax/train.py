@@ -111,20 +111,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     loss_fn: Callable[..., jax.Array], schedule: optax.Schedule,
                     label_smoothing: float = 0.0, grad_accum_steps: int = 1,
                     mixup_cfg: ml_collections.ConfigDict | None = None,
-                    ema_decay: float | None = None
+                    ema_decay: float | None = None, patch_size: tuple[int, int] | None = None
                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
   """(state, batch) -> (new state, metrics): one optimizer step on the global batch.
 
   With `grad_accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
   averaged inside the step (lax.scan), so memory is that of one micro-batch. The step's randomness
   (dropout, mixup) is derived from (state.rng, state.step), so a resumed run repeats it exactly.
+  `patch_size` trains the model at another patch size than its own (FlexiViT; one step per size).
   """
   mix = mixup_cfg is not None and (mixup_cfg.get("mixup_alpha", 0.0)
                                    or mixup_cfg.get("cutmix_alpha", 0.0))
 
   def loss_and_grads(params, images, labels, rng):
     def loss(p):
-      logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
+      logits = model.apply({"params": p}, images, train=True, patch_size=patch_size,
+                           rngs={"dropout": rng})
       return jnp.mean(loss_fn(logits, labels, label_smoothing))
     return jax.value_and_grad(loss)(params)
 
@@ -282,12 +284,17 @@ class _StopRequests:
 
 
 def mfu_fn(model_kwargs: dict[str, Any], config: ml_collections.ConfigDict,
-            image_shape: Sequence[int], devices: Sequence[jax.Device]
-            ) -> Callable[[float], float | None]:
-  """img/s -> model FLOPs utilisation against the devices' peak (analytic FLOPs; see flops.py)."""
-  flops_per_image = flops.train_flops_per_image(model_kwargs, tuple(image_shape[1:3]),
-                                                channels=image_shape[3],
-                                                num_classes=config.num_classes)
+            image_shape: Sequence[int], devices: Sequence[jax.Device],
+            patch_sizes: Sequence[int] = ()) -> Callable[[float], float | None]:
+  """img/s -> model FLOPs utilisation against the devices' peak (analytic FLOPs; see flops.py).
+
+  With FlexiViT `patch_sizes` the FLOPs per image are their mean: steps draw the sizes uniformly.
+  """
+  per_size_kwargs = [{**model_kwargs, "patch_size": (p, p)} for p in patch_sizes] or [model_kwargs]
+  flops_per_image = float(np.mean([
+      flops.train_flops_per_image(kwargs, tuple(image_shape[1:3]), channels=image_shape[3],
+                                  num_classes=config.num_classes)
+      for kwargs in per_size_kwargs]))
   peak, source = hardware.peak_flops_per_device(devices[0])
   # CPU "devices" (fake or not) share one probed pool of cores; accelerators each have their peak.
   chips = 1 if devices[0].platform == "cpu" else len(devices)
@@ -308,6 +315,14 @@ def _evaluate_all(evals: dict[str, Any], state: TrainState) -> dict[str, float]:
 def _eval_due(cfg: ml_collections.ConfigDict, step: int, total_steps: int) -> bool:
   every = cfg.get("every_steps", None)
   return step == total_steps or bool(every) and step % every == 0
+
+
+def sample_patch_size(patch_sizes: Sequence[int], seed: int, step: int) -> int:
+  """FlexiViT: the patch size of step `step`, drawn uniformly from `patch_sizes`.
+
+  A function of (seed, step) only, so a resumed run repeats the sequence of the uninterrupted one.
+  """
+  return int(np.random.default_rng((seed, step)).choice(patch_sizes))
 
 
 @dataclasses.dataclass
@@ -350,6 +365,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str,
                                             seed=config.seed)
   first_batch = next(train_iter)  # Gives the image shape; it is also the first step's batch.
   image_shape = (1,) + tuple(first_batch["image"].shape[1:])
+  config_checks.check_flexi_patch_sizes(config.flexi.patch_sizes, image_shape[1:3])
   abstract, param_shardings = abstract_params(model, image_shape, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optim, abstract, total_steps=total_steps,
                                       warmup_steps=warmup_steps)
@@ -427,22 +443,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_iter.set_state(data_state)
     first_batch = None
 
+  flexi_sizes = tuple(config.flexi.patch_sizes)  # FlexiViT: () = train at the model's patch size.
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, s.rules)):
-    # Compiled once each: the train step (state donated) and every evaluator's step.
-    train_step = jax.jit(
-        make_train_step(s.model, s.tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
-                        schedule=s.schedule, label_smoothing=config.get("label_smoothing", 0.0),
-                        grad_accum_steps=config.get("grad_accum_steps", 1),
-                        mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay")),
-        in_shardings=(s.state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(s.state_shardings, replicated), donate_argnums=0)
+
+    def jit_train_step(patch: int | None) -> Callable:
+      """The train step at square patch side `patch` (None: the model's own); state donated."""
+      return jax.jit(
+          make_train_step(s.model, s.tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
+                          schedule=s.schedule, label_smoothing=config.get("label_smoothing", 0.0),
+                          grad_accum_steps=config.get("grad_accum_steps", 1),
+                          mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay"),
+                          patch_size=(patch, patch) if patch else None),
+          in_shardings=(s.state_shardings, sharding.batch_sharding(mesh)),
+          out_shardings=(s.state_shardings, replicated), donate_argnums=0)
+
+    # Each compiled once, on first use: one train step per patch size (built as sizes are drawn)
+    # and every evaluator's step(s).
+    train_steps: dict[int | None, Callable] = {}
     evals = {name: evaluators.build(cfg, model=s.model, mesh=mesh,
                                     params_sharding=s.param_shardings,
                                     batch_size=config.get("eval_batch_size", batch_size),
-                                    loss_name=config.get("loss", "softmax_xent"))
+                                    loss_name=config.get("loss", "softmax_xent"),
+                                    patch_sizes=flexi_sizes)
              for name, cfg in (config.get("evals") or {}).items()}
 
-    mfu_of = mfu_fn(s.model_kwargs, config, s.image_shape, devices)
+    mfu_of = mfu_fn(s.model_kwargs, config, s.image_shape, devices, patch_sizes=flexi_sizes)
     progress = metrics_writer.ProgressLine(total_steps, batch_size, start)
     stop = _StopRequests()
     log_every = config.get("log_every_steps", 50)
@@ -455,16 +480,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for step in range(start + 1, total_steps + 1):
         batch = first_batch if first_batch is not None else next(train_iter)
         first_batch = None
-        state, metrics = train_step(state, batch)
-        if step == start + 1:
+        patch = sample_patch_size(flexi_sizes, config.seed, step) if flexi_sizes else None
+        compiling = patch not in train_steps
+        if compiling:
+          train_steps[patch] = jit_train_step(patch)
+        t_step = time.perf_counter()
+        state, metrics = train_steps[patch](state, batch)
+        if compiling:  # Report the compilation and keep it out of the img/s window.
           jax.block_until_ready(state)
-          compile_s = time.perf_counter() - t_start
-          logging.info("First step (compilation included) took %.1f s.", compile_s)
+          compile_s = time.perf_counter() - t_step
+          logging.info("First step%s (compilation included) took %.1f s.",
+                       f" at patch size {patch}" if patch else "", compile_s)
           writer.write(step, {"compile_s": compile_s})
           progress.reset_clock(step)
         if step % log_every == 0 or step == total_steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          if step > start + 1:
+          if patch:
+            metrics["patch_size"] = patch
+          if not compiling:
             metrics.update(progress.measure(step))
             metrics["mfu"] = mfu_of(metrics["img_per_s"])
           writer.write(step, metrics)
