@@ -8,12 +8,13 @@ import json
 import logging
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from tiny_training import TOTAL_STEPS, final_params, make_image_folder, stop_at_step, tiny_config
+from tiny_training import TOTAL_STEPS, final_params, make_image_folder, tiny_config
 from vit_jax import evaluate
 from vit_jax import train
 
@@ -92,15 +93,18 @@ def test_eval_reports_every_metric_at_every_patch_size(flexi_run, tmp_path):
                                rtol=1e-5)
 
 
-def test_resumed_run_repeats_the_patch_sizes(flexi_run, tmp_path, monkeypatch):
+def test_resumed_run_repeats_the_patch_sizes(flexi_run, tmp_path):
   config, reference_workdir, _, _ = flexi_run
-  workdir = str(tmp_path)
-  with monkeypatch.context() as patch:
-    stop_at_step(patch, 3)
-    assert _train(config, workdir)["step"] == 3
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(reference_workdir, workdir)
+  # Back to the step-2 checkpoint, as if the run had been stopped there.
+  for name in ("summary.json", "metrics.jsonl"):
+    os.remove(os.path.join(workdir, name))
+  for step in (4, 6):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
   with compiled_functions() as compiled:
-    _train(config, workdir)  # Resumes at step 4.
-  sizes = _patch_sizes(workdir)
-  assert sizes == _patch_sizes(reference_workdir)
-  assert compiled.count("train_step") == len({sizes[step] for step in range(4, TOTAL_STEPS + 1)})
+    _train(config, workdir)  # Resumes at step 3.
+  sizes, reference = _patch_sizes(workdir), _patch_sizes(reference_workdir)
+  assert sizes == {step: reference[step] for step in range(3, TOTAL_STEPS + 1)}
+  assert compiled.count("train_step") == len(set(sizes.values()))
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_workdir))

@@ -6,14 +6,15 @@ devices or hosts; a tiny ViT keeps compiles short.
 import json
 import os
 import shutil
+import signal
 
 import jax
 import numpy as np
 import pytest
 
-from tiny_training import (TOTAL_STEPS, final_params, losses, make_image_folder, stop_at_step,
-                           tiny_config)
+from tiny_training import TOTAL_STEPS, final_params, losses, make_image_folder, tiny_config
 from vit_jax import evaluate
+from vit_jax import metrics_writer
 from vit_jax import train
 from vit_jax.checkpoints import state as state_lib
 
@@ -52,12 +53,23 @@ def test_data_fsdp_mesh_tracks_one_device(fsdp_run, data_root, tmp_path):
                              rtol=1e-4)
 
 
+def _stop_at_step(monkeypatch, stop_step: int) -> None:
+  """Sends a real SIGTERM to this process right after step `stop_step`'s metrics are written."""
+  write = metrics_writer.MetricsWriter.write
+
+  def write_then_signal(self, step, metrics):
+    write(self, step, metrics)
+    if step == stop_step and "train/loss" in metrics:
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_then_signal)
+
+
 def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
     fsdp_run, data_root, tmp_path, monkeypatch):
   config, reference_workdir, _ = fsdp_run
   interrupted = str(tmp_path / "interrupted")
   with monkeypatch.context() as patch:
-    stop_at_step(patch, 3)
+    _stop_at_step(patch, 3)
     stopped = train.train_and_evaluate(config, interrupted)
   assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 3
   assert not os.path.exists(os.path.join(interrupted, "summary.json"))

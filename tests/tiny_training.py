@@ -6,14 +6,12 @@ config file built on it can be loaded by `python -m vit_jax.train`.
 """
 import json
 import os
-import signal
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from vit_jax import config_lib
-from vit_jax import metrics_writer
 from vit_jax.checkpoints import state as state_lib
 
 NUM_CLASSES = 4
@@ -67,14 +65,3 @@ def losses(workdir: str) -> dict[int, float]:
 
 def final_params(workdir: str):
   return state_lib.load_params(os.path.join(workdir, "checkpoints"))
-
-
-def stop_at_step(monkeypatch, stop_step: int) -> None:
-  """Sends a real SIGTERM to this process right after step `stop_step`'s metrics are written."""
-  write = metrics_writer.MetricsWriter.write
-
-  def write_then_signal(self, step, metrics):
-    write(self, step, metrics)
-    if step == stop_step and "train/loss" in metrics:
-      os.kill(os.getpid(), signal.SIGTERM)
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_then_signal)
