@@ -8,6 +8,8 @@ Local scale (default; a CPU, bundled digits; ~20 minutes for the whole study on 
   ViTs of depth 2 at widths 16 and 32 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28 digits
   (196, 49, 16 and 4 patch tokens), 2 epochs each (70 steps of batch 128, 7 warm-up steps), the
   quickstart recipe otherwise. Small on purpose: every trial fits in a couple of minutes on a shared CPU.
+  Plus one FlexiViT trial: the width-32 model (its own patch 4) trained with a patch size of 4, 7 or 14
+  drawn per step and evaluated at each, so one run gives its own accuracy-vs-patch-size curve.
 
 ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) on a TPU pod slice:
 
@@ -24,12 +26,14 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
   a = config_lib.parse_arg(arg, scale="local", data_dir="")
   if a.scale == "local":
     widths = sweep.zip_(sweep.axis("width", [16, 32]), sweep.axis("heads", [1, 2]))
-    trials = sweep.trials(sweep.product(widths, sweep.axis("patch", [2, 4, 7, 14])))
+    flexi = [{"width": 32, "heads": 2, "config.flexi.patch_sizes": (4, 7, 14)}]
+    trials = sweep.trials(sweep.product(widths, sweep.axis("patch", [2, 4, 7, 14])) + flexi)
     return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", trials,
                        base_args={"depth": 2, "epochs": 2.0},
                        # The quickstart's 100 warm-up steps would outlast these 70-step runs.
                        base_overrides={"optim.warmup_steps": 7},
-                       description="ViT depth 2, widths 16/32, patches 2/4/7/14, bundled digits, 2 epochs")
+                       description="ViT depth 2, widths 16/32, patches 2/4/7/14, bundled digits, 2 epochs; "
+                       "FlexiViT width 32 at patches 4/7/14")
   if a.scale == "imagenet":
     if not a.data_dir:
       raise ValueError("scale=imagenet needs data_dir=<where imagenet2012 is prepared>, e.g. "
