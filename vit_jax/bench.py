@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import config_checks, flops, models, optim, projection, sharding, train, xla_flags
+from vit_jax import cli, config_checks, flops, models, optim, projection, sharding, train, xla_flags
 from vit_jax.data import pipeline
 
 # `--config` is the trainer's flag (defined when vit_jax.train is imported): same syntax, same parsing.
@@ -271,14 +271,12 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """Entry point; bad input exits with code 2 and one message before anything is compiled."""
-  def checked_main(argv: Sequence[str]) -> None:
+  checked_main = cli.exit_on_bad_input(main)
+
+  def start_and_run(argv: Sequence[str]) -> None:
     train.initialize_distributed()
-    try:
-      main(argv)
-    except (ValueError, FileNotFoundError, config_checks.ConfigError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  app.run(checked_main)
+    checked_main(argv)
+  app.run(start_and_run)
 
 
 if __name__ == "__main__":

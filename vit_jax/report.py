@@ -13,12 +13,12 @@ import csv
 import json
 import math
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from etils import epath
 
+from vit_jax import cli
 from vit_jax import projection
 
 # Columns of the Markdown table: (row key, header, format).
@@ -254,15 +254,7 @@ def run() -> None:
   from absl import app, flags
   flags.DEFINE_string("out", None, "Directory for the CSV, Markdown table and plots (default: SWEEP_DIR).")
   flags.DEFINE_string("metric", None, "Accuracy metric key (default: the first `*prec@1` eval metric).")
-
-  def checked_main(argv: Sequence[str]) -> None:
-    try:
-      main(argv)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(checked_main)
+  app.run(cli.exit_on_bad_input(main))
 
 
 if __name__ == "__main__":

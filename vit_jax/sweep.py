@@ -18,7 +18,6 @@ import importlib.util
 import itertools
 import json
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -195,17 +194,9 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """Entry point; bad input exits with code 2 and one message."""
   from absl import app
-  from vit_jax import launchers
+  from vit_jax import cli, launchers
   launchers.define_flags()
-
-  def checked_main(argv: Sequence[str]) -> None:
-    try:
-      main(argv)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(checked_main)
+  app.run(cli.exit_on_bad_input(main))
 
 
 if __name__ == "__main__":
