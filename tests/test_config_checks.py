@@ -7,14 +7,10 @@ import sys
 import jax
 import pytest
 
-from tiny_training import make_image_folder, tiny_config
+from tiny_training import tiny_config
 from vit_jax import config_checks
 from vit_jax import train
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  return make_image_folder(str(tmp_path_factory.mktemp("images")))
 
 
 @pytest.fixture

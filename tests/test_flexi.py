@@ -14,17 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from tiny_training import TOTAL_STEPS, final_params, make_image_folder, tiny_config
+from tiny_training import TOTAL_STEPS, final_params, tiny_config
 from vit_jax import evaluate
 from vit_jax import train
 
 PATCH_SIZES = (2, 4, 8)  # The model's own patch size (4) is one of them.
 SEED = 2  # Draws every size within the first 3 steps (checked below), so each one is compiled.
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  return make_image_folder(str(tmp_path_factory.mktemp("images")))
 
 
 @contextlib.contextmanager

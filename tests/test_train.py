@@ -12,15 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from tiny_training import TOTAL_STEPS, final_params, losses, make_image_folder, tiny_config
+from tiny_training import TOTAL_STEPS, final_params, losses, tiny_config
 from vit_jax import evaluate
 from vit_jax import metrics_writer
 from vit_jax import train
 from vit_jax.checkpoints import state as state_lib
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  return make_image_folder(str(tmp_path_factory.mktemp("images")))
 
 
 @pytest.fixture(scope="module")
