@@ -62,9 +62,9 @@ def compile_train_step(variant: str, *, global_batch: int, mesh: jax.sharding.Me
   batch = {"image": jax.ShapeDtypeStruct(image_shape, jnp.float32),
            "label": jax.ShapeDtypeStruct((global_batch, NUM_CLASSES), jnp.float32)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-    step = jax.jit(train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
-                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    step = train.jit_train_step(
+        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule), mesh,
+        state_shardings)
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     lowered_at = time.perf_counter()

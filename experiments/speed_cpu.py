@@ -69,14 +69,12 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
   data = {"image": jax.device_put(batch.transpose(0, 2, 3, 1), batch_sharding),  # NCHW -> NHWC
           "label": jax.device_put(np.eye(NUM_CLASSES, dtype=np.float32)[labels], batch_sharding)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-    init = jax.jit(lambda: nn.meta.unbox(
-        model.init({"params": jax.random.key(0)}, data["image"][:1])["params"]),
-        out_shardings=param_shardings)
-    state = jax.device_put(train.make_state(tx, init(), jax.random.key(1), ema=False), state_shardings)
-    step_fn = jax.jit(
-        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    params = train.jit_init_params(model, (1,) + data["image"].shape[1:], param_shardings)(
+        jax.random.key(0))
+    state = jax.device_put(train.make_state(tx, params, jax.random.key(1), ema=False), state_shardings)
+    step_fn = train.jit_train_step(
+        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule), mesh,
+        state_shardings)
 
   def run(steps: int) -> None:
     nonlocal state

@@ -90,13 +90,8 @@ def _compile_train_step(config: ml_collections.ConfigDict, hwc: Sequence[int], b
   state_shardings = train.state_shardings(tx, abstract, param_shardings, mesh, ema)
   batch_sharding = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-    step = jax.jit(
-        train.make_train_step(model, tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
-                              schedule=schedule, label_smoothing=config.get("label_smoothing", 0.0),
-                              grad_accum_steps=config.get("grad_accum_steps", 1),
-                              mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay")),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+    step = train.jit_train_step(train.train_step_from_config(config, model, tx, schedule), mesh,
+                                state_shardings)
     abstract_state = jax.eval_shape(lambda p: train.make_state(tx, p, jax.random.key(0), ema), abstract)
     abstract_batch = {"image": jax.ShapeDtypeStruct((batch_size, *hwc), jnp.float32, sharding=batch_sharding),
                       "label": jax.ShapeDtypeStruct((batch_size, config.num_classes), jnp.float32,
@@ -107,9 +102,7 @@ def _compile_train_step(config: ml_collections.ConfigDict, hwc: Sequence[int], b
     compile_s = time.perf_counter() - start
 
     def init_state():
-      params = jax.jit(lambda: nn.meta.unbox(model.init({"params": jax.random.key(0)},
-                                                        jnp.zeros((1, *hwc)), train=False)["params"]),
-                       out_shardings=param_shardings)()
+      params = train.jit_init_params(model, (1, *hwc), param_shardings)(jax.random.key(0))
       return jax.jit(lambda p: train.make_state(tx, p, jax.random.key(1), ema),
                      out_shardings=state_shardings)(params)
   return compiled, compile_s, init_state, batch_sharding, model_kwargs, abstract

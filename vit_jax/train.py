@@ -47,7 +47,6 @@ from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import mixup
 from vit_jax.data import pipeline
 from vit_jax.data import sources
-from vit_jax.evaluators.classification import make_eval_step  # Part of this module's API.
 
 # Shared with vit_jax.evaluate (absl flags can only be defined once per process).
 CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -176,6 +175,32 @@ def make_state(tx: optax.GradientTransformation, params: Any, rng: jax.Array,
   """The train state at step 0 for (possibly pretrained) `params`."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=rng, ema_params=params if ema else None)
+
+
+def train_step_from_config(config: ml_collections.ConfigDict, model: nn.Module,
+                           tx: optax.GradientTransformation, schedule: optax.Schedule,
+                           patch_size: tuple[int, int] | None = None) -> Callable:
+  """`make_train_step` with the loss, smoothing, accumulation, mixup and EMA the config names."""
+  return make_train_step(model, tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
+                         schedule=schedule, label_smoothing=config.get("label_smoothing", 0.0),
+                         grad_accum_steps=config.get("grad_accum_steps", 1),
+                         mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay"),
+                         patch_size=patch_size)
+
+
+def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_shardings: TrainState
+                   ) -> Callable:
+  """A train step jitted with the trainer's placement: state donated, batch split, metrics replicated."""
+  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_init_params(model: nn.Module, image_shape: Sequence[int], param_shardings: Any
+                    ) -> Callable[[jax.Array], Any]:
+  """rng -> freshly initialised (unboxed) params, created directly in their shardings."""
+  return jax.jit(lambda rng: nn.meta.unbox(model.init(
+      {"params": rng}, jnp.zeros(image_shape, jnp.float32), train=False)["params"]),
+                 out_shardings=param_shardings)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,10 +419,7 @@ def _initial_state(config: ml_collections.ConfigDict, s: _Setup,
     state, data_state, step = checkpointer.restore(abstract_state)
     logging.info("Resumed from %s/%d.", checkpointer.directory, step)
     return state, step, data_state
-  init_params = jax.jit(
-      lambda rng: nn.meta.unbox(s.model.init(
-          {"params": rng}, jnp.zeros(s.image_shape, jnp.float32), train=False)["params"]),
-      out_shardings=s.param_shardings)
+  init_params = jit_init_params(s.model, s.image_shape, s.param_shardings)
   params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = init_params(params_rng)
   if config.get("init"):
@@ -427,7 +449,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise config_checks.ConfigError(str(e)) from e
 
   mesh, batch_size, total_steps = s.mesh, config.batch_size, s.total_steps
-  replicated = sharding.replicated(mesh)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abstract_params))
   logging.info("Model %s: %s params; mesh %s; %d steps of %d images (%d warmup).",
                config.model_name, f"{num_params:,}", dict(mesh.shape), total_steps, batch_size,
@@ -445,17 +466,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   flexi_sizes = tuple(config.flexi.patch_sizes)  # FlexiViT: () = train at the model's patch size.
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, s.rules)):
-
-    def jit_train_step(patch: int | None) -> Callable:
-      """The train step at square patch side `patch` (None: the model's own); state donated."""
-      return jax.jit(
-          make_train_step(s.model, s.tx, loss_fn=optim.get_loss(config.get("loss", "softmax_xent")),
-                          schedule=s.schedule, label_smoothing=config.get("label_smoothing", 0.0),
-                          grad_accum_steps=config.get("grad_accum_steps", 1),
-                          mixup_cfg=config.input.get("mixup"), ema_decay=config.get("ema_decay"),
-                          patch_size=(patch, patch) if patch else None),
-          in_shardings=(s.state_shardings, sharding.batch_sharding(mesh)),
-          out_shardings=(s.state_shardings, replicated), donate_argnums=0)
 
     # Each compiled once, on first use: one train step per patch size (built as sizes are drawn)
     # and every evaluator's step(s).
@@ -483,7 +493,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         patch = sample_patch_size(flexi_sizes, config.seed, step) if flexi_sizes else None
         compiling = patch not in train_steps
         if compiling:
-          train_steps[patch] = jit_train_step(patch)
+          train_steps[patch] = jit_train_step(
+              train_step_from_config(config, s.model, s.tx, s.schedule,
+                                     (patch, patch) if patch else None), mesh, s.state_shardings)
         t_step = time.perf_counter()
         state, metrics = train_steps[patch](state, batch)
         if compiling:  # Report the compilation and keep it out of the img/s window.
