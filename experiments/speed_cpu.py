@@ -5,28 +5,28 @@ r"""A/B training throughput on this CPU: our train step vs transformers ViT + to
 
 Both sides train the same architecture (pre-norm ViT, tanh GELU, LayerNorm eps 1e-6, token
 classifier, 1000 classes) on the same random batch with AdamW. Runs alternate (ours, theirs,
-theirs, ours, ...) in one process so that load from other users of the machine hits both alike;
-the reported figure per side is the median over rounds and the ratio is ours / theirs.
+theirs, ours, ...) within one run so that load from other users of the machine hits both alike;
+the reported figure per side is the median over rounds and the ratio is ours / theirs. The torch
+side lives in a worker process that this script starts, so that it runs under default settings.
 GFLOP/s use the analytic training FLOPs (vit_jax.flops) and are set against the probed fp32
 matmul rate of this CPU (vit_jax.hardware).
 
-Our step runs as the trainer runs it on CPU: vit_jax.xla_flags gives one single-threaded XLA
-device per core and the batch is split over them by a data-parallel mesh (vit_jax.sharding).
-`XLA_FLAGS=--xla_force_host_platform_device_count=1` times XLA's default instead (one device,
-multi-threaded ops). Needs the `bench` extra (torch, transformers).
+Our step runs as the trainer runs it on CPU: vit_jax.cpu_runtime gives one single-threaded XLA
+device per core, the batch split over them by a data-parallel mesh (vit_jax.sharding), and makes
+malloc keep freed memory mapped.
+`XLA_FLAGS=--xla_force_host_platform_device_count=1` times XLA's default device layout instead
+(one device, multi-threaded ops), `GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072` glibc's
+default allocator behaviour. Needs the `bench` extra (torch, transformers).
 """
 import argparse
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
-from vit_jax import xla_flags
-
-xla_flags.apply_cpu_defaults()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,20 +35,22 @@ import numpy as np
 import torch
 import transformers
 
+from vit_jax import cpu_runtime
 from vit_jax import flops
 from vit_jax import hardware
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax import train
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
 
-# A runner does `steps` optimizer steps and returns only once they have finished.
-Runner = Callable[[int], None]
+# A runner does `steps` optimizer steps, returns once they have finished, and returns the CPU
+# seconds (all threads) and minor page faults its process spent on them.
+Runner = Callable[[int], tuple[float, int]]
 THEIRS = "transformers+torch eager"
+WARMUP_STEPS = 4
 
 
 def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) -> Runner:
@@ -76,12 +78,14 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
         train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule), mesh,
         state_shardings)
 
-  def run(steps: int) -> None:
+  def run(steps: int) -> tuple[float, int]:
     nonlocal state
+    start = _usage()
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
       for _ in range(steps):
         state, metrics = step_fn(state, data)
     jax.block_until_ready((state, metrics))
+    return _since(start)
 
   return run
 
@@ -99,26 +103,65 @@ def make_theirs(variant: str, batch: np.ndarray, labels: np.ndarray) -> Runner:
   opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
   images, targets = torch.from_numpy(batch), torch.from_numpy(labels).long()
 
-  def run(steps: int) -> None:
+  def run(steps: int) -> tuple[float, int]:
+    start = _usage()
     for _ in range(steps):
       loss = model(pixel_values=images, labels=targets).loss
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
+    return _since(start)
 
   return run
 
 
-def _cpu_seconds() -> float:
+def _random_batch(batch_size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return (rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32),
+          rng.integers(0, NUM_CLASSES, batch_size))
+
+
+def serve_theirs(variant: str, batch_size: int, image_size: int) -> None:
+  """Worker loop: reads a step count per line on stdin, runs it, answers its CPU seconds."""
+  run = make_theirs(variant, *_random_batch(batch_size, image_size))
+  print("ready", flush=True)
+  for line in sys.stdin:
+    print(*run(int(line)), flush=True)
+
+
+def spawn_theirs(variant: str, batch_size: int, image_size: int) -> Runner:
+  """The torch side in its own process, so that it runs under the default host settings (our
+  process has cpu_runtime's malloc policy) and its heap does not share an arena with XLA's."""
+  worker = subprocess.Popen(
+      [sys.executable, __file__, f"--serve_theirs={variant}", f"--batch_size={batch_size}",
+       f"--image_size={image_size}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def answer() -> str:
+    line = worker.stdout.readline().strip()
+    if not line:
+      raise RuntimeError(f"the torch worker for ViT-{variant} died (exit code {worker.wait()}); "
+                         "its traceback is above.")
+    return line
+
+  answer()  # "ready"
+
+  def run(steps: int) -> tuple[float, int]:
+    worker.stdin.write(f"{steps}\n")
+    worker.stdin.flush()
+    cpu, faults = answer().split()
+    return float(cpu), int(faults)
+
+  return run
+
+
+def _usage() -> tuple[float, int]:
   usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+  return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
-def _timed(run: Runner, steps: int) -> tuple[float, float]:
-  """(wall seconds, CPU seconds of this process, all threads) for `steps` steps."""
-  start, start_cpu = time.perf_counter(), _cpu_seconds()
-  run(steps)
-  return time.perf_counter() - start, _cpu_seconds() - start_cpu
+def _since(start: tuple[float, int]) -> tuple[float, int]:
+  now = _usage()
+  return now[0] - start[0], now[1] - start[1]
 
 
 def compare(variant: str, *, batch_size: int, image_size: int, steps: int, rounds: int,
@@ -128,19 +171,19 @@ def compare(variant: str, *, batch_size: int, image_size: int, steps: int, round
   Each round runs all runners, in reversed order every other round. Per runner the median wall
   time over rounds gives img/s; the best round is kept too, being the least disturbed by other load.
   """
-  rng = np.random.default_rng(0)
-  batch = rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
-  labels = rng.integers(0, NUM_CLASSES, batch_size)
+  batch, labels = _random_batch(batch_size, image_size)
   runners = {f"ours[{spec}]": make_ours(variant, batch, labels, spec) for spec in ours}
-  runners[THEIRS] = make_theirs(variant, batch, labels)
-  for run in runners.values():  # Compile / allocate; the second step is the first steady one.
-    run(2)
-  walls, cpus = {name: [] for name in runners}, {name: [] for name in runners}
+  runners[THEIRS] = spawn_theirs(variant, batch_size, image_size)
+  for run in runners.values():  # Compile, allocate, let the heap reach its steady size (~3 steps).
+    run(WARMUP_STEPS)
+  walls, cpus, faults = ({name: [] for name in runners} for _ in range(3))
   for r in range(rounds):
     for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-      wall, cpu = _timed(runners[name], steps)
-      walls[name].append(wall)
+      start = time.perf_counter()
+      cpu, fault_count = runners[name](steps)
+      walls[name].append(time.perf_counter() - start)
       cpus[name].append(cpu)
+      faults[name].append(fault_count)
   kw = models.model_kwargs(f"ViT-{variant}")
   train_flops = flops.train_flops_per_image(kw, image_size, num_classes=NUM_CLASSES)
   images = batch_size * steps
@@ -150,6 +193,7 @@ def compare(variant: str, *, batch_size: int, image_size: int, steps: int, round
     rows[name] = dict(img_s=img_s, best_img_s=images / min(walls[name]),
                       gflops=img_s * train_flops / 1e9,
                       cpu_s_per_step=statistics.median(cpus[name]) / steps,
+                      faults_per_step=statistics.median(faults[name]) / steps,
                       ratio=img_s / (images / statistics.median(walls[THEIRS])),
                       per_round_ratio=[t / w for w, t in zip(walls[name], walls[THEIRS])])
   return dict(variant=variant, rows=rows, peak_gflops=peak / 1e9)
@@ -158,11 +202,12 @@ def compare(variant: str, *, batch_size: int, image_size: int, steps: int, round
 def _print(res: dict) -> None:
   peak = res["peak_gflops"]
   print(f"  {'':28s} {'img/s':>7s} {'best':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'cpu s/step':>10s} "
-        f"{'ratio':>6s}  per-round ratios")
+        f"{'faults/step':>11s} {'ratio':>6s}  per-round ratios")
   for name, r in res["rows"].items():
     rounds = " ".join(f"{x:.2f}" for x in r["per_round_ratio"])
     print(f"  {name:28s} {r['img_s']:7.2f} {r['best_img_s']:7.2f} {r['gflops']:8.1f} "
-          f"{100 * r['gflops'] / peak:5.1f}% {r['cpu_s_per_step']:10.2f} {r['ratio']:6.2f}  {rounds}")
+          f"{100 * r['gflops'] / peak:5.1f}% {r['cpu_s_per_step']:10.2f} {r['faults_per_step']:11.0f} "
+          f"{r['ratio']:6.2f}  {rounds}")
 
 
 def main() -> None:
@@ -176,7 +221,12 @@ def main() -> None:
                       help="comma-separated configurations of our step to time, each "
                            "ATTENTION_IMPL[:DTYPE] with ATTENTION_IMPL in auto|xla|cudnn, e.g. "
                            "'auto,xla,auto:bfloat16' (torch always runs float32)")
+  parser.add_argument("--serve_theirs", default="", help=argparse.SUPPRESS)  # The torch worker.
   args = parser.parse_args()
+  if args.serve_theirs:
+    serve_theirs(args.serve_theirs, args.batch_size, args.image_size)
+    return
+  cpu_runtime.apply_cpu_defaults()  # Before anything touches a device.
   if args.image_size % 16:
     parser.error(f"--image_size={args.image_size} must be a multiple of the patch size 16.")
 

@@ -1,4 +1,9 @@
-"""The speed work must not change what the model computes: attention paths, init, remat."""
+"""Speed work must not change what the model computes (attention paths, init, remat), and the CPU
+runtime defaults must do what they claim."""
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -109,10 +114,27 @@ def test_remat_policies_give_identical_gradients(scan):
 
 
 def test_cpu_flags_give_one_single_threaded_device_per_core_unless_the_user_chose(monkeypatch):
-  from vit_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(xla_flags.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+  from vit_jax import cpu_runtime  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cpu_runtime.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+  monkeypatch.setattr(cpu_runtime, "keep_freed_host_memory", lambda: False)  # Not in this process.
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-  assert xla_flags.apply_cpu_defaults() == (
+  assert cpu_runtime.apply_cpu_defaults() == (
       "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=3 --xla_cpu_multi_thread_eigen=false")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  assert xla_flags.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
+  assert cpu_runtime.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerator_runs(tmp_path):
+  """Run in fresh processes: the policy must precede every other thread. Its effect (page faults
+  per step) is measured by experiments/speed_cpu.py's faults/step column, not here: on a single
+  64 MiB temporary glibc's heap placement makes the fault count vary from run to run."""
+  script = "from vit_jax import cpu_runtime; print(cpu_runtime.keep_freed_host_memory())"
+  def applied(**env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS")}
+    out = subprocess.run([sys.executable, "-c", script], env=environ | env, capture_output=True,
+                         text=True, check=True, cwd=tmp_path)
+    return out.stdout.split()[-1]
+  assert applied(JAX_PLATFORMS="cpu") == "True"
+  assert applied(JAX_PLATFORMS="cpu", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
+  assert applied(JAX_PLATFORMS="cuda,cpu") == "False"

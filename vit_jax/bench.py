@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import cli, config_checks, flops, models, optim, projection, sharding, train, xla_flags
+from vit_jax import cli, config_checks, cpu_runtime, flops, models, optim, projection, sharding, train
 from vit_jax.data import pipeline
 
 # `--config` is the trainer's flag (defined when vit_jax.train is imported): same syntax, same parsing.
@@ -225,7 +225,7 @@ def format_profile(p: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  xla_flags.apply_cpu_defaults()  # Measure the step as the trainer runs it.
+  cpu_runtime.apply_cpu_defaults()  # Measure the step as the trainer runs it.
   config = flags.FLAGS.config
   if config is None:
     raise ValueError("--config is required, e.g. --config=configs/quickstart.py:patch=7.")

@@ -42,7 +42,7 @@ from vit_jax import metrics_writer
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
-from vit_jax import xla_flags
+from vit_jax import cpu_runtime
 from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import mixup
 from vit_jax.data import pipeline
@@ -566,7 +566,7 @@ def quiet_library_logs() -> None:
 def start_process() -> None:
   """What every entry point does first: quiet library logs, CPU XLA flags, multi-host start-up."""
   quiet_library_logs()
-  xla_flags.apply_cpu_defaults()  # Before anything touches a device: XLA reads the flags once.
+  cpu_runtime.apply_cpu_defaults()  # Before anything touches a device: XLA reads the flags once.
   initialize_distributed(COORDINATOR_FLAG.value, NUM_PROCESSES_FLAG.value, PROCESS_ID_FLAG.value)
 
 
