@@ -27,21 +27,17 @@ import sys
 import time
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import torch
 import transformers
 
+from vit_jax import bench
 from vit_jax import cpu_runtime
 from vit_jax import flops
 from vit_jax import hardware
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
@@ -54,7 +50,7 @@ WARMUP_STEPS = 4
 
 
 def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) -> Runner:
-  """Our train step (vit_jax.train.make_train_step, jitted once, state donated) on a fixed batch.
+  """Our train step on a fixed batch, placed as the trainer places it (vit_jax.bench.fixed_batch_trainer).
 
   `spec` is 'ATTENTION_IMPL[:DTYPE]': 'auto' (the model's default choice), 'xla' or 'cudnn' for
   jax.nn.dot_product_attention, optionally with a compute dtype, e.g. 'auto:bfloat16'.
@@ -62,29 +58,12 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
   impl, _, dtype = spec.partition(":")
   model = models.get_model(f"ViT-{variant}", num_classes=NUM_CLASSES, dtype=jnp.dtype(dtype or "float32"),
                            attention_impl=None if impl == "auto" else impl)
-  mesh, rules = sharding.make_mesh([("data", -1)]), sharding.DEFAULT_RULES
-  abstract, param_shardings = train.abstract_params(model, (1,) + batch.shape[2:] + (3,), mesh, rules)
-  cfg = ml_collections.ConfigDict(dict(name="adamw", lr=LR, wd=WD, schedule="constant"))
-  tx, schedule = optim.make_optimizer(cfg, abstract, total_steps=1_000_000, warmup_steps=0)
-  state_shardings = train.state_shardings(tx, abstract, param_shardings, mesh, ema=False)
-  batch_sharding = sharding.batch_sharding(mesh)
-  data = {"image": jax.device_put(batch.transpose(0, 2, 3, 1), batch_sharding),  # NCHW -> NHWC
-          "label": jax.device_put(np.eye(NUM_CLASSES, dtype=np.float32)[labels], batch_sharding)}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-    params = train.jit_init_params(model, (1,) + data["image"].shape[1:], param_shardings)(
-        jax.random.key(0))
-    state = jax.device_put(train.make_state(tx, params, jax.random.key(1), ema=False), state_shardings)
-    step_fn = train.jit_train_step(
-        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule), mesh,
-        state_shardings)
+  trainer = bench.fixed_batch_trainer(model, batch.transpose(0, 2, 3, 1),  # NCHW -> NHWC
+                                      np.eye(NUM_CLASSES, dtype=np.float32)[labels], lr=LR, wd=WD)
 
   def run(steps: int) -> tuple[float, int]:
-    nonlocal state
     start = _usage()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.mesh_rules(mesh, rules)):
-      for _ in range(steps):
-        state, metrics = step_fn(state, data)
-    jax.block_until_ready((state, metrics))
+    jax.block_until_ready(trainer(steps))
     return _since(start)
 
   return run

@@ -3,10 +3,10 @@ r"""ViT-B/16 training throughput and MFU on one GPU: ours (bf16, cuDNN flash att
     python experiments/speed_gpu.py                          # batch sweep, ours then torch.compile
     python experiments/speed_gpu.py --batches=256 --profile_dir=/tmp/vit_trace --skip_torch
 
-Ours: our train step (vit_jax.train.make_train_step, AdamW, state donated) with compute dtype
-bfloat16 (params and optimizer state float32) and attention_impl='cudnn'. Theirs: transformers
-ViTForImageClassification (SDPA attention) under torch.autocast(bfloat16) + fused AdamW, compiled
-with torch.compile. MFU = analytic training FLOPs (vit_jax.flops, 3x forward, no remat) x img/s /
+Ours: our train step (vit_jax.bench.fixed_batch_trainer: AdamW, placed as the trainer places it,
+state donated) with compute dtype bfloat16 (params and optimizer state float32) and
+attention_impl='cudnn'. Theirs: transformers ViTForImageClassification (SDPA attention) under
+torch.autocast(bfloat16) + fused AdamW, compiled with torch.compile. MFU = analytic training FLOPs (vit_jax.flops, 3x forward, no remat) x img/s /
 the GPU's dense bf16 peak (vit_jax.hardware, 989 TFLOP/s for an H100 SXM).
 
 --profile_dir writes a jax.profiler trace of a few steps at the best batch (open it in
@@ -15,16 +15,13 @@ TensorBoard's profile plugin or Perfetto) to see what the step spends its time o
 import argparse
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from vit_jax import bench
 from vit_jax import flops
 from vit_jax import hardware
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import train
 
 VARIANT, IMAGE_SIZE, NUM_CLASSES = "B/16", 224, 1000
 
@@ -36,26 +33,16 @@ def ours_img_per_s(batch_size: int, steps: int, profile_dir: str | None = None) 
   images = jax.random.normal(jax.random.key(0), (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3))
   labels = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (batch_size,), 0, NUM_CLASSES),
                           NUM_CLASSES)
-  params = jax.jit(lambda: nn.meta.unbox(model.init({"params": jax.random.key(2)}, images[:1])["params"]))()
-  cfg = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, wd=1e-4, schedule="constant"))
-  tx, schedule = optim.make_optimizer(cfg, params, total_steps=1_000_000, warmup_steps=0)
-  step = jax.jit(train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule),
-                 donate_argnums=0)
-  state = train.make_state(tx, params, jax.random.key(3), ema=False)
-  batch = {"image": images, "label": labels}
-  for _ in range(3):  # Compile and warm up.
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
+  trainer = bench.fixed_batch_trainer(model, images, labels)
+  jax.block_until_ready(trainer(3))  # Compile and warm up.
   start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready(trainer(steps))
   seconds = time.perf_counter() - start
   if profile_dir:
     with jax.profiler.trace(profile_dir):
       for i in range(5):
         with jax.profiler.StepTraceAnnotation("train", step_num=i):
-          state, metrics = step(state, batch)
+          metrics = trainer(1)
       jax.block_until_ready(metrics)
     print(f"  trace written to {profile_dir}")
   return batch_size * steps / seconds

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
 from absl import app, flags, logging
 import flax.linen as nn
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import cli, config_checks, cpu_runtime, flops, models, optim, projection, sharding, train
+from vit_jax import cli, config_checks, flops, models, optim, projection, sharding, train
 from vit_jax.data import pipeline
 
 # `--config` is the trainer's flag (defined when vit_jax.train is imported): same syntax, same parsing.
@@ -106,6 +106,39 @@ def _compile_train_step(config: ml_collections.ConfigDict, hwc: Sequence[int], b
       return jax.jit(lambda p: train.make_state(tx, p, jax.random.key(1), ema),
                      out_shardings=state_shardings)(params)
   return compiled, compile_s, init_state, batch_sharding, model_kwargs, abstract
+
+
+def fixed_batch_trainer(model: nn.Module, images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array,
+                        *, lr: float = 1e-3, wd: float = 1e-4) -> Callable[[int], dict[str, jax.Array]]:
+  """steps -> the last step's metrics (not waited for): our AdamW train step, placed as the trainer
+  places it (data mesh over every device, state donated), repeated on one fixed batch.
+
+  For throughput experiments that compare our step with another codebase's on identical inputs:
+  `images` NHWC, `labels` one-hot, both global.
+  """
+  mesh, rules = sharding.make_mesh([("data", -1)]), sharding.DEFAULT_RULES
+  abstract, param_shardings = train.abstract_params(model, (1, *images.shape[1:]), mesh, rules)
+  cfg = ml_collections.ConfigDict(dict(name="adamw", lr=lr, wd=wd, schedule="constant"))
+  tx, schedule = optim.make_optimizer(cfg, abstract, total_steps=1_000_000, warmup_steps=0)
+  state_shardings = train.state_shardings(tx, abstract, param_shardings, mesh, ema=False)
+  batch_sharding = sharding.batch_sharding(mesh)
+  data = {"image": jax.device_put(images, batch_sharding), "label": jax.device_put(labels, batch_sharding)}
+  axis_rules = sharding.mesh_rules(mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+    params = train.jit_init_params(model, (1, *images.shape[1:]), param_shardings)(jax.random.key(0))
+    state = jax.device_put(train.make_state(tx, params, jax.random.key(1), ema=False), state_shardings)
+    step = train.jit_train_step(
+        train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule), mesh,
+        state_shardings)
+
+  def run(steps: int) -> dict[str, jax.Array]:
+    nonlocal state
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+      for _ in range(steps):
+        state, metrics = step(state, data)
+    return metrics
+
+  return run
 
 
 def xla_forward_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int]) -> float:
@@ -225,7 +258,6 @@ def format_profile(p: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cpu_runtime.apply_cpu_defaults()  # Measure the step as the trainer runs it.
   config = flags.FLAGS.config
   if config is None:
     raise ValueError("--config is required, e.g. --config=configs/quickstart.py:patch=7.")
@@ -267,7 +299,7 @@ def run() -> None:
   checked_main = cli.exit_on_bad_input(main)
 
   def start_and_run(argv: Sequence[str]) -> None:
-    train.initialize_distributed()
+    train.start_process()  # As the trainer: the step is measured as it runs there.
     checked_main(argv)
   app.run(start_and_run)
 

@@ -22,7 +22,6 @@ class ConfigError(ValueError):
   """A bad config value found before compilation; entry points exit with code 2 on it."""
 
 
-
 def check_workdir(workdir: str) -> None:
   """The workdir must be creatable and writable (checked by writing a temporary file)."""
   if not workdir:

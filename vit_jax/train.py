@@ -35,6 +35,7 @@ import optax
 
 from vit_jax import checkpoints
 from vit_jax import config_checks
+from vit_jax import cpu_runtime
 from vit_jax import evaluators
 from vit_jax import flops
 from vit_jax import hardware
@@ -42,7 +43,6 @@ from vit_jax import metrics_writer
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
-from vit_jax import cpu_runtime
 from vit_jax.checkpoints import state as state_lib
 from vit_jax.data import mixup
 from vit_jax.data import pipeline
@@ -248,7 +248,7 @@ def load_init_params(path: str, init_params: Any, dont_load: Sequence[str] = ())
 
 
 def state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shardings: Any,
-                     mesh: jax.sharding.Mesh, ema: bool) -> TrainState:
+                    mesh: jax.sharding.Mesh, ema: bool) -> TrainState:
   """Optimizer state is sharded like the params it mirrors (moments of an FSDP kernel are FSDP)."""
   replicated = sharding.replicated(mesh)
   abstract_opt_state = jax.eval_shape(tx.init, abstract)
@@ -309,8 +309,8 @@ class _StopRequests:
 
 
 def mfu_fn(model_kwargs: dict[str, Any], config: ml_collections.ConfigDict,
-            image_shape: Sequence[int], devices: Sequence[jax.Device],
-            patch_sizes: Sequence[int] = ()) -> Callable[[float], float | None]:
+           image_shape: Sequence[int], devices: Sequence[jax.Device],
+           patch_sizes: Sequence[int] = ()) -> Callable[[float], float | None]:
   """img/s -> model FLOPs utilisation against the devices' peak (analytic FLOPs; see flops.py).
 
   With FlexiViT `patch_sizes` the FLOPs per image are their mean: steps draw the sizes uniformly.
