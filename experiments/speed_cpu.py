@@ -46,7 +46,12 @@ LR, WD = 1e-3, 1e-4
 # seconds (all threads) and minor page faults its process spent on them.
 Runner = Callable[[int], tuple[float, int]]
 THEIRS = "transformers+torch eager"
-WARMUP_STEPS = 4
+WARMUP_STEPS = 4  # Compilation and first allocations.
+# Our heap grows by one step's temporaries at a time until it holds what the timed runs need
+# (ViT-Ti/16: ~10 steps to 4.6 GB; runs of several steps need more than single steps, as async
+# dispatch keeps two steps' temporaries live); until then some steps page-fault ~0.9 GB again.
+# Timing starts after SETTLED_RUNS consecutive fault-free runs of the timed length.
+SETTLED_RUNS, MAX_SETTLING_RUNS = 2, 12
 
 
 def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) -> Runner:
@@ -143,6 +148,16 @@ def _since(start: tuple[float, int]) -> tuple[float, int]:
   return now[0] - start[0], now[1] - start[1]
 
 
+def _settle(run: Runner, steps: int) -> None:
+  """Repeats runs of `steps` steps until SETTLED_RUNS in a row page-fault no more."""
+  clean = 0
+  for _ in range(MAX_SETTLING_RUNS):
+    clean = clean + 1 if run(steps)[1] == 0 else 0
+    if clean == SETTLED_RUNS:
+      return
+  print(f"  note: still page-faulting after {MAX_SETTLING_RUNS} warm-up runs of {steps} steps")
+
+
 def compare(variant: str, *, batch_size: int, image_size: int, steps: int, rounds: int,
             ours: list[str], peak: float) -> dict:
   """Warms up every runner, then alternates timed runs; returns img/s, ratios and GFLOP/s.
@@ -153,8 +168,10 @@ def compare(variant: str, *, batch_size: int, image_size: int, steps: int, round
   batch, labels = _random_batch(batch_size, image_size)
   runners = {f"ours[{spec}]": make_ours(variant, batch, labels, spec) for spec in ours}
   runners[THEIRS] = spawn_theirs(variant, batch_size, image_size)
-  for run in runners.values():  # Compile, allocate, let the heap reach its steady size (~3 steps).
+  for name, run in runners.items():
     run(WARMUP_STEPS)
+    if name != THEIRS:  # Torch runs under its default allocator: its faults are its steady state.
+      _settle(run, steps)
   walls, cpus, faults = ({name: [] for name in runners} for _ in range(3))
   for r in range(rounds):
     for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):

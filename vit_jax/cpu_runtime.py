@@ -13,9 +13,9 @@ first allocation which arena serves it):
    per device for a ViT-Ti/16 step at 16 images) with malloc and frees them when the step ends.
    glibc serves such blocks with fresh mmap'd pages, so every step page-faults and zero-fills all
    of them again: 444k page faults and ~1 s of kernel time per ~3 s step. One malloc arena, no
-   mmap and no trimming of the heap top keep those pages mapped across steps (ViT-Ti/16 and S/16
-   steps: 0 faults from the ~4th step on; glibc's placement decides, so experiments/speed_cpu.py
-   prints faults/step to check). It must run before other threads allocate. Skipped
+   mmap and no trimming of the heap top keep those pages mapped across steps: the heap grows by
+   one step's temporaries at a time for the first ~10 steps (ViT-Ti/16), then 0 faults per step.
+   glibc's placement decides, so experiments/speed_cpu.py prints faults/step to check. It must run before other threads allocate. Skipped
    when GLIBC_TUNABLES already sets malloc options (the user chose), off glibc, and when an
    accelerator plugin is installed (there the temporaries live in device memory, and a single
    arena would serialise the input pipeline's host threads on one malloc lock).
@@ -46,7 +46,7 @@ def _cpu_is_the_backend() -> bool:
 def keep_freed_host_memory() -> bool:
   """Makes glibc malloc keep freed memory mapped (see the module docstring); True if applied.
 
-  The price: the process keeps its peak heap (ViT-Ti/16 at batch 32 on 2 devices: 5.5 GB RSS).
+  The price: the process keeps its peak heap (ViT-Ti/16 at batch 32 on 2 devices: 4.6-5.5 GB RSS).
   A finite trim threshold is not enough: with async dispatch two steps' temporaries can be live at
   once, and freeing them leaves a free heap top of several GB that would be trimmed each time.
   """
