@@ -138,3 +138,32 @@ def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerato
   assert applied(JAX_PLATFORMS="cpu") == "True"
   assert applied(JAX_PLATFORMS="cpu", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
   assert applied(JAX_PLATFORMS="cuda,cpu") == "False"
+
+
+@pytest.mark.parametrize("in_features,out_features", [(6, 20), (20, 6)])  # either operand transposed
+def test_dense_dot_gradients_are_those_of_a_plain_matmul(in_features, out_features):
+  from vit_jax.models import linear
+  assert linear.transposes_in_weight_grad("cpu") and not linear.transposes_in_weight_grad("gpu")
+  x = jax.random.normal(jax.random.key(0), (2, 5, in_features))
+  w = jax.random.normal(jax.random.key(1), (in_features, out_features))
+  dy = jax.random.normal(jax.random.key(2), (2, 5, out_features))
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * dy)
+  ours = jax.jit(jax.grad(loss(linear.dense_dot), argnums=(0, 1)))(x, w)
+  plain = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(linear.dense_dot(x, w)), np.asarray(x @ w), rtol=1e-6)
+
+
+def test_attention_gradients_match_between_paths():
+  """The CPU path (fused QKV matmul, dense_dot weight gradients) differentiates like the plain einsums."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 24))
+  dy = jax.random.normal(jax.random.key(1), (2, 7, 24))
+  grads = {}
+  for implementation in (None, "xla"):
+    attention = vit.MultiHeadDotProductAttention(3, implementation=implementation)
+    params = _random_params(attention.init(jax.random.key(2), x, x)["params"], seed=3)
+    loss = lambda p, x: jnp.sum(attention.apply({"params": p}, x, x) * dy)
+    grads[implementation] = jax.grad(loss, argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(grads[None]), jax.tree.leaves(grads["xla"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
