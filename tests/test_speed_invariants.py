@@ -140,19 +140,22 @@ def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerato
   assert applied(JAX_PLATFORMS="cuda,cpu") == "False"
 
 
-@pytest.mark.parametrize("in_features,out_features", [(6, 20), (20, 6)])  # either operand transposed
-def test_dense_dot_gradients_are_those_of_a_plain_matmul(in_features, out_features):
-  from vit_jax.models import linear
-  assert linear.transposes_in_weight_grad("cpu") and not linear.transposes_in_weight_grad("gpu")
-  x = jax.random.normal(jax.random.key(0), (2, 5, in_features))
-  w = jax.random.normal(jax.random.key(1), (in_features, out_features))
-  dy = jax.random.normal(jax.random.key(2), (2, 5, out_features))
-  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * dy)
-  ours = jax.jit(jax.grad(loss(linear.dense_dot), argnums=(0, 1)))(x, w)
-  plain = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
-  for a, b in zip(ours, plain):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(linear.dense_dot(x, w)), np.asarray(x @ w), rtol=1e-6)
+@pytest.mark.parametrize("name,shapes,plain", [
+    ("dense_dot", ((2, 5, 6), (6, 20)), lambda x, w: x @ w),  # transposes the activations
+    ("dense_dot", ((2, 5, 20), (20, 6)), lambda x, w: x @ w),  # transposes the output gradient
+    ("attention_logits", ((2, 3, 7, 4), (2, 3, 7, 4)), lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k)),
+    ("attention_output", ((2, 3, 7, 7), (2, 3, 7, 4)), lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v)),
+])
+def test_matmul_gradients_are_those_of_the_plain_products(name, shapes, plain):
+  from vit_jax.models import matmul
+  assert matmul.lays_out_gradients("cpu") and not matmul.lays_out_gradients("gpu")
+  a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(shapes))
+  ours_fn = getattr(matmul, name)
+  np.testing.assert_allclose(np.asarray(ours_fn(a, b)), np.asarray(plain(a, b)), rtol=1e-5, atol=1e-6)
+  dy = jax.random.normal(jax.random.key(2), plain(a, b).shape)
+  grads = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * dy), argnums=(0, 1)))(a, b)
+  for ours, expected in zip(grads(ours_fn), grads(plain)):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_gradients_match_between_paths():

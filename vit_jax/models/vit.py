@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from vit_jax.models import linear, resize, resnet
+from vit_jax.models import matmul, resize, resnet
 
 Dtype = Any
 
@@ -141,18 +141,18 @@ class MultiHeadDotProductAttention(nn.Module):
     if self_attention:  # One matmul for q, k and v.
       batch, length = inputs_q.shape[:2]
       w_qkv = jnp.stack([wq, wk, wv], axis=1).reshape(width, 3 * heads * head_dim)
-      qkv = linear.dense_dot(inputs_q, w_qkv).reshape(batch, length, 3, heads, head_dim)
+      qkv = matmul.dense_dot(inputs_q, w_qkv).reshape(batch, length, 3, heads, head_dim)
       qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4)) + jnp.stack([bq, bk, bv])[:, None, :, None, :]
       q, k, v = qkv[0], qkv[1], qkv[2]
     else:
       q, k, v = (jnp.einsum("btd,dhk->bhtk", x, w) + b[:, None, :]
                  for x, w, b in ((inputs_q, wq, bq), (inputs_kv, wk, bk), (inputs_kv, wv, bv)))
     q, k, v = (_constrain(t, ("batch", "heads", "length", "kv")) for t in (q, k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+    logits = matmul.attention_logits(q, k)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     if dropout:
       probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    out = matmul.attention_output(probs, v)
     return jnp.einsum("bhqd,hdo->bqo", out, wo) + bo
 
 
@@ -166,12 +166,12 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", dot_general=linear.dot_general,
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", dot_general=matmul.dot_general,
                  kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
                  bias_init=_init(nn.initializers.normal(stddev=1e-6), ("mlp",)))(x)
     x = _constrain(nn.gelu(x), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
-    x = nn.Dense(width, dtype=self.dtype, name="Dense_1", dot_general=linear.dot_general,
+    x = nn.Dense(width, dtype=self.dtype, name="Dense_1", dot_general=matmul.dot_general,
                  kernel_init=_init(nn.initializers.xavier_uniform(), ("mlp", "embed")),
                  bias_init=_init(nn.initializers.normal(stddev=1e-6), ("embed",)))(x)
     return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)

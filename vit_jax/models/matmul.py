@@ -1,0 +1,117 @@
+"""The model's matmuls, with gradients laid out for XLA:CPU's matmul library (same maths).
+
+A gradient like x^T @ dy (a weight gradient, or attention's dK and dV) contracts the leading,
+token axis of both operands. XLA:CPU's fast matmul library (YNNPACK) wants the contracted axis
+innermost in the left operand, so XLA either copies one operand into transposed order first,
+often the larger one (the (tokens, 768) MLP gradient where the (tokens, 192) activations would do),
+or leaves the product to its slower Eigen fallback (attention's dK and dV). `_contract_tokens`
+transposes the operand with fewer columns itself, behind optimization barriers so that XLA keeps
+that layout. ViT-Ti/16 train step on CPU: weight gradients +2.7%, attention +4.7%
+(experiments/SPEED.md, levers 12 and 13). On GPU and TPU, whose matmul libraries read transposed
+operands in place, these functions are the plain products.
+"""
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def lays_out_gradients(backend: Optional[str] = None) -> bool:
+  """Whether the custom gradient layouts are used (XLA:CPU) or XLA's own (everywhere else)."""
+  return (backend or jax.default_backend()) == "cpu"
+
+
+def _swap(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def _contract_tokens(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x^T @ y over the token axis: x (..., N, K), y (..., N, F) -> (..., K, F)."""
+  if x.shape[-1] <= y.shape[-1]:
+    return lax.optimization_barrier(_swap(x)) @ y
+  return _swap(lax.optimization_barrier(lax.optimization_barrier(_swap(y)) @ x))
+
+
+@jax.custom_vjp
+def _dense(x, w):
+  return x @ w
+
+
+def _dense_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _dense_bwd(residuals, dy):
+  x, w = residuals
+  dw = _contract_tokens(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
+  return dy @ w.T, dw.astype(w.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _logits_plain(q, k):
+  return jnp.einsum("...qd,...kd->...qk", q, k)
+
+
+@jax.custom_vjp
+def _logits(q, k):
+  return _logits_plain(q, k)
+
+
+def _logits_fwd(q, k):
+  return _logits_plain(q, k), (q, k)
+
+
+def _logits_bwd(residuals, dlogits):
+  q, k = residuals
+  return dlogits @ k, _contract_tokens(dlogits, q)
+
+
+_logits.defvjp(_logits_fwd, _logits_bwd)
+
+
+@jax.custom_vjp
+def _weighted_sum(probs, v):
+  return probs @ v
+
+
+def _weighted_sum_fwd(probs, v):
+  return probs @ v, (probs, v)
+
+
+def _weighted_sum_bwd(residuals, dout):
+  probs, v = residuals
+  return _logits_plain(dout, v), _contract_tokens(probs, dout)
+
+
+_weighted_sum.defvjp(_weighted_sum_fwd, _weighted_sum_bwd)
+
+
+def dense_dot(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x (..., K) @ w (K, F) -> (..., F)."""
+  return _dense(x, w) if lays_out_gradients() else x @ w
+
+
+def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+  """q (..., Tq, D), k (..., Tk, D) -> q k^T (..., Tq, Tk)."""
+  return _logits(q, k) if lays_out_gradients() else _logits_plain(q, k)
+
+
+def attention_output(probs: jax.Array, v: jax.Array) -> jax.Array:
+  """probs (..., Tq, Tk), v (..., Tk, D) -> probs v (..., Tq, D)."""
+  return _weighted_sum(probs, v) if lays_out_gradients() else probs @ v
+
+
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                preferred_element_type: Any = None) -> jax.Array:
+  """`nn.Dense(dot_general=...)`: `dense_dot` for Dense's contraction, lax.dot_general otherwise."""
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  dense = (tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,) and rhs.ndim == 2
+           and batch == ((), ()) and precision is None
+           and preferred_element_type in (None, jnp.result_type(lhs, rhs)))
+  if dense:
+    return dense_dot(lhs, rhs)
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                         preferred_element_type=preferred_element_type)
