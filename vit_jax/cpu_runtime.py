@@ -15,10 +15,11 @@ first allocation which arena serves it):
    of them again: 444k page faults and ~1 s of kernel time per ~3 s step. One malloc arena, no
    mmap and no trimming of the heap top keep those pages mapped across steps: the heap grows by
    one step's temporaries at a time for the first ~10 steps (ViT-Ti/16), then 0 faults per step.
-   glibc's placement decides, so experiments/speed_cpu.py prints faults/step to check. It must run before other threads allocate. Skipped
-   when GLIBC_TUNABLES already sets malloc options (the user chose), off glibc, and when an
-   accelerator plugin is installed (there the temporaries live in device memory, and a single
-   arena would serialise the input pipeline's host threads on one malloc lock).
+   glibc's placement decides, so experiments/speed_cpu.py prints faults/step to check. It must
+   run before other threads allocate. Skipped when GLIBC_TUNABLES already sets malloc options (the
+   user chose), off glibc, and when an accelerator plugin is installed (there the temporaries
+   live in device memory, and a single arena would serialise the input pipeline's host threads on
+   one malloc lock).
 """
 import ctypes
 import importlib.util

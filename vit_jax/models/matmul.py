@@ -10,7 +10,7 @@ that layout. ViT-Ti/16 train step on CPU: weight gradients +2.7%, attention +4.7
 (experiments/SPEED.md, levers 12 and 13). On GPU and TPU, whose matmul libraries read transposed
 operands in place, these functions are the plain products.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,75 +33,30 @@ def _contract_tokens(x: jax.Array, y: jax.Array) -> jax.Array:
   return _swap(lax.optimization_barrier(lax.optimization_barrier(_swap(y)) @ x))
 
 
-@jax.custom_vjp
-def _dense(x, w):
-  return x @ w
+def _with_gradient_layout(product: Callable, backward: Callable) -> Callable:
+  """`product(a, b)`, differentiated on XLA:CPU by `backward(a, b, g) -> (da, db)`."""
+  custom = jax.custom_vjp(product)
+  custom.defvjp(lambda a, b: (product(a, b), (a, b)), lambda saved, g: backward(*saved, g))
+  return lambda a, b: custom(a, b) if lays_out_gradients() else product(a, b)
 
 
-def _dense_fwd(x, w):
-  return x @ w, (x, w)
+def _logits_product(q, k):
+  return jnp.einsum("...qd,...kd->...qk", q, k)
 
 
-def _dense_bwd(residuals, dy):
-  x, w = residuals
+def _dense_backward(x, w, dy):
   dw = _contract_tokens(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
   return dy @ w.T, dw.astype(w.dtype)
 
 
-_dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-def _logits_plain(q, k):
-  return jnp.einsum("...qd,...kd->...qk", q, k)
-
-
-@jax.custom_vjp
-def _logits(q, k):
-  return _logits_plain(q, k)
-
-
-def _logits_fwd(q, k):
-  return _logits_plain(q, k), (q, k)
-
-
-def _logits_bwd(residuals, dlogits):
-  q, k = residuals
-  return dlogits @ k, _contract_tokens(dlogits, q)
-
-
-_logits.defvjp(_logits_fwd, _logits_bwd)
-
-
-@jax.custom_vjp
-def _weighted_sum(probs, v):
-  return probs @ v
-
-
-def _weighted_sum_fwd(probs, v):
-  return probs @ v, (probs, v)
-
-
-def _weighted_sum_bwd(residuals, dout):
-  probs, v = residuals
-  return _logits_plain(dout, v), _contract_tokens(probs, dout)
-
-
-_weighted_sum.defvjp(_weighted_sum_fwd, _weighted_sum_bwd)
-
-
-def dense_dot(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x (..., K) @ w (K, F) -> (..., F)."""
-  return _dense(x, w) if lays_out_gradients() else x @ w
-
-
-def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
-  """q (..., Tq, D), k (..., Tk, D) -> q k^T (..., Tq, Tk)."""
-  return _logits(q, k) if lays_out_gradients() else _logits_plain(q, k)
-
-
-def attention_output(probs: jax.Array, v: jax.Array) -> jax.Array:
-  """probs (..., Tq, Tk), v (..., Tk, D) -> probs v (..., Tq, D)."""
-  return _weighted_sum(probs, v) if lays_out_gradients() else probs @ v
+# x (..., K) @ w (K, F) -> (..., F).
+dense_dot = _with_gradient_layout(jnp.matmul, _dense_backward)
+# q (..., Tq, D), k (..., Tk, D) -> q k^T (..., Tq, Tk).
+attention_logits = _with_gradient_layout(
+    _logits_product, lambda q, k, dlogits: (dlogits @ k, _contract_tokens(dlogits, q)))
+# probs (..., Tq, Tk), v (..., Tk, D) -> probs v (..., Tq, D).
+attention_output = _with_gradient_layout(
+    jnp.matmul, lambda probs, v, dout: (_logits_product(dout, v), _contract_tokens(probs, dout)))
 
 
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
