@@ -19,7 +19,7 @@ training): CIFAR-10's 10k steps x 512 images = 8e17 FLOP, about 1 h on one H100 
 Args: dataset (cifar10 | cifar100 | oxford_iiit_pet | oxford_flowers102 | imagenet2012),
 variant (B/16), res (384), steps (default per dataset), lr (0.03), batch (512).
 """
-from vit_jax import config_lib
+from vit_jax.config import base_config, parse_arg
 
 # tfds name: (classes, train split, eval split, default steps)
 DATASETS = {
@@ -32,18 +32,17 @@ DATASETS = {
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, dataset="cifar10", variant="B/16", res=384, steps=0, lr=0.03,
-                           batch=512)
+  a = parse_arg(arg, dataset="cifar10", variant="B/16", res=384, steps=0, lr=0.03, batch=512)
   if a.dataset not in DATASETS:
     raise ValueError(f"Unknown dataset={a.dataset!r}; choose one of {sorted(DATASETS)}.")
   num_classes, train_split, eval_split, default_steps = DATASETS[a.dataset]
-  c = config_lib.base_config()
-  c.model_name = f"ViT-{a.variant}"
+  c = base_config()
+  c.model.variant = a.variant
   c.num_classes = num_classes
   c.init = ""  # required: --config.init=PATH (.npz or Orbax checkpoint)
   c.dont_load = ("head/.*",)
 
-  c.input.data = dict(name=a.dataset, split=train_split, data_dir=None)
+  c.input.data.update(name=a.dataset, split=train_split)
   c.input.pp = (f"decode|inception_crop({a.res})|flip_lr|value_range(-1, 1)"
                 f"|onehot({num_classes})")
   c.batch_size = a.batch
@@ -57,9 +56,8 @@ def get_config(arg: str | None = None):
   c.optim.warmup_steps = 500 if c.total_steps > 1_000 else c.total_steps // 10
   c.optim.schedule = "cosine"
 
-  c.evals.val = dict(type="classification",
-                     data=dict(name=a.dataset, split=eval_split, data_dir=None),
-                     pp=(f"decode|resize({a.res})|value_range(-1, 1)|onehot({num_classes})"),
+  c.evals.val = dict(data=dict(name=a.dataset, split=eval_split),
+                     pp=f"decode|resize({a.res})|value_range(-1, 1)|onehot({num_classes})",
                      every_steps=1_000)
   c.eval_batch_size = 512
   c.log_every_steps = 50

@@ -15,19 +15,18 @@ Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final 
 Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
 data_dir (where the bundled dataset is built; default ~/tensorflow_datasets).
 """
-from vit_jax import config_lib
+from vit_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, patch=4, width=64, depth=4, heads=4, epochs=24.0, batch=128,
-                           data_dir="")
-  c = config_lib.base_config()
-  c.model_name = f"ViT-mu/{a.patch}"
-  c.model = dict(width=a.width, depth=a.depth, num_heads=a.heads, mlp_dim=4 * a.width)
+  a = parse_arg(arg, patch=4, width=64, depth=4, heads=4, epochs=24.0, batch=128, data_dir="")
+  c = base_config()
+  # No named variant: a ViT given by its dimensions.
+  c.model.update(variant=None, patch_size=a.patch, width=a.width, depth=a.depth, num_heads=a.heads,
+                 mlp_dim=4 * a.width)
   c.num_classes = 10
 
-  data_dir = a.data_dir or None
-  c.input.data = dict(name="bundled_mnist", split="train", data_dir=data_dir)
+  c.input.data.update(name="bundled_mnist", split="train", data_dir=a.data_dir or None)
   c.input.pp = "decode(channels=1)|random_shift(2)|value_range(-1, 1)|onehot(10)"
   c.batch_size = a.batch
   c.total_epochs = a.epochs
@@ -39,10 +38,8 @@ def get_config(arg: str | None = None):
   c.optim.schedule = "cosine"
   c.optim.grad_clip_norm = 1.0
 
-  c.evals.val = dict(type="classification", data=dict(name="bundled_mnist", split="test",
-                                                        data_dir=data_dir),
-                     pp="decode(channels=1)|value_range(-1, 1)|onehot(10)", every_steps=250,
-                     batch_size=500)
+  c.evals.val = dict(data=dict(name="bundled_mnist", split="test"),  # data_dir: input's
+                     pp="decode(channels=1)|value_range(-1, 1)|onehot(10)", every_steps=250)
   c.eval_batch_size = 500
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250

@@ -16,22 +16,21 @@ FLOPs: S/16 is 13.8 GFLOP/img for training, 90 epochs = 1.6e18 FLOP, i.e. ~6 h a
 Args: variant (S/16, B/16, ...), epochs (90 | 150 | 300), batch (1024), runlocal (tiny smoke test on
 this machine: ViT-mu, a few steps; still needs imagenet2012 prepared).
 """
-from vit_jax import config_lib
+from vit_jax.config import base_config, parse_arg
 
 PP_EVAL = "decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|onehot(1000)"
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, variant="S/16", epochs=90.0, batch=1024, runlocal=False)
-  c = config_lib.base_config()
-  c.model_name = f"ViT-{a.variant}"
-  c.model = dict(classifier="gap", posemb="sincos2d", dtype="bfloat16")
+  a = parse_arg(arg, variant="S/16", epochs=90.0, batch=1024, runlocal=False)
+  c = base_config()
+  c.model.update(variant=a.variant, classifier="gap", posemb="sincos2d", dtype="bfloat16")
   c.num_classes = 1000
 
-  c.input.data = dict(name="imagenet2012", split="train[:99%]", data_dir=None)
+  c.input.data.update(name="imagenet2012", split="train[:99%]")
   c.input.pp = ("decode|inception_crop(224)|flip_lr|randaug(2, 10)|value_range(-1, 1)"
                 "|onehot(1000)")
-  c.input.mixup = dict(mixup_alpha=0.2, cutmix_alpha=0.0, switch_prob=0.5)
+  c.input.mixup.mixup_alpha = 0.2
   c.batch_size = a.batch
   c.total_epochs = a.epochs
 
@@ -43,18 +42,16 @@ def get_config(arg: str | None = None):
   c.optim.warmup_steps = 10_000
   c.optim.schedule = "cosine"
 
-  c.evals.minival = dict(type="classification",
-                         data=dict(name="imagenet2012", split="train[99%:]", data_dir=None),
-                         pp=PP_EVAL, every_steps=5_000)
-  c.evals.val = dict(type="classification",
-                     data=dict(name="imagenet2012", split="validation", data_dir=None),
-                     pp=PP_EVAL, every_steps=5_000)
+  c.evals.minival = dict(data=dict(name="imagenet2012", split="train[99%:]"), pp=PP_EVAL,
+                         every_steps=5_000)
+  c.evals.val = dict(data=dict(name="imagenet2012", split="validation"), pp=PP_EVAL,
+                     every_steps=5_000)
   c.eval_batch_size = 1024
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1_000
 
   if a.runlocal:
-    c.model_name = "ViT-mu/16"
+    c.model.variant = "mu/16"
     c.batch_size = 8
     c.eval_batch_size = 8
     c.total_epochs = None

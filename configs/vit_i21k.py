@@ -17,22 +17,21 @@ on a TPUv3-32 (16 chips x 123 TFLOP/s) at 40% MFU.
 
 Args: variant (B/16, L/16, ...), epochs (90), batch (4096), data (tfds name).
 """
-from vit_jax import config_lib
 from vit_jax import models
+from vit_jax.config import base_config, parse_arg
 
 NUM_CLASSES = 21843
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, variant="B/16", epochs=90.0, batch=4096, data="imagenet21k")
-  c = config_lib.base_config()
-  c.model_name = f"ViT-{a.variant}"
+  a = parse_arg(arg, variant="B/16", epochs=90.0, batch=4096, data="imagenet21k")
+  c = base_config()
   # The paper's pretraining head has a tanh pre-logits layer as wide as the model.
-  width = models.model_kwargs(c.model_name)["width"]
-  c.model = dict(dropout=0.1, representation_size=width, dtype="bfloat16")
+  width = models.model_kwargs(a.variant)["width"]
+  c.model.update(variant=a.variant, dropout=0.1, representation_size=width, dtype="bfloat16")
   c.num_classes = NUM_CLASSES
 
-  c.input.data = dict(name=a.data, split="train", data_dir=None, root=None)
+  c.input.data.update(name=a.data, split="train")
   c.input.pp = f"decode|inception_crop(224)|flip_lr|value_range(-1, 1)|onehot({NUM_CLASSES})"
   c.batch_size = a.batch
   c.total_epochs = a.epochs

@@ -14,6 +14,6 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position  (aft
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-  """A tiny image-folder dataset (tests/tiny_training.py) shared by the training tests; read-only."""
-  from tiny_training import make_image_folder  # pylint: disable=g-import-not-at-top
+  """A tiny image-folder dataset (tests/helpers.py) shared by the training tests; read-only."""
+  from helpers import make_image_folder  # pylint: disable=g-import-not-at-top
   return make_image_folder(str(tmp_path_factory.mktemp("images")))

@@ -1,26 +1,23 @@
 """bench: analytic FLOPs against XLA's count, the profile a sweep trial records, and the fixed-batch
 trainer of the speed experiments."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from vit_jax import bench, flops, models
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, abstract_params, load_config
+from vit_jax import models
+from vit_jax.config import base_config
+from vit_jax.efficiency import bench
+from vit_jax.models import flops
 
 
 def _quickstart(arg):
-  spec = importlib.util.spec_from_file_location("quickstart", os.path.join(REPO, "configs", "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("quickstart", arg)
 
 
 @pytest.mark.parametrize("arg, overrides", [
@@ -32,7 +29,7 @@ def _quickstart(arg):
 def test_analytic_forward_flops_match_xla_count_of_unscanned_model(arg, overrides):
   config = _quickstart(arg)
   config.model.update(overrides)
-  kwargs = models.model_kwargs(config.model_name, **config.model)
+  kwargs = models.model_kwargs(**config.model.to_dict())
   analytic = flops.forward_flops_per_image(kwargs, (28, 28), channels=1, num_classes=10)
   xla = bench.xla_forward_flops_per_image(config, (28, 28, 1))
   assert xla == pytest.approx(analytic, rel=0.02)
@@ -41,14 +38,13 @@ def test_analytic_forward_flops_match_xla_count_of_unscanned_model(arg, override
 def test_scanned_model_is_undercounted_by_xla_which_is_why_bench_unscans():
   config = _quickstart("patch=4,width=192,depth=2,heads=3")
   config.model.scan = True
-  kwargs = models.model_kwargs(config.model_name, **config.model)
+  kwargs = models.model_kwargs(**config.model.to_dict())
   analytic = flops.forward_flops_per_image(kwargs, (28, 28), channels=1, num_classes=10)
   # bench unscans before counting...
   assert bench.xla_forward_flops_per_image(config, (28, 28, 1)) == pytest.approx(analytic, rel=0.02)
   # ...because XLA counts a scanned body once.
-  model = models.get_model(config.model_name, num_classes=10, **config.model)
-  params = jax.eval_shape(lambda: nn.meta.unbox(model.init({"params": jax.random.key(0)},
-                                                           jnp.zeros((1, 28, 28, 1)))["params"]))
+  model = models.get_model(num_classes=10, **config.model.to_dict())
+  params = abstract_params(model, (28, 28, 1))
   scanned = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(
       params, jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)).compile()
   assert scanned.cost_analysis()["flops"] / 4 < 0.6 * analytic
@@ -82,9 +78,11 @@ def test_bench_cli_bad_target_exits_2_before_compiling():
 
 def test_fixed_batch_trainer_trains_on_the_data_mesh():
   """The step the speed experiments time is a real one: on 8 devices the loss of a fixed batch falls."""
-  model = models.get_model("ViT-Ti/16", num_classes=10)
+  config = base_config()
+  config.model.variant = "Ti/16"
+  config.num_classes = 10
   images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
   labels = jax.nn.one_hot(jnp.arange(8) % 10, 10)
-  trainer = bench.fixed_batch_trainer(model, images, labels)
+  trainer = bench.fixed_batch_trainer(config, images, labels)
   first = float(trainer(1)["train/loss"])
   assert float(trainer(5)["train/loss"]) < first

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax import checkpoints, models
-from vit_jax.checkpoints import npz, state
+from vit_jax.checkpoints import manager, npz
 from vit_jax.models import resize
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4)
@@ -120,7 +120,7 @@ def test_load_pretrained_gives_identical_logits_in_either_layout(tiny_ckpt, scan
   model, params, path = tiny_ckpt
   target = models.get_model("ViT-Ti/16", num_classes=10, scan=scan, **TINY)
   init = _init(target, 16, seed=5)
-  loaded = models.load(init, str(path), models.model_kwargs("ViT-Ti/16", scan=scan, **TINY))
+  loaded = checkpoints.load_pretrained(init, str(path))
   # Logical-axis boxes survive, so the training code can still shard the result.
   assert jax.tree.structure(loaded, is_leaf=_is_box) == jax.tree.structure(init, is_leaf=_is_box)
   x = _images(16)
@@ -242,9 +242,10 @@ def test_patch_size_change_runs_the_checkpoint_at_another_patch_size(tiny_ckpt):
 
 def test_load_pretrained_reads_an_orbax_train_state(tiny_ckpt, tmp_path):
   model, params, _ = tiny_ckpt
-  manager = state.TrainStateCheckpointer(str(tmp_path), save_every_steps=1, async_save=False)
-  manager.save(3, {"params": jax.tree.map(jnp.asarray, params), "step": jnp.asarray(3)}, force=True)
-  manager.close()
+  checkpointer = manager.TrainStateCheckpointer(tmp_path, save_every_steps=1, async_save=False)
+  checkpointer.save(3, {"params": jax.tree.map(jnp.asarray, params), "step": jnp.asarray(3)},
+                    force=True)
+  checkpointer.close()
   scanned = models.get_model("ViT-Ti/16", num_classes=10, scan=True, **TINY)
   loaded = checkpoints.load_pretrained(_init(scanned, 16, seed=4), tmp_path)
   x = _images(16)

@@ -1,35 +1,85 @@
-"""Every recipe config loads with its typed args, and bad args are named."""
-import importlib.util
-import os
-
+"""Configs are data: every recipe loads with its typed args, keeps every base field (one default, in
+the base config), names a real model, and every eval inherits the input's data directory."""
+import ml_collections
 import pytest
 
-from vit_jax import config_lib
+from helpers import config_module, load_config
+from vit_jax import config as config_lib
 from vit_jax import models
-from vit_jax import optim
+from vit_jax.training import optimizers
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-@pytest.mark.parametrize("name, arg", [
+RECIPES = [
     ("quickstart", None), ("quickstart", "patch=7,width=32"),
     ("vit_i1k", None), ("vit_i1k", "variant=B/16,epochs=300"), ("vit_i1k", "runlocal"),
     ("vit_i21k", "variant=L/16"), ("finetune", "dataset=oxford_iiit_pet,res=224"),
-])
-def test_config_loads_and_names_a_real_model_and_optimizer(name, arg):
-  module = _load(name)
-  assert "python -m vit_jax.train" in module.__doc__ and "Expected" in module.__doc__
-  config = module.get_config(arg)
-  models.model_kwargs(config.model_name, **config.model)  # raises on a bad name / field
-  assert config.optim.name in optim.OPTIMIZERS and config.input.pp
-  assert [config.get(f"total_{u}") is not None for u in ("steps", "epochs", "examples")].count(True) == 1
+]
+
+
+def _field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  paths = set()
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict) and key != "evals":
+      paths |= _field_paths(value, f"{prefix}{key}.")
+    else:
+      paths.add(prefix + key)
+  return paths
+
+
+@pytest.mark.parametrize("name, arg", RECIPES)
+def test_recipe_loads_and_names_a_real_model_and_optimizer(name, arg):
+  doc = config_module(name).__doc__
+  assert "python -m vit_jax.train" in doc and "Expected" in doc
+  config = load_config(name, arg)
+  models.model_kwargs(**config.model.to_dict())  # Raises on a bad variant or field.
+  assert config.optim.name in optimizers.OPTIMIZERS and config.input.pp
+  durations = [config[f"total_{u}"] for u in ("steps", "epochs", "examples")]
+  assert [d is not None for d in durations].count(True) == 1
+
+
+@pytest.mark.parametrize("name, arg", RECIPES)
+def test_recipe_keeps_every_base_field_so_every_override_works(name, arg):
+  """A recipe that replaced a sub-dict (`c.input.data = dict(...)`) would drop fields such as
+  `input.data.root`, and `--config.input.data.root=...` would fail on it."""
+  assert _field_paths(config_lib.base_config()) <= _field_paths(load_config(name, arg))
+
+
+def test_base_model_fields_are_the_model_fields():
+  assert set(config_lib.base_config().model) == {"variant", *models.FIELDS}
+
+
+def test_a_variant_is_decoded_once_with_overrides_and_names_are_still_accepted():
+  config = config_lib.base_config()
+  config.model.update(variant="B/16", patch_size=8, dtype="bfloat16")
+  fields = models.model_kwargs(**config.model.to_dict())
+  assert (fields["width"], fields["patch_size"], str(fields["dtype"])) == (768, (8, 8), "bfloat16")
+  assert models.model_kwargs("ViT-B_16") == models.model_kwargs("B", patch_size=16)
+  with pytest.raises(ValueError, match=r"needs \['patch_size'\]"):
+    models.model_kwargs("B")
+  with pytest.raises(ValueError, match=r"needs \['patch_size', 'width', 'depth'"):
+    models.model_kwargs(None, mlp_dim=8, num_heads=2)
+
+
+def test_evals_inherit_the_data_dir_and_take_the_defaults():
+  config = load_config("vit_i1k")
+  config.input.data.data_dir = "gs://bucket/tfds"  # As --config.input.data.data_dir=... does.
+  evals = config_lib.resolve_evals(config)
+  assert {e.data.data_dir for e in evals.values()} == {"gs://bucket/tfds"}
+  assert evals["val"].data.split == "validation" and evals["val"].type == "classification"
+  quickstart = config_lib.resolve_evals(load_config("quickstart", "data_dir=/data/tfds"))["val"]
+  assert (quickstart.data.data_dir, quickstart.every_steps, quickstart.threads) == (
+      "/data/tfds", 250, 8)
+  config.evals.val.data.data_dir = "/elsewhere"  # An eval may still name its own.
+  assert config_lib.resolve_evals(config)["val"].data.data_dir == "/elsewhere"
+
+
+def test_eval_entries_are_checked():
+  config = config_lib.base_config()
+  config.evals.val = dict(data=dict(name="x", split="test"), pp="decode", batch_size=8)
+  with pytest.raises(ValueError, match="config.eval_batch_size"):
+    config_lib.resolve_evals(config)
+  config.evals.val = dict(data=dict(name="x", split="test"), pp="decode", evry_steps=8)
+  with pytest.raises(ValueError, match=r"unknown fields \['evry_steps'\]"):
+    config_lib.resolve_evals(config)
 
 
 def test_parse_arg_types_and_errors():

@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from vit_jax import checkpoints, convert, models
-from vit_jax.checkpoints import hf, state
+from vit_jax import checkpoints, models
+from vit_jax.checkpoints import export, hf, manager
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
 
@@ -47,7 +47,7 @@ def test_vit_ti16_export_matches_transformers_logits(tmp_path):
   params = _random_params(model, (224, 224))
   source = tmp_path / "in.npz"
   checkpoints.save_npz(params, source)
-  written = convert.convert(str(source), "ViT-Ti/16", str(tmp_path / "out"), num_classes=10)
+  written = export.convert(str(source), "ViT-Ti/16", str(tmp_path / "out"), num_classes=10)
   assert sorted(p.name for p in written) == ["ViT-Ti_16.npz", "config.json", "model.safetensors",
                                              "preprocessor_config.json"]
   images = jax.random.uniform(jax.random.key(1), (2, 224, 224, 3), minval=-1.0, maxval=1.0)
@@ -69,10 +69,10 @@ def test_orbax_scanned_non_square_patches_export(tmp_path):
   kwargs = dict(TINY, patch_size=(4, 2), scan=True)
   model = models.get_model("ViT-Ti/16", num_classes=5, **kwargs)
   params = _random_params(model, (16, 8))
-  ckpt = state.TrainStateCheckpointer(str(tmp_path / "ckpts"), save_every_steps=1, async_save=False)
+  ckpt = manager.TrainStateCheckpointer(tmp_path / "ckpts", save_every_steps=1, async_save=False)
   ckpt.save(7, {"params": jax.tree.map(jnp.asarray, params), "step": jnp.asarray(7)}, force=True)
   ckpt.close()
-  convert.convert(str(tmp_path / "ckpts"), "ViT-Ti/16", str(tmp_path / "out"),
+  export.convert(str(tmp_path / "ckpts"), "ViT-Ti/16", str(tmp_path / "out"),
                   overrides=dict(TINY, patch_size=[4, 2], scan=True))
   images = jax.random.normal(jax.random.key(2), (2, 16, 8, 3))
   ours = np.asarray(jax.jit(model.apply)({"params": params}, images))
@@ -100,7 +100,7 @@ def test_preprocessor_maps_uint8_to_the_training_value_range(tmp_path):
 ])
 def test_models_without_an_hf_equivalent_are_refused(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
-    convert.convert(str(tmp_path / "unused.npz"), "ViT-Ti/16", str(tmp_path), overrides=overrides)
+    export.convert(str(tmp_path / "unused.npz"), "ViT-Ti/16", str(tmp_path), overrides=overrides)
   with pytest.raises(ValueError, match="resnet"):
     hf.check_exportable(models.model_kwargs("R50+B/16"))
 
@@ -109,7 +109,7 @@ def test_npz_only_export_works_for_any_model(tmp_path):
   kwargs = dict(TINY, patch_size=4, classifier="map", posemb="sincos2d")
   params = _random_params(models.get_model("ViT-Ti/16", num_classes=4, **kwargs), (16, 16))
   checkpoints.save_npz(params, tmp_path / "in.npz")
-  written = convert.convert(str(tmp_path / "in.npz"), "ViT-Ti/16", str(tmp_path / "out"),
+  written = export.convert(str(tmp_path / "in.npz"), "ViT-Ti/16", str(tmp_path / "out"),
                             overrides=kwargs, formats=["npz"])
   assert [p.name for p in written] == ["ViT-Ti_16.npz"]
 
@@ -118,11 +118,11 @@ def test_wrong_model_or_classes_name_the_problem(tmp_path):
   params = _random_params(models.get_model("ViT-Ti/16", num_classes=4, **TINY, patch_size=4), (16, 16))
   checkpoints.save_npz(params, tmp_path / "in.npz")
   with pytest.raises(ValueError, match="--num_classes=7 but the checkpoint's head has 4 classes"):
-    convert.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), num_classes=7, overrides=TINY)
+    export.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), num_classes=7, overrides=TINY)
   with pytest.raises(ValueError, match=r"(?s)shape mismatches:.*Fix: pass the --model"):
-    convert.convert(str(tmp_path / "in.npz"), "ViT-S/4", str(tmp_path), overrides=dict(depth=2))
+    export.convert(str(tmp_path / "in.npz"), "ViT-S/4", str(tmp_path), overrides=dict(depth=2))
   with pytest.raises(ValueError, match="--formats=onnx"):
-    convert.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), formats=["onnx"])
+    export.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), formats=["onnx"])
 
 
 def test_cli_exits_2_with_the_error_on_bad_input(tmp_path):

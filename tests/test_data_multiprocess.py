@@ -20,21 +20,23 @@ def _worker(process_id: int, port: str, root: str) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   from jax.experimental import multihost_utils
+  from vit_jax.config import base_config
   from vit_jax.data import pipeline
 
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
-  cfg = {"data": {"name": "imagefolder", "root": root, "split": "train"},
-         "pp": "decode|flip_lr|value_range(0, 255)", "seed": 1, "threads": 1}
+  cfg = base_config().input
+  cfg.data.update(name="imagefolder", root=root, split="train")
+  cfg.update(pp="decode|flip_lr|value_range(0, 255)", threads=1)
 
   def global_ids(it):  # Pixel value = image index; gather every host's rows.
     return np.asarray(multihost_utils.process_allgather(next(it)["image"], tiled=True))[:, 0, 0, 0]
 
-  it = pipeline.make_train_iterator(cfg, global_batch_size=8)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=1)
   epoch = np.concatenate([global_ids(it) for _ in range(NUM_IMAGES // 8)])
   next(it)
   state = json.loads(json.dumps(it.get_state()))  # A collective: both hosts' positions.
   expected = [global_ids(it) for _ in range(3)]
-  resumed = pipeline.make_train_iterator(cfg, global_batch_size=8)
+  resumed = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=1)
   resumed.set_state(state)
   got = [global_ids(resumed) for _ in range(3)]
   print("RESULT " + json.dumps({

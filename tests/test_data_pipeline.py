@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from helpers import input_config
 from vit_jax.data import bundled_mnist
 from vit_jax.data import pipeline
 from vit_jax.data import sources
@@ -58,7 +59,7 @@ def folder(tmp_path):
 
 
 def _cfg(root, split="train", pp="decode", **kw):
-  return {"data": {"name": "imagefolder", "root": str(root), "split": split}, "pp": pp, **kw}
+  return input_config(data=dict(name="imagefolder", root=str(root), split=split), pp=pp, **kw)
 
 
 def _take(dataset, n):
@@ -77,7 +78,7 @@ def test_imagefolder_labels_and_errors(folder):
   with pytest.raises(FileNotFoundError, match="val"):
     sources.open_source(_cfg(folder, split="val")["data"])
   with pytest.raises(ValueError, match="data.root"):
-    sources.open_source({"name": "imagefolder"})
+    sources.open_source({"name": "imagefolder", "split": "train"})
 
 
 def test_corrupt_images_are_skipped_or_fatal(folder, caplog):
@@ -114,13 +115,13 @@ def test_train_stream_is_deterministic_given_seed(folder):
 @pytest.mark.parametrize("threads,prefetch", [(0, 0), (4, 2)])
 def test_exact_mid_epoch_resume(folder, threads, prefetch):
   cfg = _cfg(folder, pp="decode|random_shift(1)|value_range(0, 255)|onehot(2)", threads=threads,
-             prefetch=prefetch, seed=7)
-  it = pipeline.make_train_iterator(cfg, global_batch_size=8)
+             prefetch=prefetch)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=7)
   for _ in range(7):  # 5 batches per epoch: stop inside the second epoch.
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(4)]
-  resumed = pipeline.make_train_iterator(cfg, global_batch_size=8)
+  resumed = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=7)
   resumed.set_state(state)
   for want, got in zip(expected, (next(resumed) for _ in range(4))):
     assert got["image"].sharding == want["image"].sharding
@@ -133,11 +134,11 @@ def test_exact_mid_epoch_resume(folder, threads, prefetch):
 def test_global_batches_are_sharded_over_devices(folder):
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  batch = next(pipeline.make_train_iterator(_cfg(folder, pp="decode|onehot(2)"), 16, sharding))
+  batch = next(pipeline.make_train_iterator(_cfg(folder, pp="decode|onehot(2)"), 16, 0, sharding))
   assert batch["image"].shape == (16, 8, 8, 3) and batch["label"].shape == (16, 2)
   assert batch["image"].sharding == sharding and len(batch["image"].addressable_shards) == 8
   with pytest.raises(ValueError, match="Global batch size 12 cannot be split"):
-    pipeline.make_train_iterator(_cfg(folder), 12, sharding)
+    pipeline.make_train_iterator(_cfg(folder), 12, 0, sharding)
 
 
 def test_two_hosts_read_disjoint_shards(folder):
@@ -170,34 +171,35 @@ def test_eval_covers_every_example_once_with_padding(folder):
 def test_tfds_not_prepared_names_the_build_command(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match=f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record"):
-    pipeline.check_ready({"name": "cifar10", "data_dir": str(tmp_path)})
+    pipeline.check_ready({"name": "cifar10", "split": "train", "data_dir": str(tmp_path)})
   with pytest.raises(ValueError, match="Unknown tfds dataset 'cifar1000'"):
-    pipeline.check_ready({"name": "cifar1000", "data_dir": str(tmp_path)})
+    pipeline.check_ready({"name": "cifar1000", "split": "train", "data_dir": str(tmp_path)})
 
 
 def test_tfrecord_dataset_names_the_conversion(tmp_path):
   TinyDigits(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
   with pytest.raises(ValueError, match="prepared as tfrecord.*convert_format --dataset_dir="):
-    pipeline.check_ready({"name": "tiny_digits", "data_dir": str(tmp_path)})
+    pipeline.check_ready({"name": "tiny_digits", "split": "train", "data_dir": str(tmp_path)})
 
 
 def test_locally_built_tfds_dataset(tmp_path):
   TinyDigits(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   data = {"name": "tiny_digits", "split": "train", "data_dir": str(tmp_path)}
-  source = pipeline.check_ready({"data": data, "pp": "decode|onehot(3)"})
+  source = pipeline.check_ready(input_config(data=data, pp="decode|onehot(3)"))
   assert source.num_classes == 3 and len(source.records) == 12
-  batch = _take(pipeline.train_dataset({"data": data, "pp": "decode|onehot(3)"}, 12, 0), 1)[0]
+  batch = _take(pipeline.train_dataset(input_config(data=data, pp="decode|onehot(3)"), 12, 0),
+                1)[0]
   assert sorted(batch["image"][:, 0, 0, 0]) == list(range(12))
   np.testing.assert_array_equal(batch["label"].argmax(1), batch["image"][:, 0, 0, 0] % 3)
   with pytest.raises(ValueError, match="has 3 classes but the pp string has onehot\\(2\\)"):
-    pipeline.check_ready({"data": data, "pp": "decode|onehot(2)"})
+    pipeline.check_ready(input_config(data=data, pp="decode|onehot(2)"))
   with pytest.raises(ValueError, match="Bad split 'validation'"):
     pipeline.check_ready({**data, "split": "validation"})
 
 
 def test_any_tfds_dataset_with_mock_data():
-  cfg = {"data": {"name": "cifar10", "split": "train", "data_dir": "/nonexistent"},
-         "pp": "decode|flip_lr|value_range(-1, 1)|onehot(10)"}
+  cfg = input_config(data=dict(name="cifar10", split="train", data_dir="/nonexistent"),
+                     pp="decode|flip_lr|value_range(-1, 1)|onehot(10)")
   with tfds.testing.mock_data(num_examples=16):
     a, b = (_take(pipeline.train_dataset(cfg, 4, 0), 3) for _ in range(2))
   assert a[0]["image"].shape == (4, 32, 32, 3) and a[0]["label"].shape == (4, 10)
@@ -214,9 +216,9 @@ def test_bundled_mnist(tmp_path):
   for name, size in (("train", 4500), ("test", 500)):
     data = {"name": "bundled_mnist", "split": name, "data_dir": str(tmp_path)}
     assert len(pipeline.check_ready(data).records) == size  # Built offline on first use.
-  cfg = {"data": {**data, "split": "train"}, "pp": "decode(1)|random_shift(2)|value_range(0, 1)|"
-         "onehot(10)"}
+  cfg = input_config(data={**data, "split": "train"},
+                     pp="decode(1)|random_shift(2)|value_range(0, 1)|onehot(10)")
   batch = _take(pipeline.train_dataset(cfg, 16, 0), 1)[0]
   assert batch["image"].shape == (16, 28, 28, 1) and batch["label"].shape == (16, 10)
   with pytest.raises(ValueError, match="10 classes but the pp string has onehot\\(5\\)"):
-    pipeline.check_ready({"data": data, "pp": "decode|onehot(5)"})
+    pipeline.check_ready(input_config(data=data, pp="decode|onehot(5)"))

@@ -38,8 +38,9 @@ def test_parse_errors_name_the_problem():
     preprocess.parse("resize(size)")
   with pytest.raises(ValueError, match="area_min <= area_max"):
     preprocess.parse("inception_crop(8, area_min=50, area_max=20)")
-  assert preprocess.onehot_depth("decode|onehot(depth=7, on=0.9)") == 7
-  assert preprocess.onehot_depth("decode") is None
+  assert preprocess.op_arguments("decode|onehot(depth=7, on=0.9)", "onehot") == dict(
+      depth=7, on=0.9, off=0.0, label_smoothing=0.0)
+  assert preprocess.op_arguments("decode", "onehot") is None
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])

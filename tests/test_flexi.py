@@ -1,6 +1,6 @@
 """FlexiViT: one run trains at a patch size drawn per step and is evaluated at every patch size.
 
-The tiny setup of tests/tiny_training.py (16 px images, a width-16 ViT with 4x4 patches) on one
+The tiny setup of tests/helpers.py (16 px images, a width-16 ViT with 4x4 patches) on one
 device, trained at patch sizes 2, 4 and 8.
 """
 import contextlib
@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from tiny_training import TOTAL_STEPS, final_params, tiny_config
-from vit_jax import evaluate
-from vit_jax import train
+from helpers import TOTAL_STEPS, final_params, tiny_config
+from vit_jax.training import evaluation
+from vit_jax.training import loop
 
 PATCH_SIZES = (2, 4, 8)  # The model's own patch size (4) is one of them.
 SEED = 2  # Draws every size within the first 3 steps (checked below), so each one is compiled.
@@ -44,7 +44,7 @@ def compiled_functions():
 
 
 def _train(config, workdir):
-  return train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  return loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
 
 
 def _patch_sizes(workdir):
@@ -66,7 +66,7 @@ def flexi_run(data_root, tmp_path_factory):
 
 def test_one_train_step_per_size_drawn_from_seed_and_step(flexi_run):
   _, workdir, _, compiled = flexi_run
-  expected = {step: train.sample_patch_size(PATCH_SIZES, SEED, step)
+  expected = {step: loop.sample_patch_size(PATCH_SIZES, SEED, step)
               for step in range(1, TOTAL_STEPS + 1)}
   assert set(list(expected.values())[:3]) == set(PATCH_SIZES)
   assert _patch_sizes(workdir) == expected
@@ -82,8 +82,9 @@ def test_eval_reports_every_metric_at_every_patch_size(flexi_run, tmp_path):
   assert final["val/loss"] == final["val/loss@p4"]  # Plain keys: the model's own patch size.
   assert len({final[f"val/loss@p{patch}"] for patch in PATCH_SIZES}) == len(PATCH_SIZES)
   # Evaluating the checkpoint alone gives the same curve.
-  results = evaluate.evaluate(config, str(tmp_path), checkpoint=os.path.join(workdir, "checkpoints"),
-                              devices=jax.devices()[:1])
+  results = evaluation.evaluate_checkpoint(config, str(tmp_path),
+                                           checkpoint=os.path.join(workdir, "checkpoints"),
+                                           devices=jax.devices()[:1])
   for patch in PATCH_SIZES:
     np.testing.assert_allclose(results[f"val/loss@p{patch}"], final[f"val/loss@p{patch}"],
                                rtol=1e-5)

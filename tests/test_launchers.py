@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from vit_jax import launchers, sweep
+from vit_jax.checkpoints import workdir
+from vit_jax.study import launchers, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def fake_bin(tmp_path, monkeypatch):
 def study_file(tmp_path):
   path = tmp_path / "study.py"
   path.write_text(textwrap.dedent("""\
-      from vit_jax import sweep
+      from vit_jax.study import sweep
       def get_sweep(arg="tiny"):
         points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("config.model.patch_size", [8, 16]))
         return sweep.Study("tradeoff_" + arg, "configs/vit_i1k.py", sweep.trials(points), base_args={"runlocal": True})
@@ -175,11 +176,10 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   assert runs() == [("vit_jax.bench", "variant=S,patch_size=16"), ("vit_jax.bench", "variant=Ti,patch_size=16"),
                     ("vit_jax.bench", "variant=Ti,patch_size=8"), ("vit_jax.train", "variant=S,patch_size=16"),
                     ("vit_jax.train", "variant=Ti,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=8")]
-  assert launchers.is_done(str(tmp_path / "sweep" / "variant=Ti,patch_size=8"))
-  assert (tmp_path / "sweep" / "sweep.json").exists()
+  assert workdir.Workdir(tmp_path / "sweep" / "variant=Ti,patch_size=8").is_done()
 
   # Re-launch: only the two unfinished trials train again, and their profiles are not re-measured.
   fail_marker.unlink()
   launcher.launch(study)
   assert runs() == [("vit_jax.train", "variant=S,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=16")]
-  assert all(launchers.is_done(str(tmp_path / "sweep" / t.name)) for t in study.trials)
+  assert all(workdir.trial_workdir(tmp_path / "sweep", t.name).is_done() for t in study.trials)

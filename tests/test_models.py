@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import flops, models
-from vit_jax.models import variants, vit
+from vit_jax import models
+from vit_jax.models import flops, variants, vit
 
 # DESIGN.md: published counts at 224 px with 1000 classes.
 PUBLISHED_COUNTS = {
@@ -134,18 +134,24 @@ def test_bf16_compute_keeps_float32_params():
   np.testing.assert_allclose(out, m32.apply({"params": params}, x), rtol=0.05, atol=0.05)
 
 
-def test_stochastic_depth_rate_rises_linearly_and_rescales():
+@pytest.mark.parametrize("scan", [False, True])
+def test_stochastic_depth_rate_rises_linearly_and_rescales(scan):
   x = jnp.ones((4096, 1, 1))
   for rate in (0.0, 0.25):
     y = vit._drop_path(x, jnp.float32(rate), jax.random.key(0))
     kept = np.asarray(y[:, 0, 0] > 0)
     assert abs(kept.mean() - (1 - rate)) < 0.03
     np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-6)
-  # The first block never drops; the last drops at the configured rate.
-  model = models.get_model("ViT-mu/4", num_classes=2, depth=4, stoch_depth=0.3)
-  jaxpr = jax.make_jaxpr(lambda: jnp.linspace(0.0, model.stoch_depth, model.depth))()
-  rates = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts)[0]
-  np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.3], atol=1e-6)
+  # The rate each block of the model applies: 0 at the first block, the configured one at the last.
+  model = models.get_model("ViT-mu/4", num_classes=2, depth=4, stoch_depth=0.3, scan=scan)
+  images = jnp.zeros((2, 8, 8, 3))
+  params = model.init({"params": jax.random.key(0)}, images)["params"]
+  _, state = model.apply({"params": params}, images, train=True, mutable=["intermediates"],
+                         rngs={"dropout": jax.random.key(1)})
+  blocks = state["intermediates"]["Transformer"]
+  rates = (blocks["encoderblock"]["drop_path_rate"][0] if scan else
+           [blocks[f"encoderblock_{i}"]["drop_path_rate"][0] for i in range(4)])
+  np.testing.assert_allclose(np.ravel(rates), [0.0, 0.1, 0.2, 0.3], atol=1e-6)
 
 
 def test_attention_uses_dot_product_attention_on_cpu_and_rejects_cudnn():
@@ -153,7 +159,7 @@ def test_attention_uses_dot_product_attention_on_cpu_and_rejects_cudnn():
   model = models.get_model("ViT-mu/4", num_classes=2, attention_impl="xla")
   params = model.init({"params": jax.random.key(0)}, x)
   model.apply(params, x)
-  with pytest.raises(Exception):
+  with pytest.raises(RuntimeError, match="cuDNN is not detected"):
     model.clone(attention_impl="cudnn").apply(params, x)
 
 
@@ -165,13 +171,13 @@ def test_flops_match_reference_figures():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(name="ViT-Q/16"), "Unknown model name"),
-    (dict(name="ViT-B/16", classifier="cls"), "classifier='cls'"),
-    (dict(name="ViT-B/16", posemb="sincos"), "posemb='sincos'"),
-    (dict(name="ViT-B/16", remat_policy="everything"), "remat_policy"),
-    (dict(name="ViT-B/16", num_heads=7), "not divisible by num_heads=7"),
-    (dict(name="ViT-B/16", stoch_depth=1.0), "stoch_depth=1.0"),
-    (dict(name="ViT-B/16", patch=16), "Unknown model option"),
+    (dict(variant="ViT-Q/16"), "Unknown model name"),
+    (dict(variant="ViT-B/16", classifier="cls"), "classifier='cls'"),
+    (dict(variant="ViT-B/16", posemb="sincos"), "posemb='sincos'"),
+    (dict(variant="ViT-B/16", remat_policy="everything"), "remat_policy"),
+    (dict(variant="ViT-B/16", num_heads=7), "not divisible by num_heads=7"),
+    (dict(variant="ViT-B/16", stoch_depth=1.0), "stoch_depth=1.0"),
+    (dict(variant="ViT-B/16", patch=16), "Unknown model option"),
 ])
 def test_bad_model_options(bad, message):
   with pytest.raises(ValueError, match=message):

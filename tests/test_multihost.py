@@ -9,11 +9,8 @@ import sys
 import jax
 import numpy as np
 
-from tiny_training import final_params, losses, make_image_folder, tiny_config
-from vit_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(REPO, "tests")
+from helpers import REPO, TESTS, final_params, losses, make_image_folder, tiny_config
+from vit_jax.training import loop
 
 
 def _free_port() -> int:
@@ -26,7 +23,7 @@ def test_two_processes_match_one_process(tmp_path):
   root = make_image_folder(str(tmp_path / "images"))
   config_file = tmp_path / "tiny_config.py"
   config_file.write_text(
-      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom tiny_training import tiny_config\n\n"
+      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom helpers import tiny_config\n\n"
       f"def get_config():\n  return tiny_config({root!r}, mesh=(('data', -1),))\n")
   workdir = str(tmp_path / "two_processes")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -43,7 +40,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert "Final:" in outputs[0] and "Final:" not in outputs[1]  # only process 0 reports
 
   reference = str(tmp_path / "one_process")
-  train.train_and_evaluate(tiny_config(root, mesh=(("data", -1),)), reference,
+  loop.train_and_evaluate(tiny_config(root, mesh=(("data", -1),)), reference,
                            devices=jax.devices()[:4])
   got, expected = losses(workdir), losses(reference)
   assert sorted(got) == sorted(expected)

@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from vit_jax import report, sweep
+from vit_jax.study import report, sweep
 
 
 def _bench(width, patch, img_per_s):
@@ -49,7 +49,8 @@ def sweep_dir(tmp_path):
 
 def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
   out = tmp_path / "out"
-  written = report.write_report(str(sweep_dir), str(out))
+  rows, metric = report.load_rows(str(sweep_dir))
+  written = report.write_report(rows, metric, str(out))
   assert written == ["results.csv", "results.md", "accuracy_vs_train_gflops.png", "accuracy_vs_img_per_s.png",
                      "img_per_s_vs_patch_size.png"]
   rows = list(csv.DictReader((out / "results.csv").open()))

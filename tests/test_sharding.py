@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import models
-from vit_jax import sharding
+from vit_jax.training import sharding
 
 
 def test_mesh_from_config_resolves_minus_one():

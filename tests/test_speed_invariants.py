@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 from vit_jax import models
+from vit_jax.models import attention
+from vit_jax.models import cpu_kernels
+from vit_jax.models import kernels
+from vit_jax.models import partitioning
 from vit_jax.models import vit
 
 
@@ -39,9 +43,9 @@ def test_attention_paths_match_reference(implementation, num_queries):
   width, heads, tokens = 24, 3, 7
   x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
   x_q = x_kv if num_queries == tokens else jax.random.normal(jax.random.key(1), (2, 1, width))
-  attention = vit.MultiHeadDotProductAttention(heads, implementation=implementation)
-  params = _random_params(attention.init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
-  out = attention.apply({"params": params}, x_q, x_kv)
+  layer = attention.MultiHeadDotProductAttention(heads, kernels=kernels.select(implementation))
+  params = _random_params(layer.init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
+  out = layer.apply({"params": params}, x_q, x_kv)
   expected = _reference_attention(params, np.asarray(x_q), np.asarray(x_kv))
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
 
@@ -55,14 +59,15 @@ def test_attention_params_and_init_are_those_of_dense_general():
       def dense(name, features, axis, kernel_axes, bias_axes, kernel_shape, bias_shape):
         return nn.DenseGeneral(
             features, axis=axis, name=name,
-            kernel_init=vit._init(nn.initializers.xavier_uniform(), kernel_axes, kernel_shape),
-            bias_init=vit._init(nn.initializers.zeros, bias_axes, bias_shape))
+            kernel_init=partitioning.init(nn.initializers.xavier_uniform(), kernel_axes,
+                                          kernel_shape),
+            bias_init=partitioning.init(nn.initializers.zeros, bias_axes, bias_shape))
       h = [dense(n, (3, 8), -1, ("embed", "heads", "kv"), ("heads", "kv"), (24, 3, 8), (3, 8))(x)
            for n in ("query", "key", "value")]
       return dense("out", 24, (-2, -1), ("heads", "kv", "embed"), ("embed",), (3, 8, 24), (24,))(h[0])
 
   x = jnp.ones((1, 5, 24))
-  ours = vit.MultiHeadDotProductAttention(3).init(jax.random.key(0), x, x)["params"]
+  ours = attention.MultiHeadDotProductAttention(3).init(jax.random.key(0), x, x)["params"]
   theirs = DenseGeneralAttentionParams().init(jax.random.key(0), x)["params"]
   assert jax.tree.structure(ours) == jax.tree.structure(theirs)
   for a, b in zip(jax.tree.leaves(ours, is_leaf=lambda l: isinstance(l, nn.Partitioned)),
@@ -74,8 +79,12 @@ def test_attention_params_and_init_are_those_of_dense_general():
 @pytest.mark.parametrize("implementation,backend,fused", [
     (None, "cpu", False), (None, "tpu", False), (None, "gpu", True),
     ("xla", "cpu", True), ("cudnn", "gpu", True)])
-def test_attention_path_selection(implementation, backend, fused):
-  assert vit.uses_fused_attention_kernel(implementation, backend) is fused
+def test_kernels_are_chosen_in_one_place(implementation, backend, fused):
+  chosen = kernels.select(implementation, backend)
+  assert chosen.fused_attention is fused and chosen.attention_impl == implementation
+  # The custom-VJP products on XLA:CPU only.
+  assert (chosen.dense_dot is cpu_kernels.dense_dot) == (backend == "cpu")
+  assert (chosen.dot_general is cpu_kernels.dot_general) == (backend == "cpu")
 
 
 def test_unknown_attention_impl_is_rejected_with_the_choices():
@@ -85,10 +94,11 @@ def test_unknown_attention_impl_is_rejected_with_the_choices():
 
 def test_attention_dropout_runs_on_the_einsum_path_even_when_xla_is_asked():
   x = jax.random.normal(jax.random.key(0), (2, 6, 16))
-  attention = vit.MultiHeadDotProductAttention(2, attention_dropout=0.5, deterministic=False,
-                                               implementation="xla")
-  params = attention.init(jax.random.key(1), x, x)["params"]
-  a, b = (attention.apply({"params": params}, x, x, rngs={"dropout": jax.random.key(s)}) for s in (2, 3))
+  layer = attention.MultiHeadDotProductAttention(2, attention_dropout=0.5, deterministic=False,
+                                                 kernels=kernels.select("xla"))
+  params = layer.init(jax.random.key(1), x, x)["params"]
+  a, b = (layer.apply({"params": params}, x, x, rngs={"dropout": jax.random.key(s)})
+          for s in (2, 3))
   assert not np.allclose(np.asarray(a), np.asarray(b))  # Dropout was applied, with its own rng.
 
 
@@ -114,14 +124,14 @@ def test_remat_policies_give_identical_gradients(scan):
 
 
 def test_cpu_flags_give_one_single_threaded_device_per_core_unless_the_user_chose(monkeypatch):
-  from vit_jax import cpu_runtime  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(cpu_runtime.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
-  monkeypatch.setattr(cpu_runtime, "keep_freed_host_memory", lambda: False)  # Not in this process.
+  from vit_jax.runtime import cpu  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+  monkeypatch.setattr(cpu, "keep_freed_host_memory", lambda: False)  # Not in this process.
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-  assert cpu_runtime.apply_cpu_defaults() == (
-      "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=3 --xla_cpu_multi_thread_eigen=false")
+  assert cpu.apply_cpu_defaults() == ("--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=3"
+                                      " --xla_cpu_multi_thread_eigen=false")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  assert cpu_runtime.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
+  assert cpu.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
@@ -129,7 +139,7 @@ def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerato
   """Run in fresh processes: the policy must precede every other thread. Its effect (page faults
   per step) is measured by experiments/speed_cpu.py's faults/step column, not here: on a single
   64 MiB temporary glibc's heap placement makes the fault count vary from run to run."""
-  script = "from vit_jax import cpu_runtime; print(cpu_runtime.keep_freed_host_memory())"
+  script = "from vit_jax.runtime import cpu; print(cpu.keep_freed_host_memory())"
   def applied(**env):
     environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS")}
     out = subprocess.run([sys.executable, "-c", script], env=environ | env, capture_output=True,
@@ -146,11 +156,9 @@ def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerato
     ("attention_logits", ((2, 3, 7, 4), (2, 3, 7, 4)), lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k)),
     ("attention_output", ((2, 3, 7, 7), (2, 3, 7, 4)), lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v)),
 ])
-def test_matmul_gradients_are_those_of_the_plain_products(name, shapes, plain):
-  from vit_jax.models import matmul
-  assert matmul.lays_out_gradients("cpu") and not matmul.lays_out_gradients("gpu")
+def test_cpu_kernel_gradients_are_those_of_the_plain_products(name, shapes, plain):
   a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(shapes))
-  ours_fn = getattr(matmul, name)
+  ours_fn = getattr(cpu_kernels, name)
   np.testing.assert_allclose(np.asarray(ours_fn(a, b)), np.asarray(plain(a, b)), rtol=1e-5, atol=1e-6)
   dy = jax.random.normal(jax.random.key(2), plain(a, b).shape)
   grads = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * dy), argnums=(0, 1)))(a, b)
@@ -164,9 +172,9 @@ def test_attention_gradients_match_between_paths():
   dy = jax.random.normal(jax.random.key(1), (2, 7, 24))
   grads = {}
   for implementation in (None, "xla"):
-    attention = vit.MultiHeadDotProductAttention(3, implementation=implementation)
-    params = _random_params(attention.init(jax.random.key(2), x, x)["params"], seed=3)
-    loss = lambda p, x: jnp.sum(attention.apply({"params": p}, x, x) * dy)
+    layer = attention.MultiHeadDotProductAttention(3, kernels=kernels.select(implementation, "cpu"))
+    params = _random_params(layer.init(jax.random.key(2), x, x)["params"], seed=3)
+    loss = lambda p, x: jnp.sum(layer.apply({"params": p}, x, x) * dy)
     grads[implementation] = jax.grad(loss, argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(grads[None]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

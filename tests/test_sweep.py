@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from vit_jax import sweep
+from vit_jax.study import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def test_trials_split_config_args_from_overrides_and_format_flags():
 def test_load_study_passes_arg(tmp_path):
   study_file = tmp_path / "study.py"
   study_file.write_text(
-      "from vit_jax import sweep\n"
+      "from vit_jax.study import sweep\n"
       "def get_sweep(arg='small'):\n"
       "  return sweep.Study(arg, 'configs/x.py', sweep.trials(sweep.axis('w', [1, 2])))\n")
   assert sweep.load_study(str(study_file)).name == "small"

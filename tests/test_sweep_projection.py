@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from vit_jax import models, projection
+from vit_jax import models
+from vit_jax.efficiency import projection
 
 
 def _compiled_data_parallel_grad(num_devices=8, per_device_batch=2):

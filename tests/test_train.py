@@ -1,6 +1,6 @@
 """End-to-end training on fake CPU devices: sharding equivalence, exact resume, restore on other meshes.
 
-The setup (tests/tiny_training.py) gives every step the same examples however they are split over
+The setup (tests/helpers.py) gives every step the same examples however they are split over
 devices or hosts; a tiny ViT keeps compiles short.
 """
 import json
@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from tiny_training import TOTAL_STEPS, final_params, losses, tiny_config
-from vit_jax import evaluate
-from vit_jax import metrics_writer
-from vit_jax import train
-from vit_jax.checkpoints import state as state_lib
+from helpers import TOTAL_STEPS, final_params, losses, tiny_config
+from vit_jax.checkpoints import manager
+from vit_jax.training import evaluation
+from vit_jax.training import loop
+from vit_jax.training import metrics
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def fsdp_run(data_root, tmp_path_factory):
   """An uninterrupted run on 8 devices with a 2 (data) x 4 (fsdp) mesh."""
   workdir = str(tmp_path_factory.mktemp("fsdp"))
   config = tiny_config(data_root, mesh=(("data", 2), ("fsdp", 4)))
-  final = train.train_and_evaluate(config, workdir)
+  final = loop.train_and_evaluate(config, workdir)
   return config, workdir, final
 
 
@@ -43,7 +43,7 @@ def test_run_writes_metrics_summary_and_checkpoints(fsdp_run):
 def test_data_fsdp_mesh_tracks_one_device(fsdp_run, data_root, tmp_path):
   config, fsdp_workdir, _ = fsdp_run
   one = tiny_config(data_root, mesh=(("data", -1),))
-  train.train_and_evaluate(one, str(tmp_path), devices=jax.devices()[:1])
+  loop.train_and_evaluate(one, str(tmp_path), devices=jax.devices()[:1])
   expected, got = losses(str(tmp_path)), losses(fsdp_workdir)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                              rtol=1e-4)
@@ -51,13 +51,13 @@ def test_data_fsdp_mesh_tracks_one_device(fsdp_run, data_root, tmp_path):
 
 def _stop_at_step(monkeypatch, stop_step: int) -> None:
   """Sends a real SIGTERM to this process right after step `stop_step`'s metrics are written."""
-  write = metrics_writer.MetricsWriter.write
+  write = metrics.MetricsWriter.write
 
   def write_then_signal(self, step, metrics):
     write(self, step, metrics)
     if step == stop_step and "train/loss" in metrics:
       os.kill(os.getpid(), signal.SIGTERM)
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_then_signal)
+  monkeypatch.setattr(metrics.MetricsWriter, "write", write_then_signal)
 
 
 def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
@@ -66,21 +66,21 @@ def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
   interrupted = str(tmp_path / "interrupted")
   with monkeypatch.context() as patch:
     _stop_at_step(patch, 3)
-    stopped = train.train_and_evaluate(config, interrupted)
+    stopped = loop.train_and_evaluate(config, interrupted)
   assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 3
   assert not os.path.exists(os.path.join(interrupted, "summary.json"))
-  assert state_lib.TrainStateCheckpointer(os.path.join(interrupted, "checkpoints"),
-                                          save_every_steps=1).latest_step() == 3
+  assert manager.TrainStateCheckpointer(os.path.join(interrupted, "checkpoints"),
+                                        save_every_steps=1).latest_step() == 3
   # Restore the 8-device (data x fsdp) checkpoint onto 4 and onto 1 device before resuming here.
   for count, mesh in ((4, (("fsdp", -1),)), (1, (("data", -1),))):
     workdir = str(tmp_path / f"on_{count}")
     shutil.copytree(interrupted, workdir)
-    train.train_and_evaluate(tiny_config(data_root, mesh=mesh), workdir,
+    loop.train_and_evaluate(tiny_config(data_root, mesh=mesh), workdir,
                              devices=jax.devices()[:count])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  final_params(workdir), final_params(reference_workdir))
 
-  train.train_and_evaluate(config, interrupted)  # Same command again: resumes at step 4.
+  loop.train_and_evaluate(config, interrupted)  # Same command again: resumes at step 4.
   assert sorted(losses(interrupted)) == list(range(1, TOTAL_STEPS + 1))
   jax.tree.map(np.testing.assert_array_equal, final_params(interrupted),
                final_params(reference_workdir))
@@ -88,6 +88,7 @@ def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
 
 def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
   config, workdir, final = fsdp_run
-  results = evaluate.evaluate(config, str(tmp_path), checkpoint=os.path.join(workdir, "checkpoints"))
+  results = evaluation.evaluate_checkpoint(config, str(tmp_path),
+                                           checkpoint=os.path.join(workdir, "checkpoints"))
   assert results["val/prec@1"] == final["val/prec@1"]
   np.testing.assert_allclose(results["val/loss"], final["val/loss"], rtol=1e-5)

@@ -1,205 +1,96 @@
-"""Sweeps: a study is a base config file plus trials, each a named set of config overrides.
+r"""Launch a study's trials here, on TPU pod slices or as SLURM jobs.
 
-A study file in `experiments/` defines `get_sweep(arg: str) -> Study`, building its trials with
-`axis`, `product` and `zip_`:
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local          # re-launch resumes
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=imagenet,data_dir=gs://B/tfds \
+        --launcher=tpu --tpu_name=N --zone=Z --workdir_root=gs://B/sweeps --repo_url=URL --dry_run
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=slurm --nodes=2 --dry_run
 
-    trials = sweep.trials(sweep.product(sweep.axis("variant", ["Ti", "S", "B"]),
-                                        sweep.axis("patch", [8, 16, 32])))
-
-Keys name either a config-file argument (`variant` -> `--config=configs/x.py:variant=Ti,...`) or, with
-a `config.` prefix, a config field (`config.lr` -> `--config.lr=0.001`), exactly as on the command line.
-
-    python -m vit_jax.sweep experiments/patch_size_tradeoff.py[:arg] --launcher=local|tpu|slurm [--dry_run]
+Studies are vit_jax.study.sweep.Study objects; launchers are vit_jax.study.launchers.
 """
-from __future__ import annotations
-
-import dataclasses
-import importlib.util
-import itertools
-import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import subprocess
+from typing import Sequence
 
-Point = dict[str, Any]
+from absl import flags
 
-OVERRIDE_PREFIX = "config."
+from vit_jax import cli
+from vit_jax.config import bad_input
+from vit_jax.study import launchers
+from vit_jax.study import sweep
 
-
-def axis(key: str, values: Iterable[Any]) -> list[Point]:
-  """One swept key: `[{key: v} for v in values]`."""
-  values = list(values)
-  if not values:
-    raise ValueError(f"axis {key!r} has no values; give at least one.")
-  return [{key: v} for v in values]
-
-
-def _merge(points: Sequence[Point]) -> Point:
-  merged: Point = {}
-  for point in points:
-    clash = merged.keys() & point.keys()
-    if clash:
-      raise ValueError(f"keys {sorted(clash)} are set twice in one trial; sweep each key in one axis.")
-    merged.update(point)
-  return merged
-
-
-def product(*sweeps: Sequence[Point]) -> list[Point]:
-  """Cartesian product of sweeps, the last one varying fastest."""
-  return [_merge(combo) for combo in itertools.product(*sweeps)]
-
-
-def zip_(*sweeps: Sequence[Point]) -> list[Point]:
-  """Element-wise combination of equally long sweeps (e.g. a learning rate per model size)."""
-  lengths = {len(s) for s in sweeps}
-  if len(lengths) > 1:
-    raise ValueError(f"zip_ needs sweeps of equal length, got lengths {[len(s) for s in sweeps]}.")
-  return [_merge(combo) for combo in zip(*sweeps)]
-
-
-def _format_value(value: Any) -> str:
-  """A value as `ml_collections` config flags and config-file args parse it."""
-  if isinstance(value, (list, tuple)):
-    return "(" + ",".join(_format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return str(value)
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"], "Where the trials run.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False,
+                             "Print the commands (and sbatch scripts) instead of running them.")
+_SWEEP_DIR = flags.DEFINE_string(
+    "sweep_dir", None, "Trials' parent dir (local/slurm). Default: runs/sweeps/<study>.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "local: trials run at once.")
+_TARGETS = flags.DEFINE_list("targets", list(launchers.DEFAULT_TARGETS),
+                             "local: hardware each trial is projected onto.")
+_TPU_NAME = flags.DEFINE_string("tpu_name", None, "tpu: TPU VM name.")
+_ZONE = flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
+_PROJECT = flags.DEFINE_string("project", None, "tpu: GCP project (default: gcloud's).")
+_WORKDIR_ROOT = flags.DEFINE_string(
+    "workdir_root", None, "tpu: bucket path (gs://...) or shared mount the trials write to.")
+_REPO_URL = flags.DEFINE_string(
+    "repo_url", None, "tpu: git URL workers clone (default: this checkout's origin).")
+_REVISION = flags.DEFINE_string(
+    "revision", None, "tpu: commit workers check out (default: this checkout's HEAD).")
+_SKIP_SETUP = flags.DEFINE_bool("skip_setup", False,
+                                "tpu: the workers already have the code installed.")
+_NODES = flags.DEFINE_integer("nodes", 1, "slurm: nodes per trial.")
+_GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", 8, "slurm: GPUs per node.")
+_TIME = flags.DEFINE_string("time", "24:00:00", "slurm: job time limit.")
+_PARTITION = flags.DEFINE_string("partition", None, "slurm: partition.")
+_ACCOUNT = flags.DEFINE_string("account", None, "slurm: account.")
+_SLURM_SETUP = flags.DEFINE_string(
+    "slurm_setup", "", "slurm: shell line run before the trial, e.g. 'source .venv/bin/activate'.")
 
 
-def _slug(value: Any) -> str:
-  text = _format_value(value)
-  return "".join(c if c.isalnum() or c in "._=" else "-" for c in text).strip("-")
+def _git(*args: str) -> str:
+  result = subprocess.run(["git", *args], capture_output=True, text=True)
+  return result.stdout.strip() if result.returncode == 0 else ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Trial:
-  """One run of a study: a directory-safe name and the values it sets."""
-  name: str
-  config_args: Mapping[str, Any]
-  overrides: Mapping[str, Any]
-
-  def config_flag(self, config_file: str, base_args: Mapping[str, Any]) -> str:
-    """The `--config=file:args` value for this trial."""
-    args = {**base_args, **self.config_args}
-    for key, value in args.items():
-      if "," in _format_value(value) and not isinstance(value, (list, tuple)):
-        raise ValueError(f"config arg {key}={value!r} contains ','; config-file args are ','-separated.")
-    arg_str = ",".join(f"{k}={_format_value(v)}" for k, v in args.items())
-    return f"{config_file}:{arg_str}" if arg_str else config_file
-
-  def override_flags(self) -> list[str]:
-    """The `--config.key=value` flags for this trial."""
-    return [f"--{OVERRIDE_PREFIX}{k}={_format_value(v)}" for k, v in self.overrides.items()]
-
-  def values(self) -> Point:
-    """Every swept value, overrides keyed as on the command line (`config.lr`)."""
-    return {**self.config_args, **{OVERRIDE_PREFIX + k: v for k, v in self.overrides.items()}}
+def _sweep_dir(study: sweep.Study) -> str:
+  """Where the trials' workdirs and the manifest go."""
+  if _LAUNCHER.value == "tpu":
+    return _WORKDIR_ROOT.value or ""
+  return _SWEEP_DIR.value or os.path.join("runs", "sweeps", study.name)
 
 
-def trials(points: Sequence[Point]) -> list[Trial]:
-  """Named trials from sweep points; a name reads like the point, e.g. `variant=Ti,patch=16`."""
-  result = []
-  for point in points:
-    config_args = {k: v for k, v in point.items() if not k.startswith(OVERRIDE_PREFIX)}
-    overrides = {k[len(OVERRIDE_PREFIX):]: v for k, v in point.items() if k.startswith(OVERRIDE_PREFIX)}
-    name = ",".join(f"{k.rsplit('.', 1)[-1]}={_slug(v)}" for k, v in point.items()) or "default"
-    result.append(Trial(name, config_args, overrides))
-  names = [t.name for t in result]
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise ValueError(f"trial names {duplicates} repeat: two trials would share a workdir.")
-  return result
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-  """A sweep: the config file (relative to the repository root), what every trial shares, the trials.
-
-  `base_args` are config-file args and `base_overrides` config fields (`{"optim.lr": 1e-3}`) set for
-  every trial; trials may override them; neither appears in trial names. `env` is exported for every
-  trial's programs wherever they run (e.g. `TFDS_DATA_DIR`).
-  """
-  name: str
-  config: str
-  trials: Sequence[Trial]
-  base_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  base_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  env: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  description: str = ""
-
-  def train_args(self, trial: Trial) -> list[str]:
-    """Config flags shared by `vit_jax.train` and `vit_jax.bench` for one trial."""
-    base = Trial("base", {}, {k: v for k, v in self.base_overrides.items() if k not in trial.overrides})
-    return [f"--config={trial.config_flag(self.config, self.base_args)}", *base.override_flags(),
-            *trial.override_flags()]
-
-  def to_json(self) -> dict[str, Any]:
-    return {
-        "name": self.name, "config": self.config, "base_args": dict(self.base_args),
-        "base_overrides": dict(self.base_overrides), "env": dict(self.env),
-        "description": self.description,
-        "trials": [{"name": t.name, "config_args": dict(t.config_args), "overrides": dict(t.overrides),
-                    "values": t.values(), "flags": self.train_args(t)} for t in self.trials],
-    }
-
-
-def load_study(spec: str) -> Study:
-  """Loads `path/to/study.py[:arg]` and calls its `get_sweep(arg)`."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"study file {path!r} does not exist; pass e.g. "
-                            "experiments/patch_size_tradeoff.py:local")
-  module_spec = importlib.util.spec_from_file_location(f"_study_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path} defines no get_sweep(arg) -> vit_jax.sweep.Study.")
-  study = module.get_sweep(arg) if arg else module.get_sweep()
-  if not isinstance(study, Study):
-    raise ValueError(f"{path}:get_sweep returned {type(study).__name__}, expected vit_jax.sweep.Study.")
-  return study
-
-
-def write_manifest(study: Study, sweep_dir: str) -> None:
-  """Records the study next to its trials so `vit_jax.report` can label every row.
-
-  Refuses a sweep dir whose trials of the same name ran with other flags: they would be skipped as
-  done (or resumed from checkpoints) although the study changed.
-  """
-  from etils import epath  # Handles gs:// sweep dirs too.
-  manifest = epath.Path(sweep_dir) / "sweep.json"
-  new = study.to_json()
-  if manifest.exists():
-    old_flags = {t["name"]: t.get("flags") for t in json.loads(manifest.read_text())["trials"]}
-    for trial in new["trials"]:
-      if old_flags.get(trial["name"]) not in (None, trial["flags"]):
-        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, the study now "
-                         f"says {trial['flags']}; use another --sweep_dir or delete that trial's dir.")
-  manifest.parent.mkdir(parents=True, exist_ok=True)
-  manifest.write_text(json.dumps(new, indent=1, default=str))
+def _launcher(study: sweep.Study):
+  """The launcher the command-line flags describe."""
+  sweep_dir = _sweep_dir(study)
+  if _LAUNCHER.value == "local":
+    return launchers.LocalLauncher(sweep_dir, parallel=_PARALLEL.value, dry_run=_DRY_RUN.value,
+                                   targets=_TARGETS.value)
+  if _LAUNCHER.value == "tpu":
+    return launchers.TpuLauncher(
+        tpu_name=_TPU_NAME.value, zone=_ZONE.value, project=_PROJECT.value, workdir_root=sweep_dir,
+        repo_url=_REPO_URL.value or _git("remote", "get-url", "origin"),
+        revision=_REVISION.value or _git("rev-parse", "HEAD"), skip_setup=_SKIP_SETUP.value,
+        dry_run=_DRY_RUN.value)
+  return launchers.SlurmLauncher(
+      sweep_dir, repo_dir=os.getcwd(), nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
+      time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
+      setup=_SLURM_SETUP.value, dry_run=_DRY_RUN.value)
 
 
 def main(argv: Sequence[str]) -> None:
   """Loads the study named by the one positional argument and hands it to the chosen launcher."""
-  from absl import flags
-  from vit_jax import launchers
-  if len(argv) != 2:
-    raise ValueError(f"expected one study file, got {list(argv[1:])}; usage: python -m vit_jax.sweep "
-                     "experiments/<study>.py[:arg] --launcher=local|tpu|slurm [--dry_run]")
-  study = load_study(argv[1])
-  launcher = launchers.from_flags(flags.FLAGS, study)
-  print(f"study {study.name!r}: {len(study.trials)} trials, launcher {flags.FLAGS.launcher}"
-        f"{' (dry run)' if flags.FLAGS.dry_run else ''}", flush=True)
+  with bad_input():
+    if len(argv) != 2:
+      raise ValueError(f"expected one study file, got {list(argv[1:])}; usage: python -m "
+                       "vit_jax.sweep experiments/<study>.py[:arg] --launcher=local|tpu|slurm "
+                       "[--dry_run]")
+    study = sweep.load_study(argv[1])
+    launcher = _launcher(study)
+    if not _DRY_RUN.value:  # Refuses a sweep dir whose trials ran with other flags.
+      sweep.write_manifest(study, _sweep_dir(study))
+  print(f"study {study.name!r}: {len(study.trials)} trials, launcher {_LAUNCHER.value}"
+        f"{' (dry run)' if _DRY_RUN.value else ''}", flush=True)
   launcher.launch(study)
 
 
-def run() -> None:
-  """Entry point; bad input exits with code 2 and one message."""
-  from absl import app
-  from vit_jax import cli, launchers
-  launchers.define_flags()
-  app.run(cli.exit_on_bad_input(main))
-
-
 if __name__ == "__main__":
-  # Run the importable module, not this `__main__` copy: study files build `vit_jax.sweep.Study`s.
-  from vit_jax import sweep as _sweep
-  _sweep.run()
+  cli.run(main)

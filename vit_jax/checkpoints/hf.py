@@ -146,7 +146,7 @@ def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any], output_di
   `value_range` is the pixel range the model was trained on (our 'value_range(-1,1)' preprocessing by
   default); it goes into preprocessor_config.json so HF pipelines feed the same inputs.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  (optional 'export' extra)
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top  (optional)
 
   weights = hf_state_dict(params, model_kwargs)
   kernel = weights["vit.embeddings.patch_embeddings.projection.weight"]
@@ -154,7 +154,8 @@ def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any], output_di
   num_classes = weights["classifier.weight"].shape[0] if "classifier.weight" in weights else 0
   output_dir = epath.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  save_file(weights, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+  (output_dir / "model.safetensors").write_bytes(
+      safetensors_numpy.save(weights, metadata={"format": "pt"}))
   config = hf_config(model_kwargs, image_size, kernel.shape[1], num_classes)
   (output_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
   (output_dir / "preprocessor_config.json").write_text(

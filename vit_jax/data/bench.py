@@ -23,6 +23,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from vit_jax.config import base_config
 from vit_jax.data import pipeline
 from vit_jax.data import preprocess
 
@@ -81,8 +82,9 @@ def _measure(method: str, batches: Iterator[int], num_images: int) -> Measuremen
 
 
 def ours(root: str, size: int, threads: int) -> Iterator[int]:
-  cfg = {"data": {"name": "imagefolder", "root": root, "split": "train"},
-         "pp": f"decode|inception_crop({size})|flip_lr", "threads": threads}
+  cfg = base_config().input
+  cfg.data.update(name="imagefolder", root=root, split="train")
+  cfg.update(pp=f"decode|inception_crop({size})|flip_lr", threads=threads)
   for batch in pipeline.train_dataset(cfg, _BATCH, seed=0):
     yield len(batch["image"])
 

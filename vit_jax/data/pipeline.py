@@ -10,12 +10,12 @@ a checkpoint needs for a resumed run to see exactly the batches it would have se
 On device: each host's numpy batch becomes its rows of a global `jax.Array` via
 `jax.make_array_from_process_local_data`; `prefetch` batches are put on device ahead of use.
 
-Config keys (config.input or config.evals.<name>):
+Config keys (`config.input`, or an eval resolved by vit_jax.config.resolve_evals; their defaults
+are in vit_jax.config.base_config):
   data: dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root,
              on_corrupt='skip'|'error')
-  pp: pp string (see vit_jax.data.preprocess), seed (train), threads (reader threads per host,
-  default 8), workers (grain worker processes per host, default 0), prefetch (device batches
-  ahead, default 2).
+  pp: pp string (see vit_jax.data.preprocess); threads (reader threads per host); workers (grain
+  worker processes per host, train only); prefetch (device batches ahead).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _example_range(num_examples: int, shard_index: int, shard_count: int) -> sli
 
 
 def _read_options(cfg: Mapping[str, Any]) -> grain.ReadOptions:
-  threads = int(sources.cfg_get(cfg, "threads", 8))  # PIL releases the GIL: threads scale.
+  threads = int(cfg["threads"])  # PIL releases the GIL: threads scale.
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * threads)
 
 
@@ -90,10 +90,10 @@ def _open_checked(cfg: Mapping[str, Any]) -> sources.Source:
     raise ValueError(f"Input config needs 'data' and 'pp'; got keys {sorted(cfg)}.")
   source = sources.open_source(cfg["data"])
   preprocess.parse(cfg["pp"])
-  depth = preprocess.onehot_depth(cfg["pp"])
-  if depth is not None and depth < source.num_classes:
+  onehot = preprocess.op_arguments(cfg["pp"], "onehot")
+  if onehot is not None and onehot["depth"] < source.num_classes:
     raise ValueError(f"{source.description} has {source.num_classes} classes but the pp string "
-                     f"has onehot({depth}); use onehot({source.num_classes}).")
+                     f"has onehot({onehot['depth']}); use onehot({source.num_classes}).")
   return source
 
 
@@ -104,6 +104,17 @@ def check_ready(cfg: Mapping[str, Any]) -> sources.Source:
   the latter also checks the pp string and its onehot depth. Builds bundled_mnist if needed.
   """
   return _open_checked(cfg) if "data" in cfg else sources.open_source(cfg)
+
+
+def example_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
+  """The (H, W, C) shape of one preprocessed example of an input or eval config (opens the data)."""
+  source = _open_checked(cfg)
+  example = Preprocess(cfg["pp"], cfg["data"]["on_corrupt"])(source.records[0],
+                                                             np.random.default_rng(0))
+  if example is None:
+    raise ValueError(f"The first example of {source.description} is corrupt; its image shape "
+                     "(needed to build the model) cannot be read.")
+  return tuple(example["image"].shape)
 
 
 def _shard_seed(seed: int, shard_index: int) -> int:
@@ -121,14 +132,14 @@ def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int, shar
     raise ValueError(f"{source.description} gives shard {shard_index} of {shard_count} only "
                      f"{shard.stop - shard.start} examples, fewer than its batch of "
                      f"{local_batch_size}; use a smaller batch or a bigger split.")
-  on_corrupt = sources.cfg_get(cfg["data"], "on_corrupt", "skip")
+  on_corrupt = cfg["data"]["on_corrupt"]
   dataset = (grain.MapDataset.source(source.records)[shard]
              .shuffle(seed=seed)
              .repeat()
              .random_map(Preprocess(cfg["pp"], on_corrupt), seed=_shard_seed(seed, shard_index))
              .to_iter_dataset(_read_options(cfg))
              .batch(local_batch_size, drop_remainder=True))
-  workers = int(sources.cfg_get(cfg, "workers", 0))
+  workers = int(cfg["workers"])
   if workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return dataset
@@ -147,7 +158,7 @@ def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int
     raise ValueError(f"{source.description} has {num_examples} examples, fewer than the "
                      f"{shard_count} hosts that evaluate it.")
   num_batches = math.ceil(math.ceil(num_examples / shard_count) / local_batch_size)
-  on_corrupt = sources.cfg_get(cfg["data"], "on_corrupt", "skip")
+  on_corrupt = cfg["data"]["on_corrupt"]
   dataset = (grain.MapDataset.source(source.records)[_example_range(num_examples, shard_index,
                                                                      shard_count)]
              .random_map(Preprocess(cfg["pp"], on_corrupt), seed=0)
@@ -282,22 +293,20 @@ def _allgather_json(local: Any) -> dict[str, Any]:
           for i, (row, n) in enumerate(zip(gathered, lengths.reshape(-1)))}
 
 
-def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int,
-                        sharding: jax.sharding.Sharding | None = None,
-                        seed: int | None = None) -> TrainIterator:
+def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int, seed: int,
+                        sharding: jax.sharding.Sharding | None = None) -> TrainIterator:
   """Infinite iterator of {"image", "label"} global batches sharded with `sharding` (batch axis).
 
-  `seed` defaults to cfg.seed (then 0). Use `get_state()` / `set_state()` to save / resume.
+  Use `get_state()` / `set_state()` to save / resume.
   """
   sharding = sharding or _default_sharding()
-  seed = int(sources.cfg_get(cfg, "seed", 0) if seed is None else seed)
   shard_index, shard_count, batch = data_shard(sharding, global_batch_size)
   dataset = train_dataset(cfg, batch, seed, shard_index, shard_count)
   # Grain workers each batch their own slice of the stream, so the worker count is part of it.
   identity = {"seed": seed, "process_count": jax.process_count(),
               "global_batch_size": global_batch_size,
-              "workers": int(sources.cfg_get(cfg, "workers", 0))}
-  return TrainIterator(dataset, sharding, int(sources.cfg_get(cfg, "prefetch", 2)), identity,
+              "workers": int(cfg["workers"])}
+  return TrainIterator(dataset, sharding, int(cfg["prefetch"]), identity,
                        jax.process_index())
 
 
@@ -310,7 +319,7 @@ class EvalIterable:
     self._sharding = sharding
     self._shard_index, self._shard_count, self._local_batch_size = data_shard(
         sharding, global_batch_size)
-    self._depth = int(sources.cfg_get(cfg, "prefetch", 2))
+    self._depth = int(cfg["prefetch"])
     check_ready(cfg)
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:

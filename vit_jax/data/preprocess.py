@@ -14,6 +14,7 @@ resumable.
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 from typing import Any, Callable
 
@@ -85,13 +86,15 @@ def parse(pp: str) -> Op:
   return chain
 
 
-def onehot_depth(pp: str) -> int | None:
-  """The class count of the chain's `onehot(depth)` op, or None if it has none."""
+def op_arguments(pp: str, name: str) -> dict[str, Any] | None:
+  """The arguments (defaults filled in) of the chain's first `name` op, or None if it has none."""
   for spec in (s.strip() for s in pp.split("|")):
     if spec:
-      name, args, kwargs = _parse_call(spec)
-      if name == "onehot":
-        return int(kwargs.get("depth", args[0] if args else 0))
+      op_name, args, kwargs = _parse_call(spec)
+      if op_name == name:
+        bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
   return None
 
 

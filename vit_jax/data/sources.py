@@ -65,12 +65,6 @@ class TfdsRecords(Sequence):
     return {"image": record["image"], "label": int(record["label"]), "id": example_id}
 
 
-def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-  """cfg[key] for dicts and ConfigDicts alike, with `default` for missing or None values."""
-  value = cfg.get(key, default)
-  return default if value is None else value
-
-
 def _open_imagefolder(root: str | None, split: str) -> Source:
   if not root:
     raise ValueError("data.name='imagefolder' needs data.root=DIR with DIR/<split>/<class>/*.jpg.")
@@ -144,18 +138,18 @@ def _open_tfds(name: str, split: str, data_dir: str | None) -> Source:
 
 
 def open_source(data_cfg: Mapping[str, Any]) -> Source:
-  """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root).
+  """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root)
+  (`config.input.data`); data_dir (tfds) and root (image folders) say where, if needed.
 
   Raises FileNotFoundError / ValueError naming the command that prepares missing data.
   """
-  name = cfg_get(data_cfg, "name")
-  split = cfg_get(data_cfg, "split", "train")
+  name, split = data_cfg["name"], data_cfg["split"]
   if not name:
     raise ValueError("data.name is empty; set it to a tfds name, 'bundled_mnist' or 'imagefolder'.")
   if name == IMAGEFOLDER:
-    source = _open_imagefolder(cfg_get(data_cfg, "root"), split)
+    source = _open_imagefolder(data_cfg.get("root"), split)
   else:
-    data_dir = cfg_get(data_cfg, "data_dir")
+    data_dir = data_cfg.get("data_dir")
     source = _open_tfds(name, split, os.path.expanduser(data_dir) if data_dir else None)
   if not len(source.records):
     raise ValueError(f"{source.description} has no examples.")

@@ -2,8 +2,11 @@
 
 Every evaluator is built once (compiling its step once) and then called with params:
 
-    evaluator = evaluators.build(cfg, model=model, mesh=mesh, params_sharding=..., batch_size=256)
+    evaluator = evaluators.build(cfg, model=model, params_sharding=..., batch_sharding=...,
+                                 batch_size=256, loss_fn=..., patch_sizes=())
     metrics = evaluator(params)            # {"prec@1": 0.97, "loss": 0.11, ...}
+
+`vit_jax.training.program.TrainProgram.evaluators()` builds them for a training config.
 
 The training loop logs them as `<name>/<metric>` (e.g. `val/prec@1`). Built with FlexiViT
 `patch_sizes=(4, 7)` (from `config.flexi.patch_sizes`), an evaluator also reports every metric at each
@@ -29,9 +32,8 @@ REGISTRY: dict[str, Callable[..., Evaluator]] = {
 
 
 def build(cfg: ml_collections.ConfigDict, **kwargs: Any) -> Evaluator:
-  """Instantiates the evaluator named by `cfg.type` (kwargs: model, mesh, params_sharding, ...,
-  patch_sizes)."""
-  kind = cfg.get("type", "classification")
-  if kind not in REGISTRY:
-    raise ValueError(f"Unknown evaluator type={kind!r}; choose one of {sorted(REGISTRY)}.")
-  return REGISTRY[kind](cfg, **kwargs)
+  """Instantiates the evaluator named by `cfg.type` (kwargs: model, params_sharding,
+  batch_sharding, batch_size, loss_fn, patch_sizes)."""
+  if cfg.type not in REGISTRY:
+    raise ValueError(f"Unknown evaluator type={cfg.type!r}; choose one of {sorted(REGISTRY)}.")
+  return REGISTRY[cfg.type](cfg, **kwargs)

@@ -7,16 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import Mesh
+from jax.sharding import NamedSharding, PartitionSpec
 
-from vit_jax import optim
-from vit_jax import sharding
 from vit_jax.data import pipeline
 
 _SUMS = ("loss", "correct@1", "correct@5", "count")
 
 
-def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array] = optim.softmax_xent,
+def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
                    patch_size: tuple[int, int] | None = None
                    ) -> Callable[[Any, dict[str, jax.Array], dict[str, jax.Array]], dict[str, jax.Array]]:
   """(params, batch, sums) -> sums + this batch's masked sums of loss / correct@1 / correct@5 / count.
@@ -50,22 +48,21 @@ class ClassificationEvaluator:
   `<metric>@p<P>`; the plain keys stay those of the model's own patch size.
 
   Args:
-    cfg: `config.evals.<name>`: data=dict(name, split, ...), pp, batch_size (optional).
+    cfg: a resolved `config.evals.<name>` (vit_jax.config.resolve_evals): data, pp, threads, ...
     model: the flax model.
-    mesh: the device mesh; batches are split over its data-parallel axes.
     params_sharding: the shardings of the params it will be called with.
-    batch_size: global eval batch size (used when cfg has none).
-    loss_name: a name in `optim.LOSSES`.
+    batch_sharding: the sharding of a global batch (split over the data-parallel devices).
+    batch_size: global eval batch size.
+    loss_fn: (logits, labels) -> per-example loss.
     patch_sizes: square patch sides to evaluate at besides the model's own (`config.flexi`).
   """
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, model: nn.Module, mesh: Mesh,
-               params_sharding: Any, batch_size: int, loss_name: str = "softmax_xent",
-               patch_sizes: Sequence[int] = ()):
-    batch_sharding = sharding.batch_sharding(mesh)
-    self._batches = pipeline.make_eval_iterable(
-        cfg, global_batch_size=cfg.get("batch_size", None) or batch_size, sharding=batch_sharding)
-    replicated = sharding.replicated(mesh)
+  def __init__(self, cfg: ml_collections.ConfigDict, *, model: nn.Module, params_sharding: Any,
+               batch_sharding: NamedSharding, batch_size: int,
+               loss_fn: Callable[..., jax.Array], patch_sizes: Sequence[int] = ()):
+    self._batches = pipeline.make_eval_iterable(cfg, global_batch_size=batch_size,
+                                                sharding=batch_sharding)
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     self._zeros = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in _SUMS},
                           out_shardings=replicated)
     # Patch size -> the metric-key suffixes it reports under ("" for the model's own size).
@@ -73,7 +70,7 @@ class ClassificationEvaluator:
     for patch in patch_sizes:
       self._suffixes.setdefault((patch, patch), []).append(f"@p{patch}")
     self._steps = {
-        size: jax.jit(make_eval_step(model, optim.get_loss(loss_name), size),
+        size: jax.jit(make_eval_step(model, loss_fn, size),
                       in_shardings=(params_sharding, batch_sharding, replicated),
                       out_shardings=replicated, donate_argnums=2)
         for size in self._suffixes}

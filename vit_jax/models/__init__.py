@@ -1,28 +1,50 @@
-"""Model registry: `get_model('ViT-B/16', num_classes=1000, **overrides)`."""
+"""Models: `Model` (ViT and hybrid ViT) and `get_model('ViT-B/16', num_classes=1000, **fields)`.
+
+A model is a variant name plus overrides of any `Model` field. Configs hold exactly that
+(`config.model = dict(variant='S/16', classifier='gap', ...)`), decoded once by `model_kwargs`.
+Loading pretrained weights is vit_jax.checkpoints' job (`checkpoints.load_pretrained`).
+"""
 import dataclasses
-from typing import Any
+from typing import Any, Optional
+
+import jax.numpy as jnp
 
 from vit_jax.models import variants
-from vit_jax.models.vit import Model, load
+from vit_jax.models.vit import Model
 
-_FIELDS = {f.name for f in dataclasses.fields(Model)} - {"parent", "name"}
+# The Model fields a config's `model` may set (besides `variant`); num_classes is the config's own.
+FIELDS = tuple(f.name for f in dataclasses.fields(Model)
+               if f.name not in ("parent", "name", "num_classes"))
+_DIMS = ("patch_size", "width", "depth", "mlp_dim", "num_heads")
 
 
-def model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-  """The Model fields that `name` plus `overrides` expand to (plain Python values)."""
-  kwargs = variants.decode(name)
-  unknown = sorted(set(overrides) - _FIELDS)
+def model_kwargs(variant: Optional[str] = None, **fields: Any) -> dict[str, Any]:
+  """The `Model` fields (but num_classes) of `variant` with `fields` overriding them.
+
+  `variant` is a name ('ViT-B/16', 'B_16', 'R50+B/16'), a size without patch ('B', then
+  `patch_size` is needed), or None (then every dimension is given). Fields set to None are left
+  to the variant or to the model's default, as in a config.
+  """
+  fields = {k: v for k, v in fields.items() if v is not None}
+  unknown = sorted(set(fields) - set(FIELDS))
   if unknown:
-    raise ValueError(f"Unknown model option(s) {unknown} for {name!r}; valid: {sorted(_FIELDS)}.")
-  kwargs.update(overrides)
+    raise ValueError(f"Unknown model option(s) {unknown} for {variant!r}; valid: {sorted(FIELDS)}.")
+  kwargs = {**(variants.decode(variant) if variant else {}), **fields}
+  missing = [k for k in _DIMS if k not in kwargs]
+  if missing:
+    raise ValueError(f"Model {variant or '(no variant)'} needs {missing}: name a variant such as "
+                     "'S/16' or give every dimension (patch_size, width, depth, mlp_dim, "
+                     "num_heads).")
   patch = kwargs["patch_size"]
   kwargs["patch_size"] = (patch, patch) if isinstance(patch, int) else tuple(patch)
+  if isinstance(kwargs.get("dtype"), str):
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
   return kwargs
 
 
-def get_model(name: str, *, num_classes: int, **overrides: Any) -> Model:
+def get_model(variant: Optional[str] = None, *, num_classes: int, **fields: Any) -> Model:
   """A ViT by name ('ViT-B/16', 'ViT-B_16', 'R50+B/16', ...) with official defaults."""
-  return Model(num_classes=num_classes, **model_kwargs(name, **overrides))
+  return Model(num_classes=num_classes, **model_kwargs(variant, **fields))
 
 
-__all__ = ["Model", "get_model", "load", "model_kwargs", "variants"]
+__all__ = ["FIELDS", "Model", "get_model", "model_kwargs", "variants"]

@@ -28,7 +28,7 @@ HYBRIDS: dict[str, tuple[str, tuple[int, ...], int]] = {
     "R50+L/32": ("L", (3, 4, 6, 3), 1),
 }
 
-_PLAIN = re.compile(r"^(?:ViT-)?(?P<variant>[A-Za-z]+)[/_](?P<patch>\d+)$")
+_PLAIN = re.compile(r"^(?:ViT-)?(?P<variant>[A-Za-z]+)(?:[/_](?P<patch>\d+))?$")
 
 
 def canonical_name(name: str) -> str:
@@ -45,7 +45,10 @@ def known_names() -> list[str]:
 
 
 def decode(name: str) -> dict[str, Any]:
-  """Returns the Model fields that `name` fixes (dims, patch size, resnet stem)."""
+  """Returns the Model fields that `name` fixes: dims, resnet stem and, if it names one, patch size.
+
+  'ViT-B/16', 'B_16' and 'B' (no patch size) are plain ViTs; hybrids are named as published.
+  """
   canon = canonical_name(name)
   if canon in HYBRIDS:
     variant, layers, patch = HYBRIDS[canon]
@@ -59,10 +62,11 @@ def decode(name: str) -> dict[str, Any]:
         f"Unknown model name {name!r}. Use 'ViT-<variant>/<patch>' with variant in "
         f"{sorted(VIT_DIMS)} (e.g. 'ViT-B/16' or 'ViT-B_16'), or a hybrid: {sorted(HYBRIDS)}.")
   fields = _vit_fields(m["variant"])
-  patch = int(m["patch"])
-  if patch <= 0:
-    raise ValueError(f"Patch size in {name!r} must be positive.")
-  fields["patch_size"] = (patch, patch)
+  if m["patch"] is not None:
+    patch = int(m["patch"])
+    if patch <= 0:
+      raise ValueError(f"Patch size in {name!r} must be positive.")
+    fields["patch_size"] = (patch, patch)
   return fields
 
 

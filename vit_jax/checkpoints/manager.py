@@ -4,35 +4,38 @@ Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is the train-state py
 state, step, rng, ...) written by every process in parallel (each its own shards); `data` is the input
 iterator's JSON state (`vit_jax.data.pipeline`'s holds every host's position), so a resumed run continues
 each host's input stream exactly where it stopped. Restoring takes an abstract target whose shardings may
-come from a different mesh or device count than the one that saved.
+come from a different mesh or device count than the one that saved. Paths are etils.epath paths:
+a local directory (absolute: Orbax rejects relative paths late) or a bucket (gs://...).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vit_jax.checkpoints import workdir
 
 
 class TrainStateCheckpointer:
   """Saves and restores (train state, data-iterator state) with an Orbax CheckpointManager.
 
   Args:
-    directory: where the step directories go; made absolute (Orbax rejects relative paths late).
+    directory: where the step directories go (`Workdir.checkpoints`).
     save_every_steps: regular saves happen at multiples of this; `save(force=True)` saves any step.
     keep: how many of the most recent checkpoints to keep (None keeps all).
     async_save: write in a background thread while training continues.
   """
 
-  def __init__(self, directory: str, *, save_every_steps: int, keep: int | None = 3,
+  def __init__(self, directory: epath.Path, *, save_every_steps: int, keep: int | None = 3,
                async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(save_every_steps), 1), max_to_keep=keep,
         enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
+    self._manager = ocp.CheckpointManager(directory, options=options,
                                           item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
@@ -64,33 +67,30 @@ class TrainStateCheckpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, (restored.data or {}).get("iterator"), step
 
-  def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
 
-def checkpoint_step_dir(path: str) -> str:
+def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
   """Resolves an Orbax path given as a step directory or as a checkpoints root (-> latest step)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "state")):
+  path = workdir.resolve(path)
+  if (path / "state").is_dir():
     return path
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()] if path.is_dir() else []
   if not steps:
     raise FileNotFoundError(
         f"No Orbax checkpoint at {path}: expected a step directory containing 'state' or a "
         "directory of step directories (e.g. WORKDIR/checkpoints).")
-  return os.path.join(path, str(max(steps)))
+  return path / str(max(steps))
 
 
-def load_params(path: str) -> dict[str, Any]:
+def load_params(path: str | epath.PathLike) -> dict[str, Any]:
   """The `params` of an Orbax train-state checkpoint as host numpy arrays, at their saved shapes.
 
   Used to initialise a fine-tune from a previous run (the caller adapts head and position embedding).
   """
-  state_dir = os.path.join(checkpoint_step_dir(path), "state")
+  state_dir = checkpoint_step_dir(path) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(state_dir).item_metadata.tree
   if "params" not in metadata:

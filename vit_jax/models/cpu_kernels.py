@@ -1,4 +1,4 @@
-"""The model's matmuls, with gradients laid out for XLA:CPU's matmul library (same maths).
+"""The model's matmuls with gradients laid out for XLA:CPU's matmul library (same maths).
 
 A gradient like x^T @ dy (a weight gradient, or attention's dK and dV) contracts the leading,
 token axis of both operands. XLA:CPU's fast matmul library (YNNPACK) wants the contracted axis
@@ -7,19 +7,14 @@ often the larger one (the (tokens, 768) MLP gradient where the (tokens, 192) act
 or leaves the product to its slower Eigen fallback (attention's dK and dV). `_contract_tokens`
 transposes the operand with fewer columns itself, behind optimization barriers so that XLA keeps
 that layout. ViT-Ti/16 train step on CPU: weight gradients +2.7%, attention +4.7%
-(experiments/SPEED.md, levers 12 and 13). On GPU and TPU, whose matmul libraries read transposed
-operands in place, these functions are the plain products.
+(experiments/SPEED.md, levers 12 and 13). GPU and TPU matmul libraries read transposed operands
+in place: vit_jax.models.kernels uses these products on XLA:CPU only.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-
-def lays_out_gradients(backend: Optional[str] = None) -> bool:
-  """Whether the custom gradient layouts are used (XLA:CPU) or XLA's own (everywhere else)."""
-  return (backend or jax.default_backend()) == "cpu"
 
 
 def _swap(x: jax.Array) -> jax.Array:
@@ -34,10 +29,10 @@ def _contract_tokens(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _with_gradient_layout(product: Callable, backward: Callable) -> Callable:
-  """`product(a, b)`, differentiated on XLA:CPU by `backward(a, b, g) -> (da, db)`."""
+  """`product(a, b)`, differentiated by `backward(a, b, g) -> (da, db)`."""
   custom = jax.custom_vjp(product)
   custom.defvjp(lambda a, b: (product(a, b), (a, b)), lambda saved, g: backward(*saved, g))
-  return lambda a, b: custom(a, b) if lays_out_gradients() else product(a, b)
+  return custom
 
 
 def _logits_product(q, k):

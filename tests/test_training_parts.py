@@ -2,26 +2,30 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import train
+from vit_jax.config import base_config
+from vit_jax.training import losses
+from vit_jax.training import optimizers
+from vit_jax.training import schedules
+from vit_jax.training import state as state_lib
+from vit_jax.training import step as step_lib
 
 PARAMS = {"body": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
           "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
 
 
 def _cfg(**kw):
-  base = dict(name="adamw", lr=0.1, wd=0.0, grad_clip_norm=None, schedule="constant")
-  return ml_collections.ConfigDict({**base, **kw})
+  cfg = base_config().optim
+  cfg.update({**dict(name="adamw", lr=0.1, wd=0.0, grad_clip_norm=None, schedule="constant"), **kw})
+  return cfg
 
 
 def _one_update(cfg, grads=None, total_steps=10, warmup_steps=0):
-  tx, _ = optim.make_optimizer(cfg, PARAMS, total_steps=total_steps, warmup_steps=warmup_steps)
+  tx, _ = optimizers.make_optimizer(cfg, PARAMS, total_steps=total_steps, warmup_steps=warmup_steps)
   grads = jax.tree.map(jnp.ones_like, PARAMS) if grads is None else grads
   updates, state = tx.update(grads, tx.init(PARAMS), PARAMS)
   return updates, state
@@ -29,13 +33,13 @@ def _one_update(cfg, grads=None, total_steps=10, warmup_steps=0):
 
 @pytest.mark.parametrize("kind, at_end", [("cosine", 0.0), ("linear", 0.0), ("constant", 1.0)])
 def test_schedule_warms_up_linearly_then_decays(kind, at_end):
-  schedule = optim.make_schedule(_cfg(schedule=kind), total_steps=110, warmup_steps=10)
+  schedule = schedules.make_schedule(_cfg(schedule=kind), total_steps=110, warmup_steps=10)
   np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 0.05, 0.1], rtol=1e-6)
   np.testing.assert_allclose(schedule(110), 0.1 * at_end, atol=1e-7)
 
 
 def test_rsqrt_schedule_decays_as_inverse_sqrt():
-  schedule = optim.make_schedule(_cfg(schedule="rsqrt", rsqrt_timescale=100), total_steps=1000,
+  schedule = schedules.make_schedule(_cfg(schedule="rsqrt", rsqrt_timescale=100), total_steps=1000,
                                  warmup_steps=0)
   np.testing.assert_allclose(schedule(300), 0.1 / 2, rtol=1e-6)
 
@@ -69,7 +73,7 @@ def test_clipping_and_bf16_first_moment():
 
 
 def test_bad_optimizer_names():
-  with pytest.raises(ValueError, match="Unknown config.optim.name='lamb'"):
+  with pytest.raises(ValueError, match="Unknown optimizer config.optim.name='lamb'"):
     _one_update(_cfg(name="lamb"))
   with pytest.raises(ValueError, match="use 'adamw'"):
     _one_update(_cfg(name="adam", wd=0.1))
@@ -78,24 +82,30 @@ def test_bad_optimizer_names():
 def test_losses_with_label_smoothing():
   logits = jnp.array([[2.0, 0.0, 0.0]])
   labels = jnp.array([[1.0, 0.0, 0.0]])
-  plain = optim.softmax_xent(logits, labels)
+  plain = losses.softmax_xent(logits, labels)
   np.testing.assert_allclose(plain, -jax.nn.log_softmax(logits)[:, 0], rtol=1e-6)
-  smooth = optim.softmax_xent(logits, labels, label_smoothing=0.3)
+  smooth = losses.softmax_xent(logits, labels, label_smoothing=0.3)
   expected = -(0.8 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1:].sum())
   np.testing.assert_allclose(smooth, expected, rtol=1e-6)
-  sig = optim.sigmoid_xent(logits, labels)
+  sig = losses.sigmoid_xent(logits, labels)
   np.testing.assert_allclose(sig, optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1),
                              rtol=1e-6)
 
 
 def test_durations_in_steps_epochs_examples():
-  c = ml_collections.ConfigDict(dict(total_steps=None, total_epochs=2.0, total_examples=None))
-  assert optim.duration_in_steps(c, "total", batch_size=100, num_train_examples=1000) == 20
-  c = ml_collections.ConfigDict(dict(total_steps=None, total_epochs=None, total_examples=550))
-  assert optim.duration_in_steps(c, "total", batch_size=100, num_train_examples=None) == 6
-  c = ml_collections.ConfigDict(dict(total_steps=5, total_epochs=1.0))
-  with pytest.raises(ValueError, match="Set only one of total_steps, total_epochs"):
-    optim.duration_in_steps(c, "total", batch_size=1, num_train_examples=10)
+  c = base_config()
+  c.total_epochs = 2.0
+  assert schedules.duration_in_steps(c, "total", batch_size=100, num_train_examples=1000) == 20
+  c.total_epochs, c.total_examples = None, 550
+  opened = []  # The split's size is read only for a duration in epochs.
+  size = lambda: opened.append(1) or 1000
+  assert schedules.duration_in_steps(c, "total", batch_size=100, num_train_examples=size) == 6
+  assert not opened
+  c.total_steps = 5
+  with pytest.raises(ValueError, match="Set only one of total_steps, total_examples"):
+    schedules.duration_in_steps(c, "total", batch_size=1, num_train_examples=10)
+  assert schedules.duration_in_steps(c.optim, "warmup", batch_size=1, num_train_examples=None,
+                                     default=0) == 0
 
 
 def test_gradient_accumulation_matches_the_full_batch():
@@ -105,13 +115,14 @@ def test_gradient_accumulation_matches_the_full_batch():
   # Shifted from init so the zero-initialised head passes gradients to the body.
   params = jax.tree.map(lambda x: x + 0.01, nn.unbox(
       model.init({"params": jax.random.key(1)}, images[:1])["params"]))
-  tx, schedule = optim.make_optimizer(_cfg(name="sgd", momentum=0.0), params, total_steps=1,
+  tx, schedule = optimizers.make_optimizer(_cfg(name="sgd", momentum=0.0), params, total_steps=1,
                                       warmup_steps=0)
   results = []
   for accum in (1, 4):
-    step = jax.jit(train.make_train_step(model, tx, loss_fn=optim.softmax_xent, schedule=schedule,
-                                         grad_accum_steps=accum))
-    state = train.make_state(tx, params, jax.random.PRNGKey(0), ema=False)
+    step = jax.jit(step_lib.make_train_step(
+        model, tx, loss_fn=losses.softmax_xent, schedule=schedule, label_smoothing=0.0,
+        grad_accum_steps=accum, mixup_cfg=base_config().input.mixup, ema_decay=None))
+    state = state_lib.make_state(tx, params, jax.random.PRNGKey(0), ema=False)
     results.append(step(state, {"image": images, "label": labels}))
   (one, m1), (four, m4) = results
   np.testing.assert_allclose(m1["train/loss"], m4["train/loss"], rtol=1e-5)

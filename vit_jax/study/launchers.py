@@ -3,13 +3,13 @@
 Every trial runs the same two programs wherever it lands: `vit_jax.bench` (efficiency profile into
 `WORKDIR/bench.json`) and then `vit_jax.train` (metrics, checkpoints, `summary.json` with done=true).
 A trial whose `summary.json` says done is skipped, so re-launching a sweep resumes it; a trial that
-stopped half-way resumes from its own checkpoints.
+stopped half-way resumes from its own checkpoints. The sweep's manifest (`sweep.json`, written by
+`python -m vit_jax.sweep` before launching) records the study for the report.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import shlex
 import subprocess
@@ -18,27 +18,16 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from vit_jax.sweep import Study, Trial, write_manifest
+from vit_jax.checkpoints import workdir as workdir_lib
+from vit_jax.checkpoints.workdir import Workdir
+from vit_jax.study.sweep import Study, Trial
 
-BENCH_FILE = "bench.json"
-SUMMARY_FILE = "summary.json"
-# Projection targets the local launcher profiles every trial for (see vit_jax.projection.TARGETS).
+# Projection targets the local launcher profiles every trial for (vit_jax.efficiency.projection).
 DEFAULT_TARGETS = ("tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x", "h100-8x")
 
 
-def trial_workdir(root: str, trial: Trial) -> str:
-  return f"{root.rstrip('/')}/{trial.name}"
-
-
-def is_done(workdir: str) -> bool:
-  """True when the trial's training finished (its summary.json has done=true)."""
-  summary = epath.Path(workdir) / SUMMARY_FILE
-  if not summary.exists():
-    return False
-  try:
-    return bool(json.loads(summary.read_text()).get("done"))
-  except json.JSONDecodeError:
-    return False  # Written half-way: the run did not finish.
+def trial_workdir(root: str, trial: Trial) -> Workdir:
+  return workdir_lib.trial_workdir(root, trial.name)
 
 
 def _with_env(study: Study, command: Sequence[str]) -> str:
@@ -46,12 +35,23 @@ def _with_env(study: Study, command: Sequence[str]) -> str:
   return shlex.join([*(f"{k}={v}" for k, v in study.env.items()), *command])
 
 
-def bench_args(study: Study, trial: Trial, workdir: str, extra: Sequence[str] = ()) -> list[str]:
-  return ["-m", "vit_jax.bench", *study.train_args(trial), f"--output={workdir}/{BENCH_FILE}", *extra]
+def bench_args(study: Study, trial: Trial, workdir: Workdir, extra: Sequence[str] = ()) -> list[str]:
+  return ["-m", "vit_jax.bench", *study.train_args(trial), f"--output={workdir.bench}", *extra]
 
 
-def train_args(study: Study, trial: Trial, workdir: str) -> list[str]:
+def train_args(study: Study, trial: Trial, workdir: Workdir) -> list[str]:
   return ["-m", "vit_jax.train", *study.train_args(trial), f"--workdir={workdir}"]
+
+
+def _run_logged(command: Sequence[str], log: epath.Path, env: dict[str, str]) -> int:
+  """Runs `command` with its output appended to `log` (streamed to a local file; a remote log,
+  which cannot be appended to, is rewritten with it when the command ends)."""
+  if not workdir_lib.is_remote(log):
+    with open(log, "a") as f:
+      return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+  result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+  log.write_bytes((log.read_bytes() if log.exists() else b"") + result.stdout)
+  return result.returncode
 
 
 @dataclasses.dataclass
@@ -66,13 +66,13 @@ class LocalLauncher:
   def __post_init__(self):
     if self.parallel < 1:
       raise ValueError(f"--parallel={self.parallel}: run at least one trial at a time.")
-    # Orbax needs absolute paths; the trial programs run from the repository root.
-    self.sweep_dir = os.path.abspath(self.sweep_dir)
+    # The trial programs run from the repository root: a local sweep dir is made absolute.
+    self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
 
   def commands(self, study: Study, trial: Trial) -> list[list[str]]:
     workdir = trial_workdir(self.sweep_dir, trial)
     commands = []
-    if not os.path.exists(os.path.join(workdir, BENCH_FILE)):
+    if not workdir.bench.exists():
       targets = [f"--targets={','.join(self.targets)}"] if self.targets else []
       commands.append([self.python, *bench_args(study, trial, workdir, targets)])
     commands.append([self.python, *train_args(study, trial, workdir)])
@@ -80,23 +80,20 @@ class LocalLauncher:
 
   def _run_trial(self, study: Study, trial: Trial) -> int:
     workdir = trial_workdir(self.sweep_dir, trial)
-    os.makedirs(workdir, exist_ok=True)
+    workdir.root.mkdir(parents=True, exist_ok=True)
     for command in self.commands(study, trial):
       program = command[2].rsplit(".", 1)[-1]
-      with open(os.path.join(workdir, f"{program}.log"), "a") as log:
-        print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **study.env}).returncode
+      print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)
+      returncode = _run_logged(command, workdir.log(program), {**os.environ, **study.env})
       if returncode:
-        print(f"[{trial.name}] {program} failed with exit code {returncode}; see {log.name}", flush=True)
+        print(f"[{trial.name}] {program} failed with exit code {returncode}; see "
+              f"{workdir.log(program)}", flush=True)
         return returncode
     print(f"[{trial.name}] done", flush=True)
     return 0
 
   def launch(self, study: Study) -> None:
-    if not self.dry_run:
-      write_manifest(study, self.sweep_dir)
-    pending = [t for t in study.trials if not is_done(trial_workdir(self.sweep_dir, t))]
+    pending = [t for t in study.trials if not trial_workdir(self.sweep_dir, t).is_done()]
     for trial in study.trials:
       if trial not in pending:
         print(f"[{trial.name}] already done, skipped")
@@ -137,7 +134,7 @@ class TpuLauncher:
                         ("--repo_url", self.repo_url), ("--revision", self.revision)):
       if not value:
         raise ValueError(f"{flag} is required for --launcher=tpu.")
-    if not (self.workdir_root.startswith("gs://") or os.path.isabs(self.workdir_root)):
+    if not (workdir_lib.is_remote(self.workdir_root) or os.path.isabs(self.workdir_root)):
       raise ValueError(f"--workdir_root={self.workdir_root!r}: every TPU worker must see it; use a bucket "
                        "path such as gs://my-bucket/sweeps (or an absolute path on a shared mount).")
 
@@ -163,12 +160,10 @@ class TpuLauncher:
     commands = [] if self.skip_setup else [self.setup_command()]
     for trial in study.trials:
       # A dry run never touches the bucket; a real launch skips finished trials.
-      if not self.dry_run and is_done(trial_workdir(self.workdir_root, trial)):
+      if not self.dry_run and trial_workdir(self.workdir_root, trial).is_done():
         print(f"[{trial.name}] already done, skipped")
         continue
       commands.append(self.trial_command(study, trial))
-    if not self.dry_run:
-      write_manifest(study, self.workdir_root)
     for command in commands:
       print(shlex.join(command), flush=True)
       if not self.dry_run:
@@ -196,14 +191,14 @@ class SlurmLauncher:
   def __post_init__(self):
     if self.nodes < 1 or self.gpus_per_node < 1:
       raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: both must be >= 1.")
-    self.sweep_dir = os.path.abspath(self.sweep_dir)
-    self.repo_dir = os.path.abspath(self.repo_dir)
+    self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
+    self.repo_dir = os.path.abspath(self.repo_dir)  # A local checkout, by definition.
 
   def script(self, study: Study, trial: Trial) -> str:
     workdir = trial_workdir(self.sweep_dir, trial)
     options = {
         "job-name": f"{study.name}/{trial.name}", "nodes": self.nodes, "ntasks-per-node": 1,
-        "gpus-per-node": self.gpus_per_node, "time": self.time, "output": f"{workdir}/slurm-%j.out",
+        "gpus-per-node": self.gpus_per_node, "time": self.time, "output": str(workdir.slurm_output),
         "open-mode": "append", "partition": self.partition, "account": self.account,
         "cpus-per-task": self.cpus_per_task,
     }
@@ -219,64 +214,16 @@ class SlurmLauncher:
     return "\n".join(lines) + "\n"
 
   def launch(self, study: Study) -> None:
-    if not self.dry_run:
-      write_manifest(study, self.sweep_dir)
     for trial in study.trials:
       workdir = trial_workdir(self.sweep_dir, trial)
-      if is_done(workdir):
+      if workdir.is_done():
         print(f"[{trial.name}] already done, skipped")
         continue
-      script_path = os.path.join(workdir, "job.sbatch")
-      command = ["sbatch", script_path]
+      command = ["sbatch", str(workdir.slurm_script)]
       if self.dry_run:
-        print(f"# {script_path}\n{self.script(study, trial)}{shlex.join(command)}\n")
+        print(f"# {workdir.slurm_script}\n{self.script(study, trial)}{shlex.join(command)}\n")
         continue
-      os.makedirs(workdir, exist_ok=True)
-      with open(script_path, "w") as f:
-        f.write(self.script(study, trial))
+      workdir.root.mkdir(parents=True, exist_ok=True)
+      workdir.slurm_script.write_text(self.script(study, trial))
       result = subprocess.run(command, check=True, capture_output=True, text=True)
       print(f"[{trial.name}] {result.stdout.strip()}")
-
-
-def _git(*args: str) -> str:
-  result = subprocess.run(["git", *args], capture_output=True, text=True)
-  return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def define_flags() -> None:
-  """Launcher flags of `python -m vit_jax.sweep`."""
-  from absl import flags
-  flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"], "Where the trials run.")
-  flags.DEFINE_bool("dry_run", False, "Print the commands (and sbatch scripts) instead of running them.")
-  flags.DEFINE_string("sweep_dir", None, "Trials' parent dir (local/slurm). Default: runs/sweeps/<study>.")
-  flags.DEFINE_integer("parallel", 1, "local: trials run at once.")
-  flags.DEFINE_list("targets", list(DEFAULT_TARGETS), "local: hardware each trial is projected onto.")
-  flags.DEFINE_string("tpu_name", None, "tpu: TPU VM name.")
-  flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
-  flags.DEFINE_string("project", None, "tpu: GCP project (default: gcloud's).")
-  flags.DEFINE_string("workdir_root", None, "tpu: bucket path (gs://...) or shared mount the trials write to.")
-  flags.DEFINE_string("repo_url", None, "tpu: git URL workers clone (default: this checkout's origin).")
-  flags.DEFINE_string("revision", None, "tpu: commit workers check out (default: this checkout's HEAD).")
-  flags.DEFINE_bool("skip_setup", False, "tpu: the workers already have the code installed.")
-  flags.DEFINE_integer("nodes", 1, "slurm: nodes per trial.")
-  flags.DEFINE_integer("gpus_per_node", 8, "slurm: GPUs per node.")
-  flags.DEFINE_string("time", "24:00:00", "slurm: job time limit.")
-  flags.DEFINE_string("partition", None, "slurm: partition.")
-  flags.DEFINE_string("account", None, "slurm: account.")
-  flags.DEFINE_string("slurm_setup", "", "slurm: shell line run before the trial, e.g. 'source .venv/bin/activate'.")
-
-
-def from_flags(flag_values, study: Study):
-  """The launcher the command-line flags describe."""
-  f = flag_values
-  sweep_dir = f.sweep_dir or os.path.join("runs", "sweeps", study.name)
-  if f.launcher == "local":
-    return LocalLauncher(sweep_dir, parallel=f.parallel, dry_run=f.dry_run, targets=f.targets)
-  if f.launcher == "tpu":
-    return TpuLauncher(tpu_name=f.tpu_name, zone=f.zone, project=f.project,
-                       workdir_root=f.workdir_root or "", repo_url=f.repo_url or _git("remote", "get-url", "origin"),
-                       revision=f.revision or _git("rev-parse", "HEAD"), skip_setup=f.skip_setup,
-                       dry_run=f.dry_run)
-  return SlurmLauncher(sweep_dir, repo_dir=os.getcwd(), nodes=f.nodes, gpus_per_node=f.gpus_per_node,
-                       time=f.time, partition=f.partition, account=f.account, setup=f.slurm_setup,
-                       dry_run=f.dry_run)

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from vit_jax import hardware
+from vit_jax.runtime import hardware
 
 LABEL = "projection"
 DEFAULT_MFU = 0.4

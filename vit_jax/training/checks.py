@@ -1,0 +1,75 @@
+"""Checks of a training config against the machine and the data, run before anything is compiled.
+
+Every check raises `ValueError` or `FileNotFoundError` with one message that names the bad value and
+the fix; the library reports them as `vit_jax.config.BadInputError` and the entry points exit with
+code 2. Checks that belong to what they check live there: the mesh (training.sharding), the
+optimizer and schedule (training.optimizers / schedules), the model and its patch size against the
+image (models), the data and its `tfds build` command (data.pipeline).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+
+from vit_jax.checkpoints import workdir
+from vit_jax.data import preprocess
+from vit_jax.training import sharding
+
+
+def check_checkpoint_path(path: str, what: str = "config.init") -> None:
+  """`config.init` (or a checkpoint to evaluate) must name an `.npz` file or an Orbax directory."""
+  if not path:
+    return
+  resolved = workdir.resolve(path)
+  if not resolved.exists():
+    raise FileNotFoundError(
+        f"{what}={path} does not exist; give the path of an official .npz checkpoint or of an "
+        "Orbax checkpoint directory (e.g. OTHER_WORKDIR/checkpoints).")
+  if not resolved.is_dir() and resolved.suffix != ".npz":
+    raise ValueError(f"{what}={path} is a file but not an .npz checkpoint; give an .npz file or an "
+                     "Orbax checkpoint directory.")
+
+
+def check_batch(batch_size: int, *, data_parallel: int, num_processes: int, grad_accum_steps: int,
+                what: str = "config.batch_size") -> None:
+  """The global batch must split evenly over hosts, data-parallel devices and micro-batches."""
+  if batch_size <= 0:
+    raise ValueError(f"{what}={batch_size} must be positive.")
+  if batch_size % num_processes:
+    raise ValueError(f"{what}={batch_size} is not divisible by the {num_processes} processes; use "
+                     f"a multiple of {num_processes}.")
+  if grad_accum_steps < 1 or batch_size % grad_accum_steps:
+    raise ValueError(f"{what}={batch_size} is not divisible by config.grad_accum_steps="
+                     f"{grad_accum_steps}; use a multiple of it.")
+  micro = batch_size // grad_accum_steps
+  if micro % data_parallel:
+    step = data_parallel * grad_accum_steps
+    raise ValueError(
+        f"{what}={batch_size} (micro-batch {micro} with grad_accum_steps={grad_accum_steps}) is not "
+        f"divisible by the data-parallel size {data_parallel} (mesh axes {sharding.BATCH_AXES}); "
+        f"use a multiple of {step}, e.g. {max(step, batch_size - batch_size % step)}.")
+
+
+def check_flexi_patch_sizes(patch_sizes: Sequence[int], image_hw: Sequence[int]) -> None:
+  """FlexiViT patch sizes (`config.flexi.patch_sizes`) must be positive ints dividing the image."""
+  h, w = image_hw
+  for patch in patch_sizes:
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch <= 0:
+      raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)}: {patch!r} is not a positive "
+                       "int; give square patch sides, e.g. (4, 7, 14).")
+    if h % patch or w % patch:
+      divisors = [d for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0]
+      raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)}: patch size {patch} does not "
+                       f"divide the {h}x{w} images; choose sizes among {divisors}.")
+
+
+def check_label_smoothing(config: ml_collections.ConfigDict) -> None:
+  """Labels are smoothed in one place: the pp op `onehot(...)` or the loss, never both."""
+  onehot = preprocess.op_arguments(config.input.pp, "onehot") if config.input.pp else None
+  smoothed_by_pp = onehot is not None and (onehot["label_smoothing"] or
+                                           (onehot["on"], onehot["off"]) != (1.0, 0.0))
+  if config.label_smoothing and smoothed_by_pp:
+    raise ValueError(f"config.label_smoothing={config.label_smoothing} and the pp string's onehot "
+                     f"({onehot}) both smooth the labels, which would stack; keep one: "
+                     "--config.label_smoothing=0 or a plain onehot(depth).")

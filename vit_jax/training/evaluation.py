@@ -1,0 +1,51 @@
+"""Evaluating a checkpoint without training: every evaluator of `config.evals`, one full pass each."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import ml_collections
+
+from vit_jax import config as config_lib
+from vit_jax.checkpoints import pretrained
+from vit_jax.checkpoints import workdir as workdir_lib
+from vit_jax.config import bad_input
+from vit_jax.data import pipeline
+from vit_jax.training import checks
+from vit_jax.training.program import TrainProgram
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        checkpoint: str | None = None,
+                        devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """Runs every evaluator on the params of `checkpoint` (an official `.npz` or an Orbax directory;
+  default: the latest in WORKDIR/checkpoints); returns `<eval>/<metric>` and writes WORKDIR/eval.json.
+
+  Raises:
+    vit_jax.config.BadInputError: for a bad config value, data or checkpoint, before compiling.
+  """
+  with bad_input():
+    workdir = workdir_lib.Workdir(workdir)
+    workdir.check_writable()
+    evals = config_lib.resolve_evals(config)
+    if not evals:
+      raise ValueError("config.evals is empty: nothing to evaluate; add e.g. config.evals.val.")
+    path = checkpoint or str(workdir.checkpoints)
+    checks.check_checkpoint_path(path, what="--checkpoint" if checkpoint else "the checkpoint")
+    # The model is built for the images the evals feed it (and no training data is needed).
+    program = TrainProgram.from_config(
+        config, devices=devices, image_shape=pipeline.example_shape(next(iter(evals.values()))),
+        schedule_steps=(1, 0))
+    evaluators = program.evaluators()
+    params = pretrained.load_exact(
+        path, program.abstract_params, fix=f"evaluate with the config the checkpoint was trained "
+        f"with (config.model={config.model.to_dict()} does not fit it).")
+
+  params = jax.device_put(params, program.param_shardings)
+  results = {}
+  with program.mesh_context():
+    for name, evaluate in evaluators.items():
+      results.update({f"{name}/{k}": v for k, v in evaluate(params).items()})
+  if jax.process_index() == 0:
+    workdir_lib.write_json(workdir.eval_results, {"checkpoint": path, "metrics": results})
+  return results
