@@ -19,11 +19,12 @@ ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) 
 
   (drop --dry_run to launch; --launcher=slurm --nodes=2 --gpus_per_node=8 for a GPU cluster.)
 """
-from vit_jax import config_lib, sweep
+from vit_jax.config import parse_arg
+from vit_jax.study import sweep
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
-  a = config_lib.parse_arg(arg, scale="local", data_dir="")
+  a = parse_arg(arg, scale="local", data_dir="")
   if a.scale == "local":
     widths = sweep.zip_(sweep.axis("width", [16, 32]), sweep.axis("heads", [1, 2]))
     flexi = [{"width": 32, "heads": 2, "config.flexi.patch_sizes": (4, 7, 14)}]

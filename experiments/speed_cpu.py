@@ -8,12 +8,12 @@ classifier, 1000 classes) on the same random batch with AdamW. Runs alternate (o
 theirs, ours, ...) within one run so that load from other users of the machine hits both alike;
 the reported figure per side is the median over rounds and the ratio is ours / theirs. The torch
 side lives in a worker process that this script starts, so that it runs under default settings.
-GFLOP/s use the analytic training FLOPs (vit_jax.flops) and are set against the probed fp32
-matmul rate of this CPU (vit_jax.hardware).
+GFLOP/s use the analytic training FLOPs (vit_jax.models.flops) and are set against the probed
+fp32 matmul rate of this CPU (vit_jax.runtime.hardware).
 
-Our step runs as the trainer runs it on CPU: vit_jax.cpu_runtime gives one single-threaded XLA
-device per core, the batch split over them by a data-parallel mesh (vit_jax.sharding), and makes
-malloc keep freed memory mapped.
+Our step is the trainer's own (vit_jax.training.program via vit_jax.efficiency.bench) and runs as
+the trainer runs it on CPU: vit_jax.runtime.cpu gives one single-threaded XLA device per core, the
+batch split over them by a data-parallel mesh, and makes malloc keep freed memory mapped.
 `XLA_FLAGS=--xla_force_host_platform_device_count=1` times XLA's default device layout instead
 (one device, multi-threaded ops), `GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072` glibc's
 default allocator behaviour. Needs the `bench` extra (torch, transformers).
@@ -28,16 +28,15 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 
-from vit_jax import bench
-from vit_jax import cpu_runtime
-from vit_jax import flops
-from vit_jax import hardware
 from vit_jax import models
+from vit_jax.efficiency import bench
+from vit_jax.models import flops
+from vit_jax.runtime import cpu
+from vit_jax.runtime import hardware
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
@@ -55,16 +54,16 @@ SETTLED_RUNS, MAX_SETTLING_RUNS = 2, 12
 
 
 def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) -> Runner:
-  """Our train step on a fixed batch, placed as the trainer places it (vit_jax.bench.fixed_batch_trainer).
+  """Our train step on a fixed batch, placed as the trainer places it (bench.fixed_batch_trainer).
 
   `spec` is 'ATTENTION_IMPL[:DTYPE]': 'auto' (the model's default choice), 'xla' or 'cudnn' for
   jax.nn.dot_product_attention, optionally with a compute dtype, e.g. 'auto:bfloat16'.
   """
   impl, _, dtype = spec.partition(":")
-  model = models.get_model(f"ViT-{variant}", num_classes=NUM_CLASSES, dtype=jnp.dtype(dtype or "float32"),
-                           attention_impl=None if impl == "auto" else impl)
-  trainer = bench.fixed_batch_trainer(model, batch.transpose(0, 2, 3, 1),  # NCHW -> NHWC
-                                      np.eye(NUM_CLASSES, dtype=np.float32)[labels], lr=LR, wd=WD)
+  config = bench.speed_config(variant, NUM_CLASSES, lr=LR, wd=WD, dtype=dtype or "float32",
+                              attention_impl=None if impl == "auto" else impl)
+  trainer = bench.fixed_batch_trainer(config, batch.transpose(0, 2, 3, 1),  # NCHW -> NHWC
+                                      np.eye(NUM_CLASSES, dtype=np.float32)[labels])
 
   def run(steps: int) -> tuple[float, int]:
     start = _usage()
@@ -76,7 +75,7 @@ def make_ours(variant: str, batch: np.ndarray, labels: np.ndarray, spec: str) ->
 
 def make_theirs(variant: str, batch: np.ndarray, labels: np.ndarray) -> Runner:
   """transformers ViTForImageClassification (SDPA attention) + torch.optim.AdamW, eager."""
-  kw = models.model_kwargs(f"ViT-{variant}")
+  kw = models.model_kwargs(variant)
   config = transformers.ViTConfig(
       hidden_size=kw["width"], num_hidden_layers=kw["depth"], num_attention_heads=kw["num_heads"],
       intermediate_size=kw["mlp_dim"], patch_size=kw["patch_size"][0], image_size=batch.shape[-1],
@@ -180,7 +179,7 @@ def compare(variant: str, *, batch_size: int, image_size: int, steps: int, round
       walls[name].append(time.perf_counter() - start)
       cpus[name].append(cpu)
       faults[name].append(fault_count)
-  kw = models.model_kwargs(f"ViT-{variant}")
+  kw = models.model_kwargs(variant)
   train_flops = flops.train_flops_per_image(kw, image_size, num_classes=NUM_CLASSES)
   images = batch_size * steps
   rows = {}
@@ -222,11 +221,11 @@ def main() -> None:
   if args.serve_theirs:
     serve_theirs(args.serve_theirs, args.batch_size, args.image_size)
     return
-  cpu_runtime.apply_cpu_defaults()  # Before anything touches a device.
+  cpu.apply_cpu_defaults()  # Before anything touches a device.
   if args.image_size % 16:
     parser.error(f"--image_size={args.image_size} must be a multiple of the patch size 16.")
 
-  peak, source = hardware.peak_flops_per_device()
+  peak, source = hardware.probe_cpu_matmul_flops(), "probed fp32 matmul on this CPU (all cores)"
   print(f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
   print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")

@@ -3,11 +3,12 @@ r"""ViT-B/16 training throughput and MFU on one GPU: ours (bf16, cuDNN flash att
     python experiments/speed_gpu.py                          # batch sweep, ours then torch.compile
     python experiments/speed_gpu.py --batches=256 --profile_dir=/tmp/vit_trace --skip_torch
 
-Ours: our train step (vit_jax.bench.fixed_batch_trainer: AdamW, placed as the trainer places it,
-state donated) with compute dtype bfloat16 (params and optimizer state float32) and
-attention_impl='cudnn'. Theirs: transformers ViTForImageClassification (SDPA attention) under
-torch.autocast(bfloat16) + fused AdamW, compiled with torch.compile. MFU = analytic training FLOPs (vit_jax.flops, 3x forward, no remat) x img/s /
-the GPU's dense bf16 peak (vit_jax.hardware, 989 TFLOP/s for an H100 SXM).
+Ours: the trainer's own train step (vit_jax.efficiency.bench.fixed_batch_trainer: AdamW, placed
+as the trainer places it, state donated) with compute dtype bfloat16 (params and optimizer state
+float32) and attention_impl='cudnn'. Theirs: transformers ViTForImageClassification (SDPA
+attention) under torch.autocast(bfloat16) + fused AdamW, compiled with torch.compile.
+MFU = analytic training FLOPs (vit_jax.models.flops, 3x forward, no remat) x img/s / the GPU's
+dense bf16 peak (vit_jax.runtime.hardware, 989 TFLOP/s for an H100 SXM).
 
 --profile_dir writes a jax.profiler trace of a few steps at the best batch (open it in
 TensorBoard's profile plugin or Perfetto) to see what the step spends its time on.
@@ -16,24 +17,22 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 
-from vit_jax import bench
-from vit_jax import flops
-from vit_jax import hardware
 from vit_jax import models
+from vit_jax.efficiency import bench
+from vit_jax.models import flops
+from vit_jax.runtime import hardware
 
 VARIANT, IMAGE_SIZE, NUM_CLASSES = "B/16", 224, 1000
 
 
 def ours_img_per_s(batch_size: int, steps: int, profile_dir: str | None = None) -> float:
   """Images/s of our bf16 train step with cuDNN flash attention at `batch_size`."""
-  model = models.get_model(f"ViT-{VARIANT}", num_classes=NUM_CLASSES, dtype=jnp.bfloat16,
-                           attention_impl="cudnn")
+  config = bench.speed_config(VARIANT, NUM_CLASSES, dtype="bfloat16", attention_impl="cudnn")
   images = jax.random.normal(jax.random.key(0), (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3))
   labels = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (batch_size,), 0, NUM_CLASSES),
                           NUM_CLASSES)
-  trainer = bench.fixed_batch_trainer(model, images, labels)
+  trainer = bench.fixed_batch_trainer(config, images, labels)
   jax.block_until_ready(trainer(3))  # Compile and warm up.
   start = time.perf_counter()
   jax.block_until_ready(trainer(steps))
@@ -52,7 +51,7 @@ def torch_img_per_s(batch_size: int, steps: int) -> float:
   """Images/s of transformers ViT-B/16 + fused AdamW, bf16 autocast, torch.compile, on cuda."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  kw = models.model_kwargs(f"ViT-{VARIANT}")
+  kw = models.model_kwargs(VARIANT)
   config = transformers.ViTConfig(
       hidden_size=kw["width"], num_hidden_layers=kw["depth"], num_attention_heads=kw["num_heads"],
       intermediate_size=kw["mlp_dim"], patch_size=kw["patch_size"][0], image_size=IMAGE_SIZE,
@@ -93,12 +92,15 @@ def main() -> None:
   if jax.default_backend() != "gpu":
     parser.error(f"needs a GPU; jax sees {jax.devices()[0].device_kind!r}. Run it on a GPU machine.")
 
-  peak, source = hardware.peak_flops_per_device()
-  train_flops = flops.train_flops_per_image(models.model_kwargs(f"ViT-{VARIANT}"), IMAGE_SIZE,
+  peak = hardware.peak_flops_per_device()
+  if peak.flops is None:
+    parser.error(f"MFU needs the GPU's peak: {peak.source}.")
+  train_flops = flops.train_flops_per_image(models.model_kwargs(VARIANT), IMAGE_SIZE,
                                             num_classes=NUM_CLASSES)
   print(f"ViT-{VARIANT} {IMAGE_SIZE}px bf16 on {jax.devices()[0].device_kind}; peak "
-        f"{peak / 1e12:.0f} TFLOP/s ({source}); {train_flops / 1e9:.1f} GFLOP per training image")
-  mfu = lambda img_s: 100 * img_s * train_flops / peak
+        f"{peak.flops / 1e12:.0f} TFLOP/s ({peak.source}); {train_flops / 1e9:.1f} GFLOP per "
+        "training image")
+  mfu = lambda img_s: 100 * img_s * train_flops / peak.flops
   best = (0.0, None)
   for batch_size in (int(b) for b in args.batches.split(",")):
     try:

@@ -17,3 +17,31 @@ def data_root(tmp_path_factory):
   """A tiny image-folder dataset (tests/helpers.py) shared by the training tests; read-only."""
   from helpers import make_image_folder  # pylint: disable=g-import-not-at-top
   return make_image_folder(str(tmp_path_factory.mktemp("images")))
+
+
+BUCKET = "bucket"  # Created in the emulator; each test writes under its own prefix.
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+  """An offline GCS API on localhost (tests/gcs_emulator.py), one subprocess for the session."""
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running_emulator(tmp_path_factory.mktemp("gcs")) as emu:
+    emu.create_bucket(BUCKET)
+    yield emu
+
+
+@pytest.fixture
+def gcs(gcs_server, monkeypatch, tmp_path):
+  """The emulator, with this process pointed at it and run from an empty directory.
+
+  A `gs://` path that some library mistook for a local one would land under the working directory
+  (as `./gs:/...`), so the test fails if that directory is not empty afterwards.
+  """
+  gcs_server.apply(monkeypatch)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  yield gcs_server
+  assert not os.path.exists(cwd / "gs:")
+  assert not list(cwd.iterdir()), "a gs:// write went to the local disk"

@@ -7,6 +7,7 @@ module, so a config file built on it can be loaded by `python -m vit_jax.train`.
 import importlib.util
 import json
 import os
+import signal
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ from PIL import Image
 
 from vit_jax.checkpoints import manager
 from vit_jax.config import base_config
+from vit_jax.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -105,3 +107,14 @@ def losses(workdir: str) -> dict[int, float]:
 
 def final_params(workdir: str):
   return manager.load_params(os.path.join(workdir, "checkpoints"))
+
+
+def stop_at_step(monkeypatch, stop_step: int) -> None:
+  """Sends a real SIGTERM to this process right after step `stop_step`'s metrics are written."""
+  write = metrics.MetricsWriter.write
+
+  def write_then_signal(self, step, values):
+    write(self, step, values)
+    if step == stop_step and "train/loss" in values:
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(metrics.MetricsWriter, "write", write_then_signal)

@@ -50,6 +50,7 @@ def test_scanned_model_is_undercounted_by_xla_which_is_why_bench_unscans():
   assert scanned.cost_analysis()["flops"] / 4 < 0.6 * analytic
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   out = tmp_path / "trial" / "bench.json"
   result = subprocess.run(
@@ -76,6 +77,7 @@ def test_bench_cli_bad_target_exits_2_before_compiling():
   assert result.returncode == 2 and "tpu-v9-8" in result.stderr
 
 
+@pytest.mark.slow
 def test_fixed_batch_trainer_trains_on_the_data_mesh():
   """The step the speed experiments time is a real one: on 8 devices the loss of a fixed batch falls."""
   config = base_config()

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import abstract_params
 from vit_jax import checkpoints, models
 from vit_jax.checkpoints import manager, npz
 from vit_jax.models import resize
@@ -21,8 +22,7 @@ def _init(model, image_size, seed=0):
 
   Only `jax.eval_shape` runs the model: compiling a real init costs ~10 s even for tiny models.
   """
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)["params"]
+  abstract = abstract_params(model, (image_size, image_size, 3), boxed=True)
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda box: box.replace_boxed((0.1 * rng.normal(size=box.value.shape)).astype(np.float32)),
@@ -49,9 +49,7 @@ def tiny_ckpt(tmp_path_factory):
 
 def _abstract_params(name, image_size, **overrides):
   model = models.get_model(name, num_classes=1000, **overrides)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
-  return npz.to_per_layer(npz.flatten(flax.linen.unbox(abstract["params"])))
+  return npz.to_per_layer(npz.flatten(abstract_params(model, (image_size, image_size, 3))))
 
 
 def _official_vit_b16_shapes():
@@ -193,14 +191,10 @@ def test_resolution_change_resizes_the_posemb_grid(tmp_path, classifier, prefix)
   assert _logits(target, loaded, _images(24)).shape == (2, 10)
 
 
-def _abstract_init(model, image_size):
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)["params"]
-
-
 def test_loading_into_abstract_params_allocates_only_what_is_loaded(tiny_ckpt):
   _, params, path = tiny_ckpt
-  init = _abstract_init(models.get_model("ViT-Ti/16", num_classes=3, **TINY), 16)
+  init = abstract_params(models.get_model("ViT-Ti/16", num_classes=3, **TINY), (16, 16, 3),
+                         boxed=True)
   loaded = flax.linen.unbox(checkpoints.load_pretrained(init, path))
   np.testing.assert_array_equal(loaded["embedding"]["kernel"], params["embedding"]["kernel"])
   assert isinstance(loaded["head"]["kernel"], jax.ShapeDtypeStruct)  # new head: left to the caller
@@ -208,7 +202,8 @@ def test_loading_into_abstract_params_allocates_only_what_is_loaded(tiny_ckpt):
 
 def test_posemb_of_a_token_checkpoint_fits_a_gap_model(tiny_ckpt):
   _, params, path = tiny_ckpt
-  gap_init = _abstract_init(models.get_model("ViT-Ti/16", num_classes=10, classifier="gap", **TINY), 24)
+  gap = models.get_model("ViT-Ti/16", num_classes=10, classifier="gap", **TINY)
+  gap_init = abstract_params(gap, (24, 24, 3), boxed=True)
   loaded = flax.linen.unbox(checkpoints.load_pretrained(gap_init, path))
   posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
   np.testing.assert_allclose(loaded["Transformer"]["posembed_input"]["pos_embedding"],

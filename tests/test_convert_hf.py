@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from helpers import abstract_params
 from vit_jax import checkpoints, models
 from vit_jax.checkpoints import export, hf, manager
 
@@ -21,15 +21,14 @@ TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
 def _random_params(model, image_hw, seed=0, scale=0.05):
   """Random values everywhere, LayerNorm scales around 1 (the real init zeroes head and biases,
   which would hide mapping mistakes there). Built from `eval_shape`: no init compile."""
-  images = jax.ShapeDtypeStruct((1, *image_hw, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
+  abstract = abstract_params(model, (*image_hw, 3))
   rng = np.random.default_rng(seed)
 
   def sample(path, leaf):
     noise = scale * rng.normal(size=leaf.shape)
     return (noise + (path[-1].key == "scale")).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(sample, flax.linen.unbox(abstract["params"]))
+  return jax.tree_util.tree_map_with_path(sample, abstract)
 
 
 def _hf_logits(directory, images):
@@ -41,6 +40,7 @@ def _hf_logits(directory, images):
     return model.eval()(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2))).logits.numpy()
 
 
+@pytest.mark.slow
 def test_vit_ti16_export_matches_transformers_logits(tmp_path):
   """Real ViT-Ti/16 at 224 px, randomly initialised, through the converter into transformers."""
   model = models.get_model("ViT-Ti/16", num_classes=10)

@@ -10,7 +10,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # Two processes.
 
 NUM_IMAGES = 40
 
@@ -52,6 +55,8 @@ def test_two_processes_disjoint_shards_and_resume(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = str(s.getsockname()[1])
+  # The repository root, not helpers.REPO: importing helpers would start jax before the worker
+  # sets its device count.
   env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
   procs = [subprocess.Popen([sys.executable, __file__, str(i), port, str(tmp_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -4,7 +4,6 @@ The tiny setup of tests/helpers.py (16 px images, a width-16 ViT with 4x4 patche
 device, trained at patch sizes 2, 4 and 8.
 """
 import contextlib
-import json
 import logging
 import os
 import re
@@ -14,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import TOTAL_STEPS, final_params, tiny_config
+from helpers import TOTAL_STEPS, final_params, metric_rows, tiny_config
 from vit_jax.training import evaluation
 from vit_jax.training import loop
+
+pytestmark = pytest.mark.slow  # End-to-end training runs.
 
 PATCH_SIZES = (2, 4, 8)  # The model's own patch size (4) is one of them.
 SEED = 2  # Draws every size within the first 3 steps (checked below), so each one is compiled.
@@ -49,9 +50,7 @@ def _train(config, workdir):
 
 def _patch_sizes(workdir):
   """Step -> the patch size it trained at, from metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  return {r["step"]: r["patch_size"] for r in records if "train/loss" in r}
+  return {r["step"]: r["patch_size"] for r in metric_rows(workdir) if "train/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +93,16 @@ def test_resumed_run_repeats_the_patch_sizes(flexi_run, tmp_path):
   config, reference_workdir, _, _ = flexi_run
   workdir = str(tmp_path / "resumed")
   shutil.copytree(reference_workdir, workdir)
-  # Back to the step-2 checkpoint, as if the run had been stopped there.
-  for name in ("summary.json", "metrics.jsonl"):
-    os.remove(os.path.join(workdir, name))
+  # Back to the step-2 checkpoint, as if the run had been killed after logging step 6.
+  os.remove(os.path.join(workdir, "summary.json"))
   for step in (4, 6):
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
   with compiled_functions() as compiled:
     _train(config, workdir)  # Resumes at step 3.
+  # The rows logged after the checkpoint were dropped: one row per step, the resumed run's.
+  assert [r["step"] for r in metric_rows(workdir) if "train/loss" in r] == list(
+      range(1, TOTAL_STEPS + 1))
   sizes, reference = _patch_sizes(workdir), _patch_sizes(reference_workdir)
-  assert sizes == {step: reference[step] for step in range(3, TOTAL_STEPS + 1)}
-  assert compiled.count("train_step") == len(set(sizes.values()))
+  assert sizes == reference
+  assert compiled.count("train_step") == len({reference[s] for s in range(3, TOTAL_STEPS + 1)})
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_workdir))

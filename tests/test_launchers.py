@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
+from helpers import REPO
 from vit_jax.checkpoints import workdir
 from vit_jax.study import launchers, sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RECORDER = textwrap.dedent("""\
     #!{python}

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import abstract_params
 from vit_jax import models
 from vit_jax.models import flops, variants, vit
 
@@ -25,11 +26,8 @@ PUBLISHED_COUNTS = {
 }
 
 
-def _param_shapes(model, image_size=224, channels=3):
-  variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)},
-                         jnp.zeros((1, image_size, image_size, channels))))
-  return nn.unbox(variables["params"])
+def _param_shapes(model, image_size=224):
+  return abstract_params(model, (image_size, image_size, 3))
 
 
 def _count(tree) -> int:
@@ -63,8 +61,7 @@ def test_official_spelling_and_variants():
 def test_every_param_has_logical_axis_names():
   model = models.get_model("ViT-mu/4", num_classes=3, classifier="map", representation_size=8,
                            scan=True)
-  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
-                                            jnp.zeros((1, 16, 16, 3))))["params"]
+  boxed = abstract_params(model, (16, 16, 3), boxed=True)
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   for x in leaves:
@@ -80,6 +77,7 @@ def test_every_param_has_logical_axis_names():
     dict(scan=True, remat_policy="dots", stoch_depth=0.2, dropout=0.1, attention_dropout=0.1),
     dict(scan=False, remat_policy="full", stoch_depth=0.1),
 ])
+@pytest.mark.slow
 def test_options_forward_and_grad(options):
   model = models.get_model("ViT-mu/8", num_classes=5, depth=2, **options)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
@@ -98,6 +96,7 @@ def test_options_forward_and_grad(options):
   assert features.shape == (2, options.get("representation_size", 32))
 
 
+@pytest.mark.slow
 def test_remat_and_scan_do_not_change_the_function():
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
   base = models.get_model("ViT-mu/4", num_classes=3, depth=3, scan=True)
@@ -121,6 +120,7 @@ def test_remat_and_scan_do_not_change_the_function():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_params():
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
   m32 = models.get_model("ViT-mu/4", num_classes=3, depth=2)
@@ -200,6 +200,7 @@ def test_wrong_channel_count():
     model.apply(params, jnp.zeros((1, 8, 8, 1)))
 
 
+@pytest.mark.slow
 def test_flexivit_call_at_another_patch_size_preserves_upsampled_tokens():
   # Same 6x6 token grid: 48 px at patch 8 vs the image upsampled 2x at patch 16. PI-resize makes the
   # token embeddings equal, the position embedding is unchanged, so the logits must match.

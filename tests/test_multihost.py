@@ -8,9 +8,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from helpers import REPO, TESTS, final_params, losses, make_image_folder, tiny_config
 from vit_jax.training import loop
+
+pytestmark = pytest.mark.slow  # Two training processes and a reference run.
 
 
 def _free_port() -> int:

@@ -1,9 +1,8 @@
 """Mesh construction from the config and logical-axis placement of params."""
-import jax
-import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from helpers import abstract_params
 from vit_jax import models
 from vit_jax.training import sharding
 
@@ -29,8 +28,7 @@ def test_bad_meshes(spec, message):
 def _param_specs(mesh_spec):
   mesh = sharding.make_mesh(mesh_spec)
   model = models.get_model("ViT-mu/4", num_classes=10, width=32, num_heads=4, mlp_dim=64)
-  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
-                                            jnp.zeros((1, 16, 16, 3)))["params"])
+  boxed = abstract_params(model, (16, 16, 3), boxed=True)
   shardings = sharding.logical_shardings(boxed, mesh, sharding.DEFAULT_RULES)
   block = shardings["Transformer"]["encoderblock_0"]
   return block, shardings

@@ -102,6 +102,7 @@ def test_attention_dropout_runs_on_the_einsum_path_even_when_xla_is_asked():
   assert not np.allclose(np.asarray(a), np.asarray(b))  # Dropout was applied, with its own rng.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_policies_give_identical_gradients(scan):
   images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))

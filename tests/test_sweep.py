@@ -1,13 +1,12 @@
 """Trial expansion: axis/product/zip_, naming, command-line flags, study loading, CLI errors."""
-import os
 import subprocess
 import sys
 
 import pytest
 
+from helpers import REPO
 from vit_jax.study import sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_product_varies_last_axis_fastest():

@@ -4,19 +4,21 @@ The setup (tests/helpers.py) gives every step the same examples however they are
 devices or hosts; a tiny ViT keeps compiles short.
 """
 import json
+import logging
 import os
 import shutil
-import signal
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import TOTAL_STEPS, final_params, losses, tiny_config
+from helpers import TOTAL_STEPS, final_params, losses, metric_rows, stop_at_step, tiny_config
 from vit_jax.checkpoints import manager
+from vit_jax.runtime import hardware
 from vit_jax.training import evaluation
 from vit_jax.training import loop
-from vit_jax.training import metrics
+
+pytestmark = pytest.mark.slow  # End-to-end training runs.
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +51,12 @@ def test_data_fsdp_mesh_tracks_one_device(fsdp_run, data_root, tmp_path):
                              rtol=1e-4)
 
 
-def _stop_at_step(monkeypatch, stop_step: int) -> None:
-  """Sends a real SIGTERM to this process right after step `stop_step`'s metrics are written."""
-  write = metrics.MetricsWriter.write
-
-  def write_then_signal(self, step, metrics):
-    write(self, step, metrics)
-    if step == stop_step and "train/loss" in metrics:
-      os.kill(os.getpid(), signal.SIGTERM)
-  monkeypatch.setattr(metrics.MetricsWriter, "write", write_then_signal)
-
-
 def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
     fsdp_run, data_root, tmp_path, monkeypatch):
   config, reference_workdir, _ = fsdp_run
   interrupted = str(tmp_path / "interrupted")
   with monkeypatch.context() as patch:
-    _stop_at_step(patch, 3)
+    stop_at_step(patch, 3)
     stopped = loop.train_and_evaluate(config, interrupted)
   assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 3
   assert not os.path.exists(os.path.join(interrupted, "summary.json"))
@@ -92,3 +83,17 @@ def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
                                            checkpoint=os.path.join(workdir, "checkpoints"))
   assert results["val/prec@1"] == final["val/prec@1"]
   np.testing.assert_allclose(results["val/loss"], final["val/loss"], rtol=1e-5)
+
+
+def test_unknown_device_peak_trains_with_mfu_reported_unknown(data_root, tmp_path, monkeypatch,
+                                                              caplog):
+  """An accelerator missing from the peak table (L4, B200, a new TPU) must not stop training."""
+  monkeypatch.setattr(hardware, "peak_flops_per_device",
+                      lambda device: hardware.Peak(None, "no peak known for 'NVIDIA L4'"))
+  caplog.set_level(logging.WARNING)
+  loop.train_and_evaluate(tiny_config(data_root, total_steps=3), str(tmp_path),
+                          devices=jax.devices()[:1])
+  logged = [r for r in metric_rows(str(tmp_path)) if "img_per_s" in r]
+  assert logged and all(r["mfu"] is None for r in logged)
+  warnings = [r.getMessage() for r in caplog.records if "MFU is reported as unknown" in r.getMessage()]
+  assert len(warnings) == 1 and "NVIDIA L4" in warnings[0]

@@ -108,6 +108,7 @@ def test_durations_in_steps_epochs_examples():
                                      default=0) == 0
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch():
   model = models.get_model("ViT-mu/4", num_classes=3, width=16, num_heads=2, mlp_dim=32)
   images = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from typing import Any, Mapping, Sequence
 
+from etils import epath
 import tensorflow_datasets as tfds
 
 from vit_jax.data import bundled_mnist
@@ -27,10 +27,6 @@ class Source:
   num_classes: int
   description: str  # For logs and errors, e.g. "cifar10:train in /data/tfds".
 
-  @property
-  def num_examples(self) -> int:
-    return len(self.records)
-
 
 class ImageFolderRecords(Sequence):
   """`root/<split>/<class>/<image>` files as raw examples; labels index the sorted class names."""
@@ -44,8 +40,7 @@ class ImageFolderRecords(Sequence):
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     path = self._files[index]
-    with open(path, "rb") as f:
-      return {"image": f.read(), "label": self._labels[index], "id": path}
+    return {"image": epath.Path(path).read_bytes(), "label": self._labels[index], "id": path}
 
 
 class TfdsRecords(Sequence):
@@ -68,12 +63,12 @@ class TfdsRecords(Sequence):
 def _open_imagefolder(root: str | None, split: str) -> Source:
   if not root:
     raise ValueError("data.name='imagefolder' needs data.root=DIR with DIR/<split>/<class>/*.jpg.")
-  split_dir = pathlib.Path(root).expanduser() / split
+  split_dir = epath.Path(root).expanduser() / split
   if not split_dir.is_dir():
     raise FileNotFoundError(f"Image folder split {str(split_dir)!r} does not exist; expected "
                             f"{root}/{split}/<class>/<image>.jpg (set data.root / data.split).")
   # Class names are the union over all split folders so train and test agree on label ids.
-  class_names = sorted({d.name for s in pathlib.Path(split_dir.parent).iterdir() if s.is_dir()
+  class_names = sorted({d.name for s in split_dir.parent.iterdir() if s.is_dir()
                         for d in s.iterdir() if d.is_dir() and not d.name.startswith(".")})
   files, labels = [], []
   for label, name in enumerate(class_names):

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from vit_jax import models
+from vit_jax.config import base_config
 from vit_jax.efficiency import projection
 from vit_jax.models import flops
 from vit_jax.training.program import TrainProgram
@@ -69,6 +70,17 @@ def random_batch(program: TrainProgram, batch_size: int) -> dict[str, jax.Array]
                                                                         batch_size)]}
   return {k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda i, v=v: v[i])
           for k, v in arrays.items()}
+
+
+def speed_config(variant: str, num_classes: int, *, lr: float = 1e-3, wd: float = 1e-4,
+                 **model_fields: Any) -> ml_collections.ConfigDict:
+  """A config for comparing our step with another codebase's: the model, and AdamW at a constant
+  lr without gradient clipping (as torch.optim.AdamW), data-parallel over every device."""
+  config = base_config()
+  config.model.update(variant=variant, **model_fields)
+  config.num_classes = num_classes
+  config.optim.update(name="adamw", lr=lr, wd=wd, schedule="constant", grad_clip_norm=None)
+  return config
 
 
 def fixed_batch_trainer(config: ml_collections.ConfigDict, images: np.ndarray | jax.Array,

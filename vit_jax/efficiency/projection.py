@@ -151,7 +151,7 @@ def project(cost: ProgramCost, target: Target, train_flops_per_image: float,
             mfu: float = DEFAULT_MFU) -> dict[str, Any]:
   """Predicted step time and img/s of the profiled program on `target` at the assumed MFU.
 
-  MFU is defined on model FLOPs (vit_jax.flops), so the compute term uses those; XLA's count also
+  MFU is defined on model FLOPs (vit_jax.models.flops), so the compute term uses those; XLA's count also
   holds rematerialisation, optimizer and elementwise work that MFU does not credit.
   """
   if not 0 < mfu <= 1:

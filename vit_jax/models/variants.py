@@ -40,10 +40,6 @@ def canonical_name(name: str) -> str:
   return name if name.startswith("ViT-") else f"ViT-{name}"
 
 
-def known_names() -> list[str]:
-  return [f"ViT-{v}/<patch>" for v in VIT_DIMS] + list(HYBRIDS)
-
-
 def decode(name: str) -> dict[str, Any]:
   """Returns the Model fields that `name` fixes: dims, resnet stem and, if it names one, patch size.
 

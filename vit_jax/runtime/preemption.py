@@ -28,7 +28,7 @@ class StopRequests:
         pass
     return self
 
-  def __exit__(self, *exc_info) -> None:
+  def __exit__(self, *_) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 

@@ -8,7 +8,6 @@ per evaluated patch size.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Sequence
