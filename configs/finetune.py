@@ -1,11 +1,12 @@
-r"""Fine-tune a pretrained ViT on a tfds classification dataset at a chosen resolution (ViT paper recipe).
+r"""Fine-tune a pretrained ViT on a tfds classification dataset at a chosen resolution (ViT paper
+recipe).
 
     python -m vit_jax.train --config=configs/finetune.py:dataset=cifar10,res=384,variant=B/16 \
         --workdir=/tmp/ft_cifar10 --config.init=/path/to/ViT-B_16.npz \
         --config.input.data.data_dir=~/tensorflow_datasets
 
-`init` is an official `.npz` (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, downloaded beforehand) or
-an Orbax checkpoint directory of a previous run; the head is re-initialised for the new classes
+`init` is an official `.npz` (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, downloaded beforehand)
+or an Orbax checkpoint directory of a previous run; the head is re-initialised for the new classes
 (zero init) and the position embedding is resized to the new grid. Datasets must be prepared as
 ArrayRecord in data_dir (the error names the `tfds build` command).
 Recipe (ViT paper App. B.1.1): SGD momentum 0.9, batch 512, grad clip 1.0, no weight decay,

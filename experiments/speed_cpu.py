@@ -1,6 +1,6 @@
 r"""A/B training throughput on this CPU: our train step vs transformers ViT + torch AdamW.
 
-    python experiments/speed_cpu.py                       # ViT-Ti/16 and ViT-S/16, 224 px, batch 32, fp32
+    python experiments/speed_cpu.py  # ViT-Ti/16 and ViT-S/16, 224 px, batch 32, fp32
     python experiments/speed_cpu.py --variants=Ti/16 --steps=3 --rounds=5
 
 Both sides train the same architecture (pre-norm ViT, tanh GELU, LayerNorm eps 1e-6, token
@@ -35,8 +35,7 @@ import transformers
 from vit_jax import models
 from vit_jax.efficiency import bench
 from vit_jax.models import flops
-from vit_jax.runtime import cpu
-from vit_jax.runtime import hardware
+from vit_jax.runtime import cpu, hardware
 
 NUM_CLASSES = 1000
 LR, WD = 1e-3, 1e-4
@@ -201,7 +200,8 @@ def _print(res: dict) -> None:
   for name, r in res["rows"].items():
     rounds = " ".join(f"{x:.2f}" for x in r["per_round_ratio"])
     print(f"  {name:28s} {r['img_s']:7.2f} {r['best_img_s']:7.2f} {r['gflops']:8.1f} "
-          f"{100 * r['gflops'] / peak:5.1f}% {r['cpu_s_per_step']:10.2f} {r['faults_per_step']:11.0f} "
+          f"{100 * r['gflops'] / peak:5.1f}% {r['cpu_s_per_step']:10.2f} "
+          f"{r['faults_per_step']:11.0f} "
           f"{r['ratio']:6.2f}  {rounds}")
 
 

@@ -1,4 +1,5 @@
-r"""ViT-B/16 training throughput and MFU on one GPU: ours (bf16, cuDNN flash attention) vs torch.compile.
+r"""ViT-B/16 training throughput and MFU on one GPU: ours (bf16, cuDNN flash attention) vs
+torch.compile.
 
     python experiments/speed_gpu.py                          # batch sweep, ours then torch.compile
     python experiments/speed_gpu.py --batches=256 --profile_dir=/tmp/vit_trace --skip_torch
@@ -84,13 +85,16 @@ def torch_img_per_s(batch_size: int, steps: int) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batches", default="64,128,256,384,512", help="comma-separated global batches")
+  parser.add_argument("--batches", default="64,128,256,384,512",
+                      help="comma-separated global batches")
   parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--profile_dir", default=None, help="write a jax.profiler trace at the best batch")
+  parser.add_argument("--profile_dir", default=None,
+                      help="write a jax.profiler trace at the best batch")
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
   if jax.default_backend() != "gpu":
-    parser.error(f"needs a GPU; jax sees {jax.devices()[0].device_kind!r}. Run it on a GPU machine.")
+    parser.error(f"needs a GPU; jax sees {jax.devices()[0].device_kind!r}. "
+                 "Run it on a GPU machine.")
 
   peak = hardware.peak_flops_per_device()
   if peak.flops is None:

@@ -1,8 +1,9 @@
-"""Helpers shared by the tests: repository paths, config files, abstract params, a tiny training setup.
+"""Helpers shared by the tests: repository paths, config files, abstract params, a tiny training
+setup.
 
-The tiny setup's data is an image folder whose train split is exactly one global batch, so every step
-sees the same set of examples however they are split over devices or hosts. Imports no entry-point
-module, so a config file built on it can be loaded by `python -m vit_jax.train`.
+The tiny setup's data is an image folder whose train split is exactly one global batch, so every
+step sees the same set of examples however they are split over devices or hosts. Imports no
+entry-point module, so a config file built on it can be loaded by `python -m vit_jax.train`.
 """
 import importlib.util
 import json
@@ -43,7 +44,8 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def abstract_params(model: nn.Module, image_shape: tuple[int, ...], boxed: bool = False) -> Any:
-  """The params `model.init` makes for (1, *image_shape) images, as shapes (boxed: with axis names)."""
+  """The params `model.init` makes for (1, *image_shape) images, as shapes (boxed: with axis
+  names)."""
   params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
                                              jnp.zeros((1, *image_shape)))["params"])
   return params if boxed else nn.meta.unbox(params)

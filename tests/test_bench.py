@@ -54,7 +54,8 @@ def test_scanned_model_is_undercounted_by_xla_which_is_why_bench_unscans():
 def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   out = tmp_path / "trial" / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "vit_jax.bench", "--config=configs/quickstart.py:patch=7,width=32,depth=1,heads=2,batch=16",
+      [sys.executable, "-m", "vit_jax.bench",
+       "--config=configs/quickstart.py:patch=7,width=32,depth=1,heads=2,batch=16",
        "--image_size=28", "--channels=1", "--steps=2", "--targets=h100-8x", f"--output={out}"],
       cwd=REPO, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-3000:]
@@ -73,13 +74,15 @@ def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
 
 def test_bench_cli_bad_target_exits_2_before_compiling():
   result = subprocess.run([sys.executable, "-m", "vit_jax.bench", "--config=configs/quickstart.py",
-                           "--targets=tpu-v9-8", "--image_size=28"], cwd=REPO, capture_output=True, text=True)
+                           "--targets=tpu-v9-8", "--image_size=28"], cwd=REPO, capture_output=True,
+                          text=True)
   assert result.returncode == 2 and "tpu-v9-8" in result.stderr
 
 
 @pytest.mark.slow
 def test_fixed_batch_trainer_trains_on_the_data_mesh():
-  """The step the speed experiments time is a real one: on 8 devices the loss of a fixed batch falls."""
+  """The step the speed experiments time is a real one: on 8 devices the loss of a fixed batch
+  falls."""
   config = base_config()
   config.model.variant = "Ti/16"
   config.num_classes = 10
@@ -88,3 +91,14 @@ def test_fixed_batch_trainer_trains_on_the_data_mesh():
   trainer = bench.fixed_batch_trainer(config, images, labels)
   first = float(trainer(1)["train/loss"])
   assert float(trainer(5)["train/loss"]) < first
+
+
+@pytest.mark.slow
+def test_data_bench_measures_every_method_on_real_jpegs():
+  result = subprocess.run([sys.executable, "-m", "vit_jax.data_bench", "--num_images=64",
+                           "--files=32", "--size=64"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and " 64 |" in line]
+  assert [row.split(" | ")[0] for row in rows] == [
+      "| vit_jax.data (grain + PIL)", "| plain PIL loop", "| tf.data (decode_and_crop_jpeg)"]

@@ -70,8 +70,10 @@ def _official_vit_b16_shapes():
     shapes.update({
         f"{block}/MultiHeadDotProductAttention_1/out/kernel": (12, 64, 768),
         f"{block}/MultiHeadDotProductAttention_1/out/bias": (768,),
-        f"{block}/MlpBlock_3/Dense_0/kernel": (768, 3072), f"{block}/MlpBlock_3/Dense_0/bias": (3072,),
-        f"{block}/MlpBlock_3/Dense_1/kernel": (3072, 768), f"{block}/MlpBlock_3/Dense_1/bias": (768,),
+        f"{block}/MlpBlock_3/Dense_0/kernel": (768, 3072),
+        f"{block}/MlpBlock_3/Dense_0/bias": (3072,),
+        f"{block}/MlpBlock_3/Dense_1/kernel": (3072, 768),
+        f"{block}/MlpBlock_3/Dense_1/bias": (768,),
     })
   return shapes
 
@@ -98,9 +100,11 @@ def test_r50_b16_tree_has_the_official_hybrid_keys():
         expected.update({f"{prefix}/gn{i}/scale": (ch,), f"{prefix}/gn{i}/bias": (ch,)})
       if unit == 1:
         expected.update({f"{prefix}/conv_proj/kernel": (1, 1, in_ch, 4 * width),
-                         f"{prefix}/gn_proj/scale": (4 * width,), f"{prefix}/gn_proj/bias": (4 * width,)})
+                         f"{prefix}/gn_proj/scale": (4 * width,),
+                         f"{prefix}/gn_proj/bias": (4 * width,)})
       in_ch = 4 * width
-  got = {k: tuple(v.shape) for k, v in flat.items() if not k.startswith(("Transformer/", "cls", "head"))}
+  got = {k: tuple(v.shape) for k, v in flat.items()
+         if not k.startswith(("Transformer/", "cls", "head"))}
   assert got == {**expected, "embedding/bias": (768,)}
 
 
@@ -172,7 +176,8 @@ def test_pre_logits_is_dropped_for_a_model_without_it(tmp_path):
   checkpoints.save_npz(plain_init, plain_path)
   with pytest.raises(ValueError, match="missing from the checkpoint:\n      pre_logits/"):
     checkpoints.load_pretrained(_init(with_repr, 16), plain_path)
-  loaded = checkpoints.load_pretrained(_init(with_repr, 16), plain_path, dont_load=("pre_logits/.*",))
+  loaded = checkpoints.load_pretrained(_init(with_repr, 16), plain_path,
+                                       dont_load=("pre_logits/.*",))
   assert flax.linen.unbox(loaded)["pre_logits"]["kernel"].shape == (32, 16)
 
 
@@ -248,7 +253,8 @@ def test_load_pretrained_reads_an_orbax_train_state(tiny_ckpt, tmp_path):
 
 
 def test_hybrid_roundtrip_uses_the_official_groupnorm_shape(tmp_path):
-  kw = dict(width=32, depth=1, mlp_dim=64, num_heads=2, resnet={"num_layers": (1,), "width_factor": 1})
+  kw = dict(width=32, depth=1, mlp_dim=64, num_heads=2,
+            resnet={"num_layers": (1,), "width_factor": 1})
   model = models.get_model("R+Ti/16", num_classes=4, **kw)
   params = flax.linen.unbox(_init(model, 32))
   path = tmp_path / "hybrid.npz"
@@ -272,9 +278,11 @@ def test_mismatching_checkpoint_lists_the_first_keys_and_the_fix(tiny_ckpt):
   assert "36 shape mismatches:" in message and "bias: checkpoint (32,) vs model (64,)" in message
   assert "... and" in message and "Fix:" in message and "dont_load" in message
   deeper = _init(models.get_model("ViT-Ti/16", num_classes=10, **dict(TINY, depth=3)), 16)
-  with pytest.raises(ValueError, match="missing from the checkpoint:\n      Transformer/encoderblock_2/"):
+  with pytest.raises(ValueError,
+                     match="missing from the checkpoint:\n      Transformer/encoderblock_2/"):
     checkpoints.load_pretrained(deeper, path)
-  map_init = _init(models.get_model("ViT-Ti/16", num_classes=10, **dict(TINY, classifier="map")), 16)
+  map_init = _init(models.get_model("ViT-Ti/16", num_classes=10,
+                                    **dict(TINY, classifier="map")), 16)
   with pytest.raises(ValueError, match="MAPHead_0/"):
     checkpoints.load_pretrained(map_init, path)
   loaded = checkpoints.load_pretrained(map_init, path, dont_load=("MAPHead_0/.*",))

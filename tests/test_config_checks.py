@@ -1,17 +1,16 @@
-"""Bad config values: one clear message naming the fix, raised before anything is compiled; exit 2."""
+"""Bad config values: one clear message naming the fix, raised before anything is compiled; exit
+2."""
 import os
 import re
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
-import numpy as np
-
 from helpers import REPO, abstract_params, tiny_config
-from vit_jax import checkpoints
-from vit_jax import models
+from vit_jax import checkpoints, models
 from vit_jax.config import BadInputError
 from vit_jax.training import loop
 
@@ -42,7 +41,8 @@ def _set(**fields):
     (_set(mesh=(("data", 3),)), "config.mesh=[('data', 3)] has 3 devices but 8 are available"),
     (lambda c: c.optim.update(name="lamb"), "Unknown optimizer config.optim.name='lamb'"),
     (lambda c: c.input.data.update(name="cifar10", data_dir="/tmp/no-tfds"), "tfds build cifar10"),
-    (_set(init="/nonexistent/ViT-B_16.npz"), "config.init=/nonexistent/ViT-B_16.npz does not exist"),
+    (_set(init="/nonexistent/ViT-B_16.npz"),
+     "config.init=/nonexistent/ViT-B_16.npz does not exist"),
     (lambda c: c.model.update(widht=24), "Unknown model option(s) ['widht']"),
     (lambda c: (c.update(label_smoothing=0.1),
                 c.input.update(pp="decode|value_range(-1, 1)|onehot(4, label_smoothing=0.1)")),

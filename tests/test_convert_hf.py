@@ -1,4 +1,5 @@
-"""`python -m vit_jax.convert`: official .npz + Hugging Face ViTForImageClassification, same logits."""
+"""`python -m vit_jax.convert`: official .npz + Hugging Face ViTForImageClassification, same
+logits."""
 import json
 import os
 import subprocess
@@ -11,9 +12,10 @@ import pytest
 import torch
 import transformers
 
-from helpers import abstract_params
+from helpers import abstract_params, final_params, tiny_config
 from vit_jax import checkpoints, models
 from vit_jax.checkpoints import export, hf, manager
+from vit_jax.training import loop
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
 
@@ -60,12 +62,13 @@ def test_vit_ti16_export_matches_transformers_logits(tmp_path):
   assert max_diff <= 1e-4
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["hidden_act"] == "gelu_pytorch_tanh" and config["layer_norm_eps"] == 1e-6
-  jax.tree.map(np.testing.assert_array_equal, checkpoints.load_npz(tmp_path / "out" / "ViT-Ti_16.npz"),
-               params)
+  jax.tree.map(np.testing.assert_array_equal,
+               checkpoints.load_npz(tmp_path / "out" / "ViT-Ti_16.npz"), params)
 
 
 def test_orbax_scanned_non_square_patches_export(tmp_path):
-  """Orbax train-state input, scanned layers, (4, 2) patches on 16x8 images, through the CLI code."""
+  """Orbax train-state input, scanned layers, (4, 2) patches on 16x8 images, through the CLI
+  code."""
   kwargs = dict(TINY, patch_size=(4, 2), scan=True)
   model = models.get_model("ViT-Ti/16", num_classes=5, **kwargs)
   params = _random_params(model, (16, 8))
@@ -115,10 +118,12 @@ def test_npz_only_export_works_for_any_model(tmp_path):
 
 
 def test_wrong_model_or_classes_name_the_problem(tmp_path):
-  params = _random_params(models.get_model("ViT-Ti/16", num_classes=4, **TINY, patch_size=4), (16, 16))
+  params = _random_params(models.get_model("ViT-Ti/16", num_classes=4, **TINY, patch_size=4),
+                          (16, 16))
   checkpoints.save_npz(params, tmp_path / "in.npz")
   with pytest.raises(ValueError, match="--num_classes=7 but the checkpoint's head has 4 classes"):
-    export.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), num_classes=7, overrides=TINY)
+    export.convert(str(tmp_path / "in.npz"), "ViT-Ti/4", str(tmp_path), num_classes=7,
+                   overrides=TINY)
   with pytest.raises(ValueError, match=r"(?s)shape mismatches:.*Fix: pass the --model"):
     export.convert(str(tmp_path / "in.npz"), "ViT-S/4", str(tmp_path), overrides=dict(depth=2))
   with pytest.raises(ValueError, match="--formats=onnx"):
@@ -133,3 +138,23 @@ def test_cli_exits_2_with_the_error_on_bad_input(tmp_path):
   assert result.returncode == 2 and "No checkpoint at" in result.stderr, result.stderr
   result = run("--model=ViT-Ti/16")
   assert result.returncode == 2 and "Missing --input, --output_dir" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_a_trained_grayscale_run_exports_from_its_workdir_record(data_root, tmp_path):
+  """The quickstart's kind of model (1 channel, no named variant): `--input=WORKDIR/checkpoints`
+  alone, the model read from the run's config.json, into a 1-channel HF model with our logits."""
+  config = tiny_config(data_root, total_steps=2)
+  config.input.pp = "decode(channels=1)|value_range(-1, 1)|onehot(4)"
+  config.evals.val.pp = config.input.pp
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  written = export.convert(str(workdir / "checkpoints"), None, str(tmp_path / "out"))
+  assert "ViT-custom.npz" in {p.name for p in written}
+  processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+  assert len(processor["image_mean"]) == len(processor["image_std"]) == 1
+  params = final_params(str(workdir))
+  model = models.get_model(num_classes=4, **config.model.to_dict())
+  images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1), minval=-1.0, maxval=1.0)
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, images))
+  np.testing.assert_allclose(_hf_logits(tmp_path / "out", images), ours, atol=1e-5)

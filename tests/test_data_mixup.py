@@ -1,9 +1,9 @@
 """Mixup / CutMix on device: what they do to pixels and labels, jitted on a sharded batch."""
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from vit_jax.data import mixup
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 pytestmark = pytest.mark.slow  # Two processes.
 
@@ -23,6 +23,7 @@ def _worker(process_id: int, port: str, root: str) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   from jax.experimental import multihost_utils
+
   from vit_jax.config import base_config
   from vit_jax.data import pipeline
 
@@ -64,7 +65,7 @@ def test_two_processes_disjoint_shards_and_resume(tmp_path):
   outputs = [p.communicate(timeout=240)[0] for p in procs]
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out[-3000:]
-    result = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     # One epoch of global batches: every image exactly once, half from each host's shard.
     assert result["epoch"] == list(range(NUM_IMAGES))
     assert result["hosts"] == ["0", "1"] and result["resumed_equal"]

@@ -4,14 +4,12 @@ import logging
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from helpers import input_config
-from vit_jax.data import bundled_mnist
-from vit_jax.data import pipeline
-from vit_jax.data import sources
+from vit_jax.data import bundled_mnist, pipeline, sources
 
 tfds.disable_progress_bar()
 

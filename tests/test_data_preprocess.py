@@ -2,11 +2,10 @@
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from vit_jax.data import preprocess
-from vit_jax.data import randaug
+from vit_jax.data import preprocess, randaug
 
 
 def _gradient(h=24, w=32):
@@ -76,13 +75,15 @@ def test_inception_crop_area_and_determinism():
   image = _gradient(40, 40)
   full = preprocess.to_array(_run("inception_crop(20, area_min=100)", image)["image"])
   np.testing.assert_array_equal(full, preprocess.to_array(_run("resize(20)", image)["image"]))
-  crops = [preprocess.to_array(_run("inception_crop(20, area_min=5, area_max=30)", image, s)["image"])
+  crops = [preprocess.to_array(
+               _run("inception_crop(20, area_min=5, area_max=30)", image, s)["image"])
            for s in range(4)]
   assert all(c.shape == (20, 20, 3) for c in crops)
   # A crop of <= 30% of the area spans at most ~sqrt(0.3 * 4/3) of the rows: a narrow row range.
   assert all(np.ptp(c[..., 0]) < 0.75 * np.ptp(image[..., 0]) for c in crops)
   assert len({c.tobytes() for c in crops}) == 4  # Different seeds, different crops...
-  again = preprocess.to_array(_run("inception_crop(20, area_min=5, area_max=30)", image, 2)["image"])
+  again = preprocess.to_array(
+      _run("inception_crop(20, area_min=5, area_max=30)", image, 2)["image"])
   np.testing.assert_array_equal(again, crops[2])  # ...the same seed, the same crop.
 
 
@@ -122,7 +123,8 @@ def test_each_randaug_op_changes_the_image(name):
 def test_randaug_layers():
   image = _gradient(32, 32)
   np.testing.assert_array_equal(preprocess.to_array(_run("randaug(0, 10)", image)["image"]), image)
-  outs = {preprocess.to_array(_run("randaug(2, 10)", image, s)["image"]).tobytes() for s in range(6)}
+  outs = {preprocess.to_array(_run("randaug(2, 10)", image, s)["image"]).tobytes()
+          for s in range(6)}
   assert len(outs) == 6 and image.tobytes() not in outs
 
 

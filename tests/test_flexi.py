@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import TOTAL_STEPS, final_params, metric_rows, tiny_config
-from vit_jax.training import evaluation
-from vit_jax.training import loop
+from vit_jax.training import evaluation, loop
 
 pytestmark = pytest.mark.slow  # End-to-end training runs.
 
@@ -105,4 +104,5 @@ def test_resumed_run_repeats_the_patch_sizes(flexi_run, tmp_path):
   sizes, reference = _patch_sizes(workdir), _patch_sizes(reference_workdir)
   assert sizes == reference
   assert compiled.count("train_step") == len({reference[s] for s in range(3, TOTAL_STEPS + 1)})
-  jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_workdir))
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir),
+               final_params(reference_workdir))

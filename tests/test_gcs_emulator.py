@@ -14,12 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorstore as ts
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
-
+import tensorstore as ts
 
 from conftest import BUCKET
 

@@ -1,4 +1,5 @@
-"""Launchers: fake `gcloud` / `sbatch` / interpreter programs on PATH record what they were asked to run."""
+"""Launchers: fake `gcloud` / `sbatch` / interpreter programs on PATH record what they were asked
+to run."""
 import json
 import os
 import shlex
@@ -12,7 +13,6 @@ from helpers import REPO
 from vit_jax.checkpoints import workdir
 from vit_jax.study import launchers, sweep
 
-
 RECORDER = textwrap.dedent("""\
     #!{python}
     import json, os, sys
@@ -25,7 +25,8 @@ RECORDER = textwrap.dedent("""\
 
 @pytest.fixture
 def fake_bin(tmp_path, monkeypatch):
-  """Puts recording `gcloud` and `sbatch` programs first on PATH; returns a reader of their calls."""
+  """Puts recording `gcloud` and `sbatch` programs first on PATH; returns a reader of their
+  calls."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   for name in ("gcloud", "sbatch"):
@@ -35,7 +36,8 @@ def fake_bin(tmp_path, monkeypatch):
   calls = tmp_path / "calls.jsonl"
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   monkeypatch.setenv("FAKE_CALLS", str(calls))
-  return lambda: [json.loads(l) for l in calls.read_text().splitlines()] if calls.exists() else []
+  return lambda: ([json.loads(line) for line in calls.read_text().splitlines()]
+                  if calls.exists() else [])
 
 
 @pytest.fixture
@@ -44,8 +46,10 @@ def study_file(tmp_path):
   path.write_text(textwrap.dedent("""\
       from vit_jax.study import sweep
       def get_sweep(arg="tiny"):
-        points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("config.model.patch_size", [8, 16]))
-        return sweep.Study("tradeoff_" + arg, "configs/vit_i1k.py", sweep.trials(points), base_args={"runlocal": True})
+        points = sweep.product(sweep.axis("variant", ["Ti", "S"]),
+                               sweep.axis("config.model.patch_size", [8, 16]))
+        return sweep.Study("tradeoff_" + arg, "configs/vit_i1k.py", sweep.trials(points),
+                           base_args={"runlocal": True})
       """))
   return path
 
@@ -64,13 +68,14 @@ def _mark_done(workdir):
 def test_tpu_launch_runs_setup_then_every_trial_on_all_workers(fake_bin, study_file, tmp_path):
   root = tmp_path / "bucket"
   _mark_done(root / "variant=Ti,patch_size=8")  # Finished before: a re-launch skips it.
-  result = _sweep_cli(study_file, "--launcher=tpu", "--tpu_name=pod", "--zone=us-central2-b", "--project=p1",
-                      f"--workdir_root={root}", "--repo_url=https://example.org/vit_jax.git", "--revision=abc123")
+  result = _sweep_cli(study_file, "--launcher=tpu", "--tpu_name=pod", "--zone=us-central2-b",
+                      "--project=p1", f"--workdir_root={root}",
+                      "--repo_url=https://example.org/vit_jax.git", "--revision=abc123")
   assert result.returncode == 0, result.stderr
   calls = fake_bin()
   assert len(calls) == 1 + 3
-  prefix = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=us-central2-b", "--project=p1",
-            "--worker=all"]
+  prefix = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=us-central2-b",
+            "--project=p1", "--worker=all"]
   for call in calls:
     assert call[:-1] == prefix and call[-1].startswith("--command=")
   setup = calls[0][-1][len("--command="):]
@@ -80,13 +85,17 @@ def test_tpu_launch_runs_setup_then_every_trial_on_all_workers(fake_bin, study_f
   workdir = f"{root}/variant=Ti,patch_size=16"
   assert remote[:3] == ["cd", "vit_jax", "&&"]
   bench_end = remote.index("&&", 3)
-  assert remote[3:bench_end] == ["python3", "-m", "vit_jax.bench", "--config=configs/vit_i1k.py:runlocal=True,variant=Ti",
+  assert remote[3:bench_end] == ["python3", "-m", "vit_jax.bench",
+                                 "--config=configs/vit_i1k.py:runlocal=True,variant=Ti",
                                  "--config.model.patch_size=16", f"--output={workdir}/bench.json"]
-  assert remote[bench_end + 1:] == ["python3", "-m", "vit_jax.train", "--config=configs/vit_i1k.py:runlocal=True,variant=Ti",
+  assert remote[bench_end + 1:] == ["python3", "-m", "vit_jax.train",
+                                    "--config=configs/vit_i1k.py:runlocal=True,variant=Ti",
                                     "--config.model.patch_size=16", f"--workdir={workdir}"]
   manifest = json.loads((root / "sweep.json").read_text())
-  assert [t["name"] for t in manifest["trials"]] == ["variant=Ti,patch_size=8", "variant=Ti,patch_size=16",
-                                                    "variant=S,patch_size=8", "variant=S,patch_size=16"]
+  assert [t["name"] for t in manifest["trials"]] == ["variant=Ti,patch_size=8",
+                                                    "variant=Ti,patch_size=16",
+                                                    "variant=S,patch_size=8",
+                                                    "variant=S,patch_size=16"]
 
 
 def test_tpu_dry_run_prints_and_runs_nothing(fake_bin, study_file):
@@ -94,14 +103,16 @@ def test_tpu_dry_run_prints_and_runs_nothing(fake_bin, study_file):
                       "--workdir_root=gs://b/s", "--repo_url=u", "--revision=r")
   assert result.returncode == 0, result.stderr
   assert fake_bin() == []
-  printed = [l for l in result.stdout.splitlines() if l.startswith("gcloud ")]
+  printed = [line for line in result.stdout.splitlines() if line.startswith("gcloud ")]
   assert len(printed) == 5
-  assert "--workdir=gs://b/s/variant=S,patch_size=16" in shlex.split(shlex.split(printed[-1])[-1][len("--command="):])
+  assert "--workdir=gs://b/s/variant=S,patch_size=16" in shlex.split(
+      shlex.split(printed[-1])[-1][len("--command="):])
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--zone=z", "--workdir_root=gs://b", "--repo_url=u", "--revision=r"], "--tpu_name"),
-    (["--tpu_name=t", "--zone=z", "--workdir_root=runs/x", "--repo_url=u", "--revision=r"], "runs/x"),
+    (["--tpu_name=t", "--zone=z", "--workdir_root=runs/x", "--repo_url=u", "--revision=r"],
+     "runs/x"),
 ])
 def test_tpu_bad_flags_exit_2(fake_bin, study_file, flags, message):
   result = _sweep_cli(study_file, "--launcher=tpu", *flags)
@@ -126,11 +137,12 @@ def test_slurm_writes_one_sbatch_script_per_pending_trial(fake_bin, study_file, 
                     "--time=2:00:00", "--job-name=tradeoff_tiny/variant=Ti,patch_size=8"]:
     assert f"#SBATCH {directive}" in lines
   assert f"cd {REPO}" in lines and "source .venv/bin/activate" in lines
-  srun_lines = [shlex.split(l) for l in lines if l.startswith("srun ")]
-  assert [l[:6] for l in srun_lines] == [["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.bench",
-                                          "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"],
-                                         ["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.train",
-                                          "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"]]
+  srun_lines = [shlex.split(line) for line in lines if line.startswith("srun ")]
+  assert [argv[:6] for argv in srun_lines] == [
+      ["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.bench",
+       "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"],
+      ["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.train",
+       "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"]]
   assert srun_lines[1][-1] == f"--workdir={sweep_dir}/variant=Ti,patch_size=8"
 
 
@@ -142,11 +154,13 @@ def test_slurm_dry_run_writes_nothing(fake_bin, study_file, tmp_path):
 
 
 def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
-  """The interpreter is a recording program: bench writes bench.json; training of patch 16 fails once."""
+  """The interpreter is a recording program: bench writes bench.json; training of patch 16 fails
+  once."""
   calls = tmp_path / "calls.jsonl"
   interpreter = tmp_path / "python"
   interpreter.write_text(RECORDER.format(python=sys.executable) + textwrap.dedent("""\
-      paths = dict(a[2:].split("=", 1) for a in sys.argv if a.startswith(("--output=", "--workdir=")))
+      paths = dict(a[2:].split("=", 1) for a in sys.argv
+                   if a.startswith(("--output=", "--workdir=")))
       if sys.argv[2] == "vit_jax.bench":
         open(paths["output"], "w").write("{}")
       elif "patch_size=16" in paths["workdir"] and os.path.exists(os.environ["FAIL_PATCH_16"]):
@@ -159,27 +173,32 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   fail_marker.touch()
   monkeypatch.setenv("FAKE_CALLS", str(calls))
   monkeypatch.setenv("FAIL_PATCH_16", str(fail_marker))
-  points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("config.model.patch_size", [8, 16]))
+  points = sweep.product(sweep.axis("variant", ["Ti", "S"]),
+                         sweep.axis("config.model.patch_size", [8, 16]))
   study = sweep.Study("t", "configs/x.py", sweep.trials(points))
   _mark_done(tmp_path / "sweep" / "variant=S,patch_size=8")
   launcher = launchers.LocalLauncher(str(tmp_path / "sweep"), parallel=2, targets=("h100-8x",),
                                      python=str(interpreter))
 
   def runs():
-    recorded = [json.loads(l) for l in calls.read_text().splitlines()]
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     calls.unlink()
     return sorted((c[2], next(a for a in c if a.startswith(("--output=", "--workdir=")))
                    .split("/sweep/")[1].split("/")[0]) for c in recorded)
 
   with pytest.raises(RuntimeError, match="2 of 3 trials failed"):
     launcher.launch(study)
-  assert runs() == [("vit_jax.bench", "variant=S,patch_size=16"), ("vit_jax.bench", "variant=Ti,patch_size=16"),
-                    ("vit_jax.bench", "variant=Ti,patch_size=8"), ("vit_jax.train", "variant=S,patch_size=16"),
-                    ("vit_jax.train", "variant=Ti,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=8")]
+  assert runs() == [("vit_jax.bench", "variant=S,patch_size=16"),
+                    ("vit_jax.bench", "variant=Ti,patch_size=16"),
+                    ("vit_jax.bench", "variant=Ti,patch_size=8"),
+                    ("vit_jax.train", "variant=S,patch_size=16"),
+                    ("vit_jax.train", "variant=Ti,patch_size=16"),
+                    ("vit_jax.train", "variant=Ti,patch_size=8")]
   assert workdir.Workdir(tmp_path / "sweep" / "variant=Ti,patch_size=8").is_done()
 
   # Re-launch: only the two unfinished trials train again, and their profiles are not re-measured.
   fail_marker.unlink()
   launcher.launch(study)
-  assert runs() == [("vit_jax.train", "variant=S,patch_size=16"), ("vit_jax.train", "variant=Ti,patch_size=16")]
+  assert runs() == [("vit_jax.train", "variant=S,patch_size=16"),
+                    ("vit_jax.train", "variant=Ti,patch_size=16")]
   assert all(workdir.trial_workdir(tmp_path / "sweep", t.name).is_done() for t in study.trials)

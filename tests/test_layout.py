@@ -8,7 +8,7 @@ import pytest
 from helpers import REPO
 
 PACKAGE = pathlib.Path(REPO) / "vit_jax"
-ENTRY_POINTS = {"train", "evaluate", "convert", "bench", "sweep", "report"}
+ENTRY_POINTS = {"train", "evaluate", "convert", "bench", "data_bench", "sweep", "report"}
 # What each folder (and the shared cli module) may import from the package, lowest layers first.
 ALLOWED = {
     "config": set(),
@@ -18,7 +18,7 @@ ALLOWED = {
     "checkpoints": {"models"},
     "evaluators": {"data"},
     "training": {"config", "runtime", "models", "data", "checkpoints", "evaluators"},
-    "efficiency": {"config", "runtime", "models", "training"},
+    "efficiency": {"config", "runtime", "models", "data", "training"},
     "study": {"config", "checkpoints", "efficiency"},
     "cli": {"config", "runtime"},
 }

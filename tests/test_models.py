@@ -89,7 +89,7 @@ def test_options_forward_and_grad(options):
     return jnp.sum(model.apply({"params": p}, x, train=True, rngs={"dropout": rng}) ** 2)
 
   g = jax.jit(jax.grad(loss))(params, jax.random.key(2))
-  assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves(g))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
   assert float(jnp.abs(g["embedding"]["kernel"]).sum()) > 0
   assert jax.eval_shape(model.apply, {"params": params}, x).shape == (2, 5)
   features = jax.eval_shape(model.clone(num_classes=0).apply, {"params": params}, x)
@@ -115,7 +115,8 @@ def test_remat_and_scan_do_not_change_the_function():
   unscanned["Transformer"] = {"encoder_norm": enc["encoder_norm"],
                               "posembed_input": enc["posembed_input"]}
   for i in range(3):
-    unscanned["Transformer"][f"encoderblock_{i}"] = jax.tree.map(lambda a: a[i], enc["encoderblock"])
+    unscanned["Transformer"][f"encoderblock_{i}"] = jax.tree.map(lambda a, i=i: a[i],
+                                                                 enc["encoderblock"])
   np.testing.assert_allclose(jax.jit(base.clone(scan=False).apply)({"params": unscanned}, x), ref,
                              atol=1e-5)
 
@@ -186,7 +187,8 @@ def test_bad_model_options(bad, message):
 
 def test_image_not_divisible_by_patch_names_both():
   model = models.get_model("ViT-B/16", num_classes=10)
-  with pytest.raises(ValueError, match=r"Image size 30x30 is not divisible by the patch size 16x16"):
+  with pytest.raises(ValueError,
+                     match=r"Image size 30x30 is not divisible by the patch size 16x16"):
     jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 30, 30, 3))))
   hybrid = models.get_model("R50+B/16", num_classes=10)
   with pytest.raises(ValueError, match=r"/16 ResNet stem"):

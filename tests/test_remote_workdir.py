@@ -17,8 +17,7 @@ from conftest import BUCKET
 from helpers import REPO, TOTAL_STEPS, stop_at_step, tiny_config
 from vit_jax.checkpoints import manager
 from vit_jax.study import report
-from vit_jax.training import evaluation
-from vit_jax.training import loop
+from vit_jax.training import evaluation, loop
 
 pytestmark = pytest.mark.slow
 

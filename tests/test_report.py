@@ -1,27 +1,31 @@
-"""Report: CSV, Markdown table and plots from trial dirs written the way the launchers write them."""
+"""Report: CSV, Markdown table and plots from trial dirs written the way the launchers write
+them."""
 import csv
 import json
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
+import pytest
 
 from vit_jax.study import report, sweep
 
 
 def _bench(width, patch, img_per_s):
   gflops = width * 1e-3 / patch
-  return {"model": {"width": width, "depth": 2, "patch_size": [patch, patch]}, "params": width * 1000,
-          "fwd_gflops_per_image": gflops, "train_gflops_per_image": 3 * gflops, "img_per_s": img_per_s,
+  return {"model": {"width": width, "depth": 2, "patch_size": [patch, patch]},
+          "params": width * 1000, "fwd_gflops_per_image": gflops,
+          "train_gflops_per_image": 3 * gflops, "img_per_s": img_per_s,
           "step_s": 128 / img_per_s, "mfu": 0.05, "peak_memory_bytes": 300 * 2**20, "device": "cpu",
-          "projections": [{"label": "projection", "target": "h100-8x", "img_per_s": 100 * img_per_s}]}
+          "projections": [{"label": "projection", "target": "h100-8x",
+                           "img_per_s": 100 * img_per_s}]}
 
 
 @pytest.fixture
 def sweep_dir(tmp_path):
   """Four finished trials, one still training (metrics.jsonl only), one FlexiViT trial."""
-  points = sweep.product(sweep.axis("config.model.width", [32, 64]), sweep.axis("config.model.patch_size", [4, 7]))
+  points = sweep.product(sweep.axis("config.model.width", [32, 64]),
+                         sweep.axis("config.model.patch_size", [4, 7]))
   flexi = sweep.trials([{"config.model.width": 64, "config.flexi.patch_sizes": (4, 7)}])
   trials = sweep.trials(points) + flexi + sweep.trials([{"config.model.width": 128}])
   study = sweep.Study("t", "configs/x.py", trials)
@@ -43,7 +47,8 @@ def sweep_dir(tmp_path):
   running = tmp_path / "width=128"
   running.mkdir()
   (running / "metrics.jsonl").write_text(
-      json.dumps({"step": 10, "train/loss": 2.0}) + "\n" + json.dumps({"step": 20, "val/prec@1": 0.5}) + "\n")
+      json.dumps({"step": 10, "train/loss": 2.0}) + "\n" +
+      json.dumps({"step": 20, "val/prec@1": 0.5}) + "\n")
   return tmp_path
 
 
@@ -51,8 +56,8 @@ def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
   out = tmp_path / "out"
   rows, metric = report.load_rows(str(sweep_dir))
   written = report.write_report(rows, metric, str(out))
-  assert written == ["results.csv", "results.md", "accuracy_vs_train_gflops.png", "accuracy_vs_img_per_s.png",
-                     "img_per_s_vs_patch_size.png"]
+  assert written == ["results.csv", "results.md", "accuracy_vs_train_gflops.png",
+                     "accuracy_vs_img_per_s.png", "img_per_s_vs_patch_size.png"]
   rows = list(csv.DictReader((out / "results.csv").open()))
   assert [(r["trial"], r["patch"], r["accuracy"]) for r in rows] == [
       ("width=32,patch_size=4", "4", "0.95"), ("width=32,patch_size=7", "7", "0.9"),

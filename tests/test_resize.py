@@ -80,7 +80,8 @@ def test_pi_resize_preserves_token_embedding_when_upsampling(old, new):
 
 
 def test_pi_resize_downsampling_is_least_squares():
-  """Shrinking cannot be exact; PI-resize must beat the naive (resized) kernel in the same metric."""
+  """Shrinking cannot be exact; PI-resize must beat the naive (resized) kernel in the same
+  metric."""
   kx, kw = jax.random.split(jax.random.key(1))
   patches = jax.random.normal(kx, (256, 8, 8, 1))
   kernel = jax.random.normal(kw, (8, 8, 1, 4))

@@ -1,4 +1,5 @@
-"""Device peaks for MFU: datasheet peaks, a stated nominal CPU peak, unknown devices reported as such."""
+"""Device peaks for MFU: datasheet peaks, a stated nominal CPU peak, unknown devices reported as
+such."""
 import dataclasses
 
 import pytest

@@ -1,6 +1,6 @@
 """Mesh construction from the config and logical-axis placement of params."""
-import pytest
 from jax.sharding import PartitionSpec as P
+import pytest
 
 from helpers import abstract_params
 from vit_jax import models

@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax.models import attention
-from vit_jax.models import cpu_kernels
-from vit_jax.models import kernels
-from vit_jax.models import partitioning
-from vit_jax.models import vit
+from vit_jax.models import attention, cpu_kernels, kernels, partitioning, vit
 
 
 def _reference_attention(params, x_q: np.ndarray, x_kv: np.ndarray) -> np.ndarray:
@@ -34,11 +30,13 @@ def _random_params(params, seed: int):
   """Init gives zero biases; random ones make the check cover them."""
   leaves, treedef = jax.tree.flatten(nn.meta.unbox(params))
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape) * 0.3 for k, a in zip(keys, leaves)])
+  return jax.tree.unflatten(treedef,
+                            [jax.random.normal(k, a.shape) * 0.3 for k, a in zip(keys, leaves)])
 
 
 @pytest.mark.parametrize("implementation", [None, "xla"])
-@pytest.mark.parametrize("num_queries", [7, 1])  # self-attention (fused QKV matmul) and a MAP-style probe
+# self-attention (fused QKV matmul) and a MAP-style probe
+@pytest.mark.parametrize("num_queries", [7, 1])
 def test_attention_paths_match_reference(implementation, num_queries):
   width, heads, tokens = 24, 3, 7
   x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
@@ -51,7 +49,8 @@ def test_attention_paths_match_reference(implementation, num_queries):
 
 
 def test_attention_params_and_init_are_those_of_dense_general():
-  """Same tree, shapes, logical axes and initial values as nn.DenseGeneral projections (checkpoints)."""
+  """Same tree, shapes, logical axes and initial values as nn.DenseGeneral projections
+  (checkpoints)."""
 
   class DenseGeneralAttentionParams(nn.Module):
     @nn.compact
@@ -64,14 +63,15 @@ def test_attention_params_and_init_are_those_of_dense_general():
             bias_init=partitioning.init(nn.initializers.zeros, bias_axes, bias_shape))
       h = [dense(n, (3, 8), -1, ("embed", "heads", "kv"), ("heads", "kv"), (24, 3, 8), (3, 8))(x)
            for n in ("query", "key", "value")]
-      return dense("out", 24, (-2, -1), ("heads", "kv", "embed"), ("embed",), (3, 8, 24), (24,))(h[0])
+      return dense("out", 24, (-2, -1), ("heads", "kv", "embed"), ("embed",), (3, 8, 24),
+                   (24,))(h[0])
 
   x = jnp.ones((1, 5, 24))
   ours = attention.MultiHeadDotProductAttention(3).init(jax.random.key(0), x, x)["params"]
   theirs = DenseGeneralAttentionParams().init(jax.random.key(0), x)["params"]
   assert jax.tree.structure(ours) == jax.tree.structure(theirs)
-  for a, b in zip(jax.tree.leaves(ours, is_leaf=lambda l: isinstance(l, nn.Partitioned)),
-                  jax.tree.leaves(theirs, is_leaf=lambda l: isinstance(l, nn.Partitioned))):
+  for a, b in zip(jax.tree.leaves(ours, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned)),
+                  jax.tree.leaves(theirs, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned))):
     assert a.names == b.names
     np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
 
@@ -109,8 +109,9 @@ def test_remat_policies_give_identical_gradients(scan):
   labels = jax.nn.one_hot(jnp.array([1, 3]), 5)
 
   def grads(policy):
-    model = models.get_model("ViT-Ti/16", num_classes=5, patch_size=8, width=32, depth=2, num_heads=2,
-                             mlp_dim=64, scan=scan, remat_policy=policy, stoch_depth=0.1)
+    model = models.get_model("ViT-Ti/16", num_classes=5, patch_size=8, width=32, depth=2,
+                             num_heads=2, mlp_dim=64, scan=scan, remat_policy=policy,
+                             stoch_depth=0.1)
     params = _random_params(model.init(jax.random.key(1), images)["params"], seed=4)
 
     def loss(p):
@@ -129,7 +130,8 @@ def test_cpu_flags_give_one_single_threaded_device_per_core_unless_the_user_chos
   monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
   monkeypatch.setattr(cpu, "keep_freed_host_memory", lambda: False)  # Not in this process.
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-  assert cpu.apply_cpu_defaults() == ("--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=3"
+  assert cpu.apply_cpu_defaults() == ("--xla_dump_to=/tmp/x"
+                                      " --xla_force_host_platform_device_count=3"
                                       " --xla_cpu_multi_thread_eigen=false")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   assert cpu.apply_cpu_defaults() == "--xla_force_host_platform_device_count=1"
@@ -147,20 +149,24 @@ def test_cpu_malloc_policy_applies_on_cpu_unless_the_user_chose_or_an_accelerato
                          text=True, check=True, cwd=tmp_path)
     return out.stdout.split()[-1]
   assert applied(JAX_PLATFORMS="cpu") == "True"
-  assert applied(JAX_PLATFORMS="cpu", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
+  assert applied(JAX_PLATFORMS="cpu",
+                 GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
   assert applied(JAX_PLATFORMS="cuda,cpu") == "False"
 
 
 @pytest.mark.parametrize("name,shapes,plain", [
     ("dense_dot", ((2, 5, 6), (6, 20)), lambda x, w: x @ w),  # transposes the activations
     ("dense_dot", ((2, 5, 20), (20, 6)), lambda x, w: x @ w),  # transposes the output gradient
-    ("attention_logits", ((2, 3, 7, 4), (2, 3, 7, 4)), lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k)),
-    ("attention_output", ((2, 3, 7, 7), (2, 3, 7, 4)), lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v)),
+    ("attention_logits", ((2, 3, 7, 4), (2, 3, 7, 4)),
+     lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k)),
+    ("attention_output", ((2, 3, 7, 7), (2, 3, 7, 4)),
+     lambda p, v: jnp.einsum("bhqk,bhkd->bhqd", p, v)),
 ])
 def test_cpu_kernel_gradients_are_those_of_the_plain_products(name, shapes, plain):
   a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(shapes))
   ours_fn = getattr(cpu_kernels, name)
-  np.testing.assert_allclose(np.asarray(ours_fn(a, b)), np.asarray(plain(a, b)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ours_fn(a, b)), np.asarray(plain(a, b)), rtol=1e-5,
+                             atol=1e-6)
   dy = jax.random.normal(jax.random.key(2), plain(a, b).shape)
   grads = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * dy), argnums=(0, 1)))(a, b)
   for ours, expected in zip(grads(ours_fn), grads(plain)):
@@ -168,14 +174,15 @@ def test_cpu_kernel_gradients_are_those_of_the_plain_products(name, shapes, plai
 
 
 def test_attention_gradients_match_between_paths():
-  """The CPU path (fused QKV matmul, dense_dot weight gradients) differentiates like the plain einsums."""
+  """The CPU path (fused QKV matmul, dense_dot weight gradients) differentiates like the plain
+  einsums."""
   x = jax.random.normal(jax.random.key(0), (2, 7, 24))
   dy = jax.random.normal(jax.random.key(1), (2, 7, 24))
   grads = {}
   for implementation in (None, "xla"):
     layer = attention.MultiHeadDotProductAttention(3, kernels=kernels.select(implementation, "cpu"))
     params = _random_params(layer.init(jax.random.key(2), x, x)["params"], seed=3)
-    loss = lambda p, x: jnp.sum(layer.apply({"params": p}, x, x) * dy)
+    loss = lambda p, x, layer=layer: jnp.sum(layer.apply({"params": p}, x, x) * dy)
     grads[implementation] = jax.grad(loss, argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(grads[None]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

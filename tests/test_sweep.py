@@ -8,14 +8,14 @@ from helpers import REPO
 from vit_jax.study import sweep
 
 
-
 def test_product_varies_last_axis_fastest():
   points = sweep.product(sweep.axis("variant", ["Ti", "S"]), sweep.axis("patch", [8, 16, 32]))
   assert points == [{"variant": v, "patch": p} for v in ["Ti", "S"] for p in [8, 16, 32]]
 
 
 def test_zip_pairs_values_and_nests_in_product():
-  lr_per_size = sweep.zip_(sweep.axis("variant", ["Ti", "B"]), sweep.axis("config.lr", [3e-3, 1e-3]))
+  lr_per_size = sweep.zip_(sweep.axis("variant", ["Ti", "B"]),
+                           sweep.axis("config.lr", [3e-3, 1e-3]))
   points = sweep.product(lr_per_size, sweep.axis("patch", [16, 32]))
   assert points == [{"variant": "Ti", "config.lr": 3e-3, "patch": 16},
                     {"variant": "Ti", "config.lr": 3e-3, "patch": 32},
@@ -35,12 +35,14 @@ def test_bad_sweeps_raise_clear_errors(build, message):
 
 
 def test_trials_split_config_args_from_overrides_and_format_flags():
-  [trial] = sweep.trials([{"variant": "Ti/16", "config.lr": 0.001, "config.model.patch_sizes": (8, 16)}])
+  [trial] = sweep.trials([{"variant": "Ti/16", "config.lr": 0.001,
+                           "config.model.patch_sizes": (8, 16)}])
   assert trial.name == "variant=Ti-16,lr=0.001,patch_sizes=8-16"
   study = sweep.Study("s", "configs/x.py", [trial], base_args={"runlocal": True})
   assert study.train_args(trial) == ["--config=configs/x.py:runlocal=True,variant=Ti/16",
                                      "--config.lr=0.001", "--config.model.patch_sizes=(8,16)"]
-  assert trial.values() == {"variant": "Ti/16", "config.lr": 0.001, "config.model.patch_sizes": (8, 16)}
+  assert trial.values() == {"variant": "Ti/16", "config.lr": 0.001,
+                            "config.model.patch_sizes": (8, 16)}
 
 
 def test_load_study_passes_arg(tmp_path):
@@ -57,14 +59,17 @@ def test_load_study_passes_arg(tmp_path):
 
 
 def test_cli_bad_study_exits_2():
-  result = subprocess.run([sys.executable, "-m", "vit_jax.sweep", "experiments/nope.py", "--dry_run"],
-                          cwd=REPO, capture_output=True, text=True)
+  result = subprocess.run([sys.executable, "-m", "vit_jax.sweep", "experiments/nope.py",
+                           "--dry_run"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and "experiments/nope.py" in result.stderr
 
 
 def test_manifest_refuses_a_sweep_dir_whose_trials_ran_with_other_flags(tmp_path):
   trials = sweep.trials(sweep.axis("patch", [4, 7]))
-  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 2.0}), str(tmp_path))
-  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials[:1], base_args={"epochs": 2.0}), str(tmp_path))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 2.0}),
+                       str(tmp_path))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", trials[:1], base_args={"epochs": 2.0}),
+                       str(tmp_path))
   with pytest.raises(ValueError, match="patch=4 ran with"):
-    sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 3.0}), str(tmp_path))
+    sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 3.0}),
+                         str(tmp_path))

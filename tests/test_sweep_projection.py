@@ -1,9 +1,10 @@
 """Projection: collectives read from a real compiled data-parallel step, and the time model."""
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from vit_jax import models
 from vit_jax.efficiency import projection
@@ -40,13 +41,15 @@ def test_data_parallel_gradient_all_reduce_moves_the_parameters():
 
 
 @pytest.mark.parametrize("line, op, full_bytes, group", [
-    ("%ag = f32[8,128]{1,0} all-gather(f32[1,128]{1,0} %p), replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}",
+    ("%ag = f32[8,128]{1,0} all-gather(f32[1,128]{1,0} %p), "
+     "replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}",
      "all-gather", 8 * 128 * 4, 8),
     ("%rs = bf16[16]{0} reduce-scatter(bf16[64]{0} %g), replica_groups=[2,4]<=[8], dimensions={0}",
      "reduce-scatter", 64 * 2, 4),
     ("%ar = (f32[10]{0}, f32[3,3]{1,0}) all-reduce-start(%a, %b), replica_groups={}",
      "all-reduce", (10 + 9) * 4, 8),
-    ("%x = f32[4,4]{1,0} all-reduce(%y), replica_groups=mesh['data'=2,'tensor'=4] {'tensor'}, to_apply=%add",
+    ("%x = f32[4,4]{1,0} all-reduce(%y), "
+     "replica_groups=mesh['data'=2,'tensor'=4] {'tensor'}, to_apply=%add",
      "all-reduce", 64, 4),
 ])
 def test_parse_collectives_reads_every_replica_group_spelling(line, op, full_bytes, group):

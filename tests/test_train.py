@@ -1,4 +1,5 @@
-"""End-to-end training on fake CPU devices: sharding equivalence, exact resume, restore on other meshes.
+"""End-to-end training on fake CPU devices: sharding equivalence, exact resume, restore on other
+meshes.
 
 The setup (tests/helpers.py) gives every step the same examples however they are split over
 devices or hosts; a tiny ViT keeps compiles short.
@@ -15,8 +16,7 @@ import pytest
 from helpers import TOTAL_STEPS, final_params, losses, metric_rows, stop_at_step, tiny_config
 from vit_jax.checkpoints import manager
 from vit_jax.runtime import hardware
-from vit_jax.training import evaluation
-from vit_jax.training import loop
+from vit_jax.training import evaluation, loop
 
 pytestmark = pytest.mark.slow  # End-to-end training runs.
 
@@ -95,5 +95,6 @@ def test_unknown_device_peak_trains_with_mfu_reported_unknown(data_root, tmp_pat
                           devices=jax.devices()[:1])
   logged = [r for r in metric_rows(str(tmp_path)) if "img_per_s" in r]
   assert logged and all(r["mfu"] is None for r in logged)
-  warnings = [r.getMessage() for r in caplog.records if "MFU is reported as unknown" in r.getMessage()]
+  warnings = [r.getMessage() for r in caplog.records
+              if "MFU is reported as unknown" in r.getMessage()]
   assert len(warnings) == 1 and "NVIDIA L4" in warnings[0]

@@ -1,4 +1,5 @@
-"""Optimizers, schedules, per-parameter lr / freezing, losses, durations and gradient accumulation."""
+"""Optimizers, schedules, per-parameter lr / freezing, losses, durations and gradient
+accumulation."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,9 +9,7 @@ import pytest
 
 from vit_jax import models
 from vit_jax.config import base_config
-from vit_jax.training import losses
-from vit_jax.training import optimizers
-from vit_jax.training import schedules
+from vit_jax.training import losses, optimizers, schedules
 from vit_jax.training import state as state_lib
 from vit_jax.training import step as step_lib
 
@@ -69,7 +68,8 @@ def test_clipping_and_bf16_first_moment():
   updates, state = _one_update(_cfg(name="sgd", momentum=0.9, grad_clip_norm=1.0,
                                     mu_dtype="bfloat16"), grads=grads)
   assert optax.tree.norm(updates) == pytest.approx(0.1, rel=1e-2)
-  assert {x.dtype for x in jax.tree.leaves(state) if getattr(x, "ndim", 0)} == {jnp.dtype(jnp.bfloat16)}
+  assert ({x.dtype for x in jax.tree.leaves(state) if getattr(x, "ndim", 0)} ==
+          {jnp.dtype(jnp.bfloat16)})
 
 
 def test_bad_optimizer_names():
@@ -85,7 +85,8 @@ def test_losses_with_label_smoothing():
   plain = losses.softmax_xent(logits, labels)
   np.testing.assert_allclose(plain, -jax.nn.log_softmax(logits)[:, 0], rtol=1e-6)
   smooth = losses.softmax_xent(logits, labels, label_smoothing=0.3)
-  expected = -(0.8 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1:].sum())
+  expected = -(0.8 * jax.nn.log_softmax(logits)[0, 0] +
+               0.1 * jax.nn.log_softmax(logits)[0, 1:].sum())
   np.testing.assert_allclose(smooth, expected, rtol=1e-6)
   sig = losses.sigmoid_xent(logits, labels)
   np.testing.assert_allclose(sig, optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1),

@@ -11,20 +11,19 @@ one preprocessed training example, or `--image_size` when the data is not prepar
 """
 from typing import Sequence
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 import jax
 
 from vit_jax import cli
 from vit_jax.checkpoints import workdir
 from vit_jax.config import bad_input
 from vit_jax.data import pipeline
-from vit_jax.efficiency import bench
-from vit_jax.efficiency import projection
+from vit_jax.efficiency import bench, projection
 from vit_jax.training import checks
 
 cli.run_flags()
-_OUTPUT = flags.DEFINE_string("output", None, "Write the profile as JSON here (a trial's bench.json).")
+_OUTPUT = flags.DEFINE_string("output", None,
+                              "Write the profile as JSON here (a trial's bench.json).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed training steps (after 2 warm-up steps).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (default: config.batch_size).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image side; skips reading the data.")

@@ -11,17 +11,17 @@ import functools
 import sys
 from typing import Callable, Sequence
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
 from vit_jax.config import BadInputError
-from vit_jax.runtime import cpu
-from vit_jax.runtime import distributed
-from vit_jax.runtime import logs
+from vit_jax.runtime import cpu, distributed, logs
 
-EXIT_BAD_INPUT = 2
+# Exit codes of the entry points (README): 0 done, 1 a bug (traceback), and
+EXIT_BAD_INPUT = 2  # bad input: one message, nothing compiled or written
+EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint: rerun to resume
+EXIT_DIVERGED = 4  # non-finite loss or gradients: nothing from that step on was saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +53,12 @@ def run_flags() -> RunFlags:
 
 
 def required_config() -> ml_collections.ConfigDict:
-  """The parsed --config, or BadInputError if it was not given."""
+  """The parsed --config, or BadInputError if it was not given or could not be loaded."""
   config = run_flags().config.value
+  try:
+    config is None or config.keys()  # A config file that failed to load raises on first use.
+  except OSError as e:
+    raise BadInputError(f"--config: {_one_line(str(e))}") from e
   if config is None:
     raise BadInputError("--config is required, e.g. --config=configs/quickstart.py.")
   return config
@@ -71,7 +75,36 @@ def start_process() -> None:
 
 def no_positional_args(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise BadInputError(f"unexpected arguments {argv[1:]}: every setting is a --flag, e.g. "
+                        "--config=configs/quickstart.py --workdir=/tmp/run.")
+
+
+def _one_line(text: str) -> str:
+  """A library's multi-line error (ml_collections wraps a config file's traceback) as one line:
+  its first line and, after a traceback, the exception it ended with."""
+  text = text.strip()
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # A quoted repr (KeyError's).
+    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith("Traceback (most recent call last)") for line in lines):
+    return f"{lines[0].rstrip(':')} {lines[-1]}"
+  return " ".join(lines)
+
+
+def _exit_bad_input(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with every parse error as one message and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_bad_input(_one_line(str(e)))
+  except AttributeError as e:  # ml_collections: an override names no field of the config.
+    _exit_bad_input(f"a --config.<field>=... override names no field of the config: "
+                    f"{_one_line(str(e))}")
 
 
 def run(main: Callable[[Sequence[str]], None], *, on_devices: bool = False) -> None:
@@ -82,6 +115,5 @@ def run(main: Callable[[Sequence[str]], None], *, on_devices: bool = False) -> N
         start_process()
       main(argv)
     except BadInputError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(EXIT_BAD_INPUT)
-  app.run(checked_main)
+      _exit_bad_input(str(e))
+  app.run(checked_main, flags_parser=_parse_flags)

@@ -1,7 +1,8 @@
-r"""Converts a checkpoint to an official `.npz` and a Hugging Face `ViTForImageClassification` directory.
+r"""Converts a checkpoint to an official `.npz` and a Hugging Face `ViTForImageClassification`
+directory.
 
-  python -m vit_jax.convert --input=WORKDIR/checkpoints --model=ViT-Ti/16 --num_classes=10 \
-      --output_dir=/tmp/export
+  python -m vit_jax.convert --input=WORKDIR/checkpoints --output_dir=/tmp/export
+  python -m vit_jax.convert --input=ViT-B_16.npz --model=ViT-B/16 --output_dir=/tmp/export
 
 `--input` is an official `.npz` or an Orbax train-state checkpoint (a step directory, or the
 checkpoints root: its latest step); paths may be local or gs://. The params are checked against the
@@ -17,9 +18,11 @@ from vit_jax.checkpoints import export
 from vit_jax.config import bad_input
 
 _INPUT = flags.DEFINE_string("input", None, "Official .npz file or Orbax checkpoint directory.")
-_MODEL = flags.DEFINE_string("model", None, "Model name, e.g. 'ViT-Ti/16' or 'R50+B/16'.")
+_MODEL = flags.DEFINE_string("model", None, "Model name, e.g. 'ViT-Ti/16' or 'R50+B/16' (default: "
+                             "the model recorded in the run's WORKDIR/config.json).")
 _NUM_CLASSES = flags.DEFINE_integer(
-    "num_classes", None, "Classes of the checkpoint's head (0: no head). Default: read from the head.")
+    "num_classes", None,
+    "Classes of the checkpoint's head (0: no head). Default: read from the head.")
 _OVERRIDES = flags.DEFINE_string(
     "overrides", "{}", "JSON dict of model options the checkpoint was trained with, e.g. "
     "'{\"classifier\": \"gap\", \"scan\": true}'.")
@@ -27,13 +30,14 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory to write the ex
 _FORMATS = flags.DEFINE_list("formats", list(export.FORMATS),
                              f"What to write, any of {export.FORMATS}.")
 _VALUE_RANGE = flags.DEFINE_list(
-    "value_range", ["-1", "1"], "Pixel range the model was trained on (for the HF image processor).")
+    "value_range", ["-1", "1"],
+    "Pixel range the model was trained on (for the HF image processor).")
 
 
 def main(argv: Sequence[str]) -> None:
   cli.no_positional_args(argv)
   with bad_input():
-    missing = [f"--{f.name}" for f in (_INPUT, _MODEL, _OUTPUT_DIR) if not f.value]
+    missing = [f"--{f.name}" for f in (_INPUT, _OUTPUT_DIR) if not f.value]
     if missing:
       raise ValueError(f"Missing {', '.join(missing)}; e.g. python -m vit_jax.convert "
                        "--input=ViT-B_16.npz --model=ViT-B/16 --output_dir=/tmp/export")

@@ -1,11 +1,13 @@
-r"""Evaluate a trained model without training: every evaluator in `config.evals`, one full pass each.
+r"""Evaluate a trained model without training: every evaluator in `config.evals`, one full pass
+each.
 
     python -m vit_jax.evaluate --config=configs/quickstart.py --workdir=/tmp/vit_quickstart
     python -m vit_jax.evaluate --config=configs/finetune.py:dataset=cifar10 --workdir=/tmp/eval \
         --checkpoint=/path/to/ViT-B_16.npz
 
-Params come from `--checkpoint` (an official `.npz` or an Orbax checkpoint directory) or else from the
-latest checkpoint in WORKDIR/checkpoints. Prints the metrics and writes them to WORKDIR/eval.json.
+Params come from `--checkpoint` (an official `.npz` or an Orbax checkpoint directory) or else from
+the latest checkpoint in WORKDIR/checkpoints. Prints the metrics and writes them to
+WORKDIR/eval.json.
 Bad config values exit with code 2 before anything is compiled.
 """
 from typing import Sequence

@@ -1,6 +1,6 @@
 r"""Launch a study's trials here, on TPU pod slices or as SLURM jobs.
 
-    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local          # re-launch resumes
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local  # re-launch resumes
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=imagenet,data_dir=gs://B/tfds \
         --launcher=tpu --tpu_name=N --zone=Z --workdir_root=gs://B/sweeps --repo_url=URL --dry_run
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=slurm --nodes=2 --dry_run
@@ -9,16 +9,17 @@ Studies are vit_jax.study.sweep.Study objects; launchers are vit_jax.study.launc
 """
 import os
 import subprocess
+import sys
 from typing import Sequence
 
 from absl import flags
 
 from vit_jax import cli
 from vit_jax.config import bad_input
-from vit_jax.study import launchers
-from vit_jax.study import sweep
+from vit_jax.study import launchers, sweep
 
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"], "Where the trials run.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"],
+                              "Where the trials run.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "Print the commands (and sbatch scripts) instead of running them.")
 _SWEEP_DIR = flags.DEFINE_string(
@@ -89,7 +90,14 @@ def main(argv: Sequence[str]) -> None:
       sweep.write_manifest(study, _sweep_dir(study))
   print(f"study {study.name!r}: {len(study.trials)} trials, launcher {_LAUNCHER.value}"
         f"{' (dry run)' if _DRY_RUN.value else ''}", flush=True)
-  launcher.launch(study)
+  try:
+    launcher.launch(study)
+  except launchers.TrialsStopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(cli.EXIT_STOPPED)
+  except launchers.TrialsFailed as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

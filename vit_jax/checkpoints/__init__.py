@@ -8,8 +8,12 @@ export      the converter behind `python -m vit_jax.convert`
 workdir     the layout of everything a run writes, local or in a bucket, and whether it is done
 """
 from vit_jax.checkpoints.npz import load_npz, save_npz
-from vit_jax.checkpoints.pretrained import (load_exact, load_pretrained, merge_pretrained,
-                                            read_params)
+from vit_jax.checkpoints.pretrained import (
+    load_exact,
+    load_pretrained,
+    merge_pretrained,
+    read_params,
+)
 
 __all__ = ["load_exact", "load_npz", "load_pretrained", "merge_pretrained", "read_params",
            "save_npz"]

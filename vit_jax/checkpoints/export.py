@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import models
-from vit_jax.checkpoints import hf
-from vit_jax.checkpoints import npz
-from vit_jax.checkpoints import pretrained
+from vit_jax.checkpoints import hf, npz, pretrained, workdir
 from vit_jax.models import resnet
 
 FORMATS = ("hf", "npz")
@@ -32,28 +30,54 @@ def _num_classes(params: dict[str, Any], requested: int | None) -> int:
 
 
 def _abstract_params(model_kwargs: dict[str, Any], num_classes: int, params: dict[str, Any]):
-  """The model's params as ShapeDtypeStructs, at the image size the checkpoint's posemb implies."""
-  resnet_cfg = model_kwargs.get("resnet")
+  """The model's params as ShapeDtypeStructs, at the image size and channel count the
+  checkpoint's position embedding and first kernel imply."""
+  resnet_cfg = model_kwargs["resnet"]
   stride = resnet.stem_stride(resnet_cfg["num_layers"]) if resnet_cfg else 1
+  first_kernel = params.get("conv_root/kernel" if resnet_cfg else "embedding/kernel")
+  channels = 3 if first_kernel is None else int(first_kernel.shape[2])  # None: no fit, reported.
   grid = 1
   posemb = params.get("Transformer/posembed_input/pos_embedding")
   if posemb is not None:
     grid = max(int(round((posemb.shape[1] - int("cls" in params)) ** 0.5)), 1)
   ph, pw = model_kwargs["patch_size"]
-  images = jax.ShapeDtypeStruct((1, grid * stride * ph, grid * stride * pw, 3), jnp.float32)
+  images = jax.ShapeDtypeStruct((1, grid * stride * ph, grid * stride * pw, channels), jnp.float32)
   model = models.Model(num_classes=num_classes, **model_kwargs)
   variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
   return npz.to_per_layer(npz.flatten(flax.linen.unbox(variables["params"])))
 
 
-def convert(input_path: str, model_name: str, output_dir: str, *, num_classes: int | None = None,
-            overrides: dict[str, Any] | None = None, formats: Sequence[str] = FORMATS,
+def recorded_model(input_path: str) -> dict[str, Any] | None:
+  """`config.model` of the run whose checkpoint `input_path` is (WORKDIR/checkpoints[/<step>] or
+  WORKDIR), from its WORKDIR/config.json; None outside a workdir."""
+  path = workdir.resolve(input_path)
+  for candidate in (path, path.parent, path.parent.parent):
+    record = workdir.read_json(workdir.Workdir(candidate).config) if candidate.is_dir() else None
+    if record is not None:
+      return record["model"]
+  return None
+
+
+def convert(input_path: str, model_name: str | None, output_dir: str, *,
+            num_classes: int | None = None, overrides: dict[str, Any] | None = None,
+            formats: Sequence[str] = FORMATS,
             value_range: tuple[float, float] = (-1.0, 1.0)) -> list[epath.Path]:
-  """Checks the checkpoint against the model and writes the requested exports; returns the files."""
+  """Checks the checkpoint against the model and writes the requested exports; returns the files.
+
+  Without `model_name` the model is the one the run recorded in its WORKDIR/config.json.
+  """
   unknown = sorted(set(formats) - set(FORMATS))
   if unknown or not formats:
     raise ValueError(f"--formats={','.join(formats)}: choose from {FORMATS}.")
-  model_kwargs = models.model_kwargs(model_name, **(overrides or {}))
+  if model_name:
+    model_kwargs = models.model_kwargs(model_name, **(overrides or {}))
+  else:
+    recorded = recorded_model(input_path)
+    if recorded is None:
+      raise ValueError(f"{input_path} is not in a workdir with a config.json, so its model is "
+                       "unknown: pass --model (e.g. --model=ViT-B/16) and --overrides.")
+    model_name = recorded["variant"]
+    model_kwargs = models.model_kwargs(**{**recorded, **(overrides or {})})
   if "hf" in formats:
     hf.check_exportable(model_kwargs)
   # The per-layer layout is the file format and what the HF mapping walks; GroupNorm params as (C,).
@@ -61,11 +85,13 @@ def convert(input_path: str, model_name: str, output_dir: str, *, num_classes: i
   num_classes = _num_classes(params, num_classes)
   pretrained.check_matches(
       params, _abstract_params(model_kwargs, num_classes, params), source=input_path,
-      fix=f"Fix: pass the --model, --num_classes and --overrides that {input_path} was trained with.")
-  output_dir = epath.Path(output_dir)
+      fix=f"Fix: pass the --model, --num_classes and --overrides that {input_path} "
+          "was trained with (or leave --model out for a checkpoint in a workdir).")
+  output_dir = workdir.resolve(output_dir)
   written = []
   if "npz" in formats:
-    path = output_dir / (models.variants.canonical_name(model_name).replace("/", "_") + ".npz")
+    name = models.variants.canonical_name(model_name) if model_name else "ViT-custom"
+    path = output_dir / (name.replace("/", "_") + ".npz")
     npz.save_npz(npz.unflatten(params), path)
     written.append(path)
   if "hf" in formats:

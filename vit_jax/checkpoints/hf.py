@@ -5,10 +5,11 @@ only (no torch needed to export). Weights use the Hub's ViT names (`vit.encoder.
 attention.query.weight`, as google/vit-base-patch16-224), which transformers 4.x loads directly and
 5.x renames on load.
 
-Numerics that must agree with ours: LayerNorm eps 1e-6 (HF's default is 1e-12) and the tanh-approximate
-GELU (`nn.gelu`'s default), which is HF's 'gelu_pytorch_tanh' (torch `gelu(approximate='tanh')`).
-HF's ViT classifies from the class token with no pre-logits layer, so only classifier='token',
-posemb='learn', representation_size=None plain (non-hybrid) ViTs map onto it.
+Numerics that must agree with ours: LayerNorm eps 1e-6 (HF's default is 1e-12) and the
+tanh-approximate GELU (`nn.gelu`'s default), which is HF's 'gelu_pytorch_tanh' (torch
+`gelu(approximate='tanh')`). HF's ViT classifies from the class token with no pre-logits layer, so
+only classifier='token', posemb='learn', representation_size=None plain (non-hybrid) ViTs map onto
+it.
 """
 import json
 from typing import Any, Mapping, Sequence
@@ -25,27 +26,28 @@ LAYER_NORM_EPS = 1e-6
 
 
 def check_exportable(model_kwargs: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the option when a model has no `ViTForImageClassification` equivalent."""
+  """Raises ValueError naming the option when a model has no `ViTForImageClassification`
+  equivalent."""
   unsupported = {
-      "classifier": (model_kwargs.get("classifier", "token"), "token"),
-      "posemb": (model_kwargs.get("posemb", "learn"), "learn"),
-      "representation_size": (model_kwargs.get("representation_size"), None),
-      "resnet": (model_kwargs.get("resnet"), None),
+      "classifier": (model_kwargs["classifier"], "token"),
+      "posemb": (model_kwargs["posemb"], "learn"),
+      "representation_size": (model_kwargs["representation_size"], None),
+      "resnet": (model_kwargs["resnet"], None),
   }
   bad = {k: got for k, (got, want) in unsupported.items() if got != want}
   if bad:
     raise ValueError(
-        f"Hugging Face ViTForImageClassification cannot represent {bad}: it needs classifier='token', "
-        "posemb='learn', representation_size=None and no ResNet stem. Export the official .npz only "
-        "(--formats=npz) for this model.")
+        f"Hugging Face ViTForImageClassification cannot represent {bad}: "
+        "it needs classifier='token', posemb='learn', representation_size=None and no ResNet stem. "
+        "Export the official .npz only (--formats=npz) for this model.")
 
 
 def _image_size(posemb_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int]:
   grid_tokens = posemb_shape[1] - 1  # minus the class token
   side = int(round(grid_tokens**0.5))
   if side * side != grid_tokens:
-    raise ValueError(f"The position embedding has {grid_tokens} grid tokens, not a square grid: the "
-                     "image size cannot be inferred for the Hugging Face config.")
+    raise ValueError(f"The position embedding has {grid_tokens} grid tokens, not a square grid: "
+                     "the image size cannot be inferred for the Hugging Face config.")
   return side * patch_size[0], side * patch_size[1]
 
 
@@ -78,8 +80,10 @@ def hf_config(model_kwargs: Mapping[str, Any], image_size: Sequence[int], num_ch
   }
 
 
-def preprocessor_config(image_size: Sequence[int], value_range: tuple[float, float]) -> dict[str, Any]:
-  """A `ViTImageProcessor` config mapping uint8 pixels to `value_range`, as our input pipeline does."""
+def preprocessor_config(image_size: Sequence[int], value_range: tuple[float, float],
+                        channels: int = 3) -> dict[str, Any]:
+  """A `ViTImageProcessor` config mapping uint8 pixels to `value_range`, as our input pipeline
+  does."""
   low, high = value_range
   # (x/255 - mean) / std == low + (high - low) * x/255
   mean, std = -low / (high - low), 1.0 / (high - low)
@@ -88,11 +92,12 @@ def preprocessor_config(image_size: Sequence[int], value_range: tuple[float, flo
       "do_resize": True, "size": {"height": int(image_size[0]), "width": int(image_size[1])},
       "resample": 2,  # PIL bilinear
       "do_rescale": True, "rescale_factor": 1 / 255,
-      "do_normalize": True, "image_mean": [mean] * 3, "image_std": [std] * 3,
+      "do_normalize": True, "image_mean": [mean] * channels, "image_std": [std] * channels,
   }
 
 
-def hf_state_dict(params: Mapping[str, Any], model_kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def hf_state_dict(params: Mapping[str, Any],
+                  model_kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Our params (either layer layout) -> {Hub ViT weight name: float32 array}, torch layouts."""
   check_exportable(model_kwargs)
   flat = npz.to_per_layer(npz.flatten(flax.linen.unbox(params)))
@@ -101,7 +106,7 @@ def hf_state_dict(params: Mapping[str, Any], model_kwargs: Mapping[str, Any]) ->
 
   def take(key: str) -> np.ndarray:
     if key not in flat:
-      raise ValueError(f"Params have no {key!r}: they are not a {model_kwargs.get('depth')}-layer "
+      raise ValueError(f"Params have no {key!r}: they are not a {model_kwargs['depth']}-layer "
                        "token-classifier ViT (check --model).")
     return flat.pop(key)
 
@@ -118,7 +123,8 @@ def hf_state_dict(params: Mapping[str, Any], model_kwargs: Mapping[str, Any]) ->
 
   out["vit.embeddings.cls_token"] = take("cls")
   out["vit.embeddings.position_embeddings"] = take("Transformer/posembed_input/pos_embedding")
-  out["vit.embeddings.patch_embeddings.projection.weight"] = take("embedding/kernel").transpose(3, 2, 0, 1)
+  out["vit.embeddings.patch_embeddings.projection.weight"] = (
+      take("embedding/kernel").transpose(3, 2, 0, 1))
   out["vit.embeddings.patch_embeddings.projection.bias"] = take("embedding/bias")
   for i in range(model_kwargs["depth"]):
     hf, ours = f"vit.encoder.layer.{i}", f"Transformer/encoderblock_{i}"
@@ -139,18 +145,20 @@ def hf_state_dict(params: Mapping[str, Any], model_kwargs: Mapping[str, Any]) ->
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any], output_dir: str | epath.PathLike,
-           *, value_range: tuple[float, float] = (-1.0, 1.0)) -> epath.Path:
+def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any],
+           output_dir: str | epath.PathLike, *,
+           value_range: tuple[float, float] = (-1.0, 1.0)) -> epath.Path:
   """Writes a `ViTForImageClassification` directory loadable with `from_pretrained(output_dir)`.
 
-  `value_range` is the pixel range the model was trained on (our 'value_range(-1,1)' preprocessing by
-  default); it goes into preprocessor_config.json so HF pipelines feed the same inputs.
+  `value_range` is the pixel range the model was trained on (our 'value_range(-1,1)' preprocessing
+  by default); it goes into preprocessor_config.json so HF pipelines feed the same inputs.
   """
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top  (optional)
 
   weights = hf_state_dict(params, model_kwargs)
   kernel = weights["vit.embeddings.patch_embeddings.projection.weight"]
-  image_size = _image_size(weights["vit.embeddings.position_embeddings"].shape, model_kwargs["patch_size"])
+  image_size = _image_size(weights["vit.embeddings.position_embeddings"].shape,
+                           model_kwargs["patch_size"])
   num_classes = weights["classifier.weight"].shape[0] if "classifier.weight" in weights else 0
   output_dir = epath.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
@@ -159,5 +167,5 @@ def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any], output_di
   config = hf_config(model_kwargs, image_size, kernel.shape[1], num_classes)
   (output_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
   (output_dir / "preprocessor_config.json").write_text(
-      json.dumps(preprocessor_config(image_size, value_range), indent=2) + "\n")
+      json.dumps(preprocessor_config(image_size, value_range, kernel.shape[1]), indent=2) + "\n")
   return output_dir

@@ -1,18 +1,21 @@
 """Orbax checkpoints of the training state and of the input pipeline's position.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is the train-state pytree (params, optimizer
-state, step, rng, ...) written by every process in parallel (each its own shards); `data` is the input
-iterator's JSON state (`vit_jax.data.pipeline`'s holds every host's position), so a resumed run continues
-each host's input stream exactly where it stopped. Restoring takes an abstract target whose shardings may
-come from a different mesh or device count than the one that saved. Paths are etils.epath paths:
-a local directory (absolute: Orbax rejects relative paths late) or a bucket (gs://...).
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is the train-state pytree (params,
+optimizer state, step, rng, ...) written by every process in parallel (each its own shards); `data`
+is the input iterator's JSON state (`vit_jax.data.pipeline`'s holds every host's position), so a
+resumed run continues each host's input stream exactly where it stopped. Restoring takes an abstract
+target whose shardings may come from a different mesh or device count than the one that saved. Paths
+are etils.epath paths: a local directory (absolute: Orbax rejects relative paths late) or a bucket
+(gs://...).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -41,35 +44,76 @@ class TrainStateCheckpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
-    """Saves at `step` if it is due (or `force`); all processes must call it. Returns whether it saved.
-
-    `data_iterator.get_state()` (JSON-serialisable) is saved alongside; it is only asked when saving.
-    """
+  def is_due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, ..., force=force)` would write a checkpoint."""
     if step in self._manager.all_steps():
       return False  # Orbax would silently skip a second save of the same step.
-    if not force and not self._manager.should_save(step):
+    return force or self._manager.should_save(step)
+
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    """Saves at `step` if it is due (or `force`); all processes must call it. Returns whether it
+    saved.
+
+    `data_iterator.get_state()` (JSON-serialisable) is saved alongside; it is only asked when
+    saving.
+    """
+    if not self.is_due(step, force=force):
       return False
     # Every process calls get_state(): for multi-host iterators it is a collective.
     data = {"iterator": None if data_iterator is None else data_iterator.get_state()}
     return self._manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int]:
-    """Restores onto the shardings in `abstract_state` (a tree of jax.ShapeDtypeStruct).
+  def restore(self, abstract_state: Any) -> tuple[Any, Any, int]:
+    """Restores the newest intact step onto the shardings in `abstract_state` (a tree of
+    jax.ShapeDtypeStruct); returns (state, the data-iterator state or None, step).
 
-    Returns (state, the data-iterator state or None, step).
+    A step that cannot be read back (a truncated file, missing metadata) is moved aside to
+    `<step>.damaged`, out of the rotation's reach and kept for inspection, with a warning naming
+    it, and the previous step is tried.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored.state, (restored.data or {}).get("iterator"), step
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  (damage fails in library ways)
+        self._move_aside(step, e)
+        continue
+      return restored.state, (restored.data or {}).get("iterator"), step
+    raise FileNotFoundError(f"No checkpoint in {self.directory} can be restored (damaged ones "
+                            "are kept as <step>.damaged); inspect them, or use a new --workdir.")
+
+  def _move_aside(self, step: int, error: Exception) -> None:
+    aside = self.directory / f"{step}.damaged"
+    logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); moving it to %s and "
+                    "falling back to the previous step.", step, self.directory,
+                    type(error).__name__, str(error).splitlines()[0][:300], aside)
+    if jax.process_index() == 0:
+      if aside.exists():
+        aside.rmtree()
+      (self.directory / str(step)).rename(aside)
+    multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def saved_steps(directory: epath.Path) -> list[int]:
+  """The finalized steps in a checkpoints directory, oldest first; reads only (creates nothing)."""
+  if not directory.is_dir():
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def saved_params(directory: epath.Path, step: int) -> Any | None:
+  """The metadata (shapes, dtypes) of the params saved at `step`, or None if it is unreadable."""
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+    return metadata.item_metadata.tree["params"]
+  except Exception:  # pylint: disable=broad-except  (a damaged step: `restore` deals with it)
+    return None
 
 
 def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
@@ -88,13 +132,15 @@ def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
 def load_params(path: str | epath.PathLike) -> dict[str, Any]:
   """The `params` of an Orbax train-state checkpoint as host numpy arrays, at their saved shapes.
 
-  Used to initialise a fine-tune from a previous run (the caller adapts head and position embedding).
+  Used to initialise a fine-tune from a previous run (the caller adapts head and position
+  embedding).
   """
   state_dir = checkpoint_step_dir(path) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(state_dir).item_metadata.tree
   if "params" not in metadata:
-    raise ValueError(f"Orbax checkpoint {state_dir} has no 'params' entry (found {sorted(metadata)}).")
+    raise ValueError(f"Orbax checkpoint {state_dir} has no 'params' entry "
+                     f"(found {sorted(metadata)}).")
   target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata["params"])}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(

@@ -1,4 +1,5 @@
-"""Official google-research/vision_transformer `.npz` checkpoints: the file format, read and written.
+"""Official google-research/vision_transformer `.npz` checkpoints: the file format, read and
+written.
 
 The file is a flat mapping from "/"-joined parameter paths to float32 arrays, e.g.
 `Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel`. Our param tree uses the same names, so
@@ -6,8 +7,8 @@ The file is a flat mapping from "/"-joined parameter paths to float32 arrays, e.
 
 * scanned models keep the blocks as one `Transformer/encoderblock` subtree whose leaves carry a
   leading layer axis; the file always has one `encoderblock_{i}` subtree per layer;
-* the published hybrid (ResNet stem) files store GroupNorm scale/bias as (1, 1, 1, C) (pre-0.3.6 Flax,
-  see google/flax#1721); the model uses (C,).
+* the published hybrid (ResNet stem) files store GroupNorm scale/bias as (1, 1, 1, C) (pre-0.3.6
+  Flax, see google/flax#1721); the model uses (C,).
 
 Loading a checkpoint into a model (head reset, resizes, partial loads) is `pretrained.py`'s job.
 """
@@ -31,7 +32,8 @@ GROUPNORM_KEY = re.compile(r"(?:^|/)gn(?:_root|_proj|\d+)/(?:scale|bias)$")
 
 
 def flatten(tree: Mapping[str, Any]) -> FlatParams:
-  """Nested params -> {"a/b/c": leaf}. Flax metadata boxes (logical axis names) are kept as leaves."""
+  """Nested params -> {"a/b/c": leaf}. Flax metadata boxes (logical axis names) are kept as
+  leaves."""
   return flax.traverse_util.flatten_dict(tree, sep="/")
 
 
@@ -59,7 +61,8 @@ def to_per_layer(flat: Mapping[str, Any]) -> FlatParams:
 
 
 def to_scanned(flat: Mapping[str, Any]) -> FlatParams:
-  """Stacks `.../encoderblock_{i}/X` for i = 0..depth-1 into `.../encoderblock/X` (layer axis first)."""
+  """Stacks `.../encoderblock_{i}/X` for i = 0..depth-1 into `.../encoderblock/X` (layer axis
+  first)."""
   out, layers = {}, collections.defaultdict(dict)
   for key, value in flat.items():
     match = _LAYER_KEY.match(key)
@@ -69,9 +72,10 @@ def to_scanned(flat: Mapping[str, Any]) -> FlatParams:
       layers[(match["prefix"], match["rest"])][int(match["index"])] = value
   for (prefix, rest), by_index in layers.items():
     if sorted(by_index) != list(range(len(by_index))):
-      raise ValueError(f"Cannot stack {prefix}encoderblock_*/{rest}: layers {sorted(by_index)} are not "
-                       f"0..{len(by_index) - 1}; the checkpoint is missing blocks.")
-    out[f"{prefix}encoderblock/{rest}"] = np.stack([np.asarray(by_index[i]) for i in range(len(by_index))])
+      raise ValueError(f"Cannot stack {prefix}encoderblock_*/{rest}: layers {sorted(by_index)} "
+                       f"are not 0..{len(by_index) - 1}; the checkpoint is missing blocks.")
+    out[f"{prefix}encoderblock/{rest}"] = np.stack(
+        [np.asarray(by_index[i]) for i in range(len(by_index))])
   return out
 
 
@@ -90,8 +94,8 @@ def read_npz(path: str | epath.PathLike) -> FlatParams:
   """
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"No checkpoint at {path}: check the path (official files are named like "
-                            f"'ViT-B_16.npz').")
+    raise FileNotFoundError(f"No checkpoint at {path}: check the path "
+                            f"(official files are named like 'ViT-B_16.npz').")
   try:
     with path.open("rb") as f:
       npz = np.load(f, allow_pickle=False)
@@ -110,12 +114,14 @@ def read_npz(path: str | epath.PathLike) -> FlatParams:
 
 
 def squeeze_groupnorm(flat: Mapping[str, Any]) -> FlatParams:
-  """Legacy (1, 1, 1, C) GroupNorm scale/bias of the published hybrid files -> (C,), as the model's."""
+  """Legacy (1, 1, 1, C) GroupNorm scale/bias of the published hybrid files -> (C,), as the
+  model's."""
   return {k: v.reshape(v.shape[-1:]) if GROUPNORM_KEY.search(k) else v for k, v in flat.items()}
 
 
 def load_npz(path: str | epath.PathLike) -> dict[str, Any]:
-  """Reads an official `.npz` into a nested param tree in the per-layer layout, GroupNorm as (C,)."""
+  """Reads an official `.npz` into a nested param tree in the per-layer layout, GroupNorm as
+  (C,)."""
   return unflatten(squeeze_groupnorm(read_npz(path)))
 
 

@@ -15,8 +15,7 @@ import flax
 import jax
 import numpy as np
 
-from vit_jax.checkpoints import manager
-from vit_jax.checkpoints import npz
+from vit_jax.checkpoints import manager, npz
 from vit_jax.checkpoints.npz import FlatParams, flatten, unflatten
 from vit_jax.models import resize
 
@@ -38,8 +37,10 @@ def read_params(path: str | epath.PathLike) -> FlatParams:
 
 
 def load_pretrained(init_params: Mapping[str, Any], path: str | epath.PathLike, *,
-                    dont_load: Sequence[str] = (), posemb_method: str = "bilinear") -> dict[str, Any]:
-  """Loads a checkpoint (`read_params`) into params shaped like `init_params` (`merge_pretrained`)."""
+                    dont_load: Sequence[str] = (),
+                    posemb_method: str = "bilinear") -> dict[str, Any]:
+  """Loads a checkpoint (`read_params`) into params shaped like `init_params`
+  (`merge_pretrained`)."""
   return merge_pretrained(init_params, read_params(path), dont_load=dont_load,
                           posemb_method=posemb_method, source=str(path))
 
@@ -47,12 +48,13 @@ def load_pretrained(init_params: Mapping[str, Any], path: str | epath.PathLike, 
 def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      dont_load: Sequence[str] = (), posemb_method: str = "bilinear",
                      source: str = "the checkpoint") -> dict[str, Any]:
-  """Fills a freshly initialised param tree with pretrained values, adapting what is meant to change.
+  """Fills a freshly initialised param tree with pretrained values, adapting what is meant to
+  change.
 
   Args:
-    init_params: the model's `variables['params']` (plain or boxed with logical axis names, concrete or
-      abstract). It decides the result's structure, layout (scanned or not), shapes and dtypes; its
-      values are kept wherever nothing is loaded.
+    init_params: the model's `variables['params']` (plain or boxed with logical axis names, concrete
+      or abstract). It decides the result's structure, layout (scanned or not), shapes and dtypes;
+      its values are kept wherever nothing is loaded.
     pretrained: pretrained params, nested or flat ("/"-joined keys), either layer layout.
     dont_load: regexes; params whose "/"-joined name fully matches one keep their init value
       (e.g. `('head/.*', 'pre_logits/.*')`).
@@ -60,14 +62,16 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
     source: names the checkpoint in messages.
 
   Returns:
-    A tree like `init_params` (boxes kept) whose loaded leaves are host NumPy arrays. Adaptations:
-    a `head` that is missing or of another shape (new num_classes) keeps its init value; a position
-    embedding of another grid is resized (class-token entry kept); a patch kernel of another patch size
-    is PI-resized (FlexiViT). Checkpoint params the model lacks (e.g. `pre_logits` when the model has no
-    representation layer) are dropped. Anything else that does not fit raises a ValueError listing it.
+    A tree like `init_params` (boxes kept) whose loaded leaves are host NumPy arrays. Adaptations: a
+    `head` that is missing or of another shape (new num_classes) keeps its init value; a position
+    embedding of another grid is resized (class-token entry kept); a patch kernel of another patch
+    size is PI-resized (FlexiViT). Checkpoint params the model lacks (e.g. `pre_logits` when the
+    model has no representation layer) are dropped. Anything else that does not fit raises a
+    ValueError listing it.
   """
   if set(init_params) == {"params"}:
-    raise ValueError("init_params looks like a variables dict {'params': ...}: pass variables['params'].")
+    raise ValueError("init_params looks like a variables dict {'params': ...}: "
+                     "pass variables['params'].")
   init_flat = flatten(init_params)
   ckpt = match_layout(flatten(flax.linen.unbox(pretrained)), init_flat)
   patterns = [re.compile(p) for p in dont_load]
@@ -92,10 +96,12 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
                      ckpt[key].shape, target.shape)
         out[key] = init_leaf
       else:
-        mismatched.append(f"{key}: checkpoint {tuple(ckpt[key].shape)} vs model {tuple(target.shape)}")
+        mismatched.append(f"{key}: checkpoint {tuple(ckpt[key].shape)} "
+                          f"vs model {tuple(target.shape)}")
       continue
     value = value.astype(target.dtype)
-    out[key] = init_leaf.replace_boxed(value) if isinstance(init_leaf, flax.core.meta.AxisMetadata) else value
+    out[key] = (init_leaf.replace_boxed(value)
+                if isinstance(init_leaf, flax.core.meta.AxisMetadata) else value)
 
   for pattern in patterns:
     if not any(pattern.fullmatch(k) for k in init_flat):
@@ -105,7 +111,8 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
   if missing or mismatched:
     raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused,
                                        _LOAD_FIX))
-  # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a slip.
+  # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a
+  # slip.
   dropped_head = [k for k in unused if k.startswith((_HEAD_PREFIX, "pre_logits/"))]
   dropped_other = [k for k in unused if k not in dropped_head]
   if dropped_head:
@@ -125,8 +132,10 @@ def match_layout(flat: Mapping[str, Any], like: Mapping[str, Any]) -> FlatParams
   return dict(flat)
 
 
-def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *, fix: str) -> dict[str, Any]:
-  """Params of `path` that must be exactly the model of `expected` (names and shapes), e.g. for eval.
+def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *,
+               fix: str) -> dict[str, Any]:
+  """Params of `path` that must be exactly the model of `expected` (names and shapes), e.g. for
+  eval.
 
   Either layer layout is accepted; anything else that differs raises the `check_matches` error.
   """
@@ -139,7 +148,8 @@ def check_matches(params: Mapping[str, Any], expected: Mapping[str, Any], *, sou
                   fix: str) -> None:
   """Raises ValueError unless `params` has exactly the keys and shapes of `expected`.
 
-  Both may be nested or flat, in the same layer layout; the error lists the first offenders and `fix`.
+  Both may be nested or flat, in the same layer layout; the error lists the first offenders and
+  `fix`.
   """
   got, want = flatten(params), flatten(flax.linen.unbox(expected))
   missing = sorted(set(want) - set(got))
@@ -167,13 +177,15 @@ def _adapt(key: str, value: np.ndarray, target: Any, ckpt: Mapping[str, Any],
 
 def _resize_posemb(value: np.ndarray, target_shape: tuple[int, ...], ckpt: Mapping[str, Any],
                    init_flat: Mapping[str, Any], method: str) -> np.ndarray:
-  """Resizes the grid part; the class-token entry is kept (or taken from init if only one side has it)."""
+  """Resizes the grid part; the class-token entry is kept (or taken from init if only one side has
+  it)."""
   old_prefix, new_prefix = int("cls" in ckpt), int("cls" in init_flat)
   new_tokens = target_shape[1] - new_prefix
   side = int(round(new_tokens**0.5))
   if side * side != new_tokens:
-    raise ValueError(f"The model's position embedding has {new_tokens} grid tokens, not a square grid: "
-                     f"resize it yourself with vit_jax.models.resize.resize_posemb(..., old_grid=...).")
+    raise ValueError(f"The model's position embedding has {new_tokens} grid tokens, "
+                     "not a square grid: resize it yourself with "
+                     "vit_jax.models.resize.resize_posemb(..., old_grid=...).")
   logging.info("Resizing the position embedding %s -> %s (%s).", value.shape, target_shape, method)
   resized = np.asarray(resize.resize_posemb(value, (side, side), old_prefix, method))
   if old_prefix == new_prefix:

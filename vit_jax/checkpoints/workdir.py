@@ -1,6 +1,9 @@
 """The workdir contract: where a run's outputs live, and whether the run is done.
 
-    WORKDIR/checkpoints/<step>/   Orbax train state + data position (vit_jax.checkpoints.manager)
+    WORKDIR/checkpoints/<step>/   Orbax train state + data position (vit_jax.checkpoints.manager);
+                                  <step>.damaged/ a step that could not be restored, kept aside
+    WORKDIR/config.json           the config the run was started with (a resume is checked on it)
+    WORKDIR/lock.json             held by the run writing here (vit_jax.checkpoints.lock)
     WORKDIR/metrics.jsonl         one JSON object per logged step (vit_jax.training.metrics)
     WORKDIR/tb/                   TensorBoard event files
     WORKDIR/summary.json          written once the run completes: {"done": true, "final": ...}
@@ -8,7 +11,8 @@
     WORKDIR/eval.json             metrics of python -m vit_jax.evaluate
     WORKDIR/<program>.log         output of a trial's programs under the local sweep launcher
     WORKDIR/job.sbatch, slurm-<job id>.out   a trial's SLURM job script and its output
-    SWEEP_DIR/sweep.json          a sweep's manifest; SWEEP_DIR/<trial name>/ is each trial's workdir
+    SWEEP_DIR/sweep.json          a sweep's manifest; SWEEP_DIR/<trial name>/ is each trial's
+                                  workdir
 
 Every program that reads or writes these (train, evaluate, convert, bench, sweep, launchers, report)
 names them through this module, and every path is an etils.epath path, so `gs://bucket/run` (and any
@@ -21,6 +25,7 @@ import json
 from typing import Any
 import uuid
 
+from absl import logging
 from etils import epath
 
 SUMMARY = "summary.json"
@@ -51,11 +56,14 @@ def write_json(path: epath.Path, data: Any) -> None:
 
 
 def read_json(path: epath.Path) -> Any | None:
-  """The JSON in `path`, or None if it is missing or unreadable (e.g. written half-way)."""
+  """The JSON in `path`, or None if it is missing; ValueError naming the file if it is damaged."""
   try:
     return json.loads(path.read_text())
-  except (FileNotFoundError, json.JSONDecodeError):
+  except (FileNotFoundError, NotADirectoryError):
     return None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it was damaged or edited by hand: restore "
+                     "it, or delete it to start that record afresh.") from e
 
 
 class Workdir:
@@ -91,6 +99,14 @@ class Workdir:
     return self.root / SUMMARY
 
   @property
+  def config(self) -> epath.Path:
+    return self.root / "config.json"
+
+  @property
+  def lock(self) -> epath.Path:
+    return self.root / "lock.json"
+
+  @property
   def bench(self) -> epath.Path:
     return self.root / "bench.json"
 
@@ -121,7 +137,12 @@ class Workdir:
                        "directory you can write to.") from e
 
   def read_summary(self) -> dict[str, Any] | None:
-    return read_json(self.summary)
+    """summary.json, or None while the run has not completed (or if the file is damaged)."""
+    try:
+      return read_json(self.summary)
+    except ValueError as e:
+      logging.warning("%s Treating the run as not finished.", e)
+      return None
 
   def write_summary(self, summary: dict[str, Any]) -> None:
     write_json(self.summary, summary)

@@ -1,7 +1,8 @@
 """Experiment configs: the base config (every field's one default), config-file args, bad input.
 
-Config files in configs/ start from `base_config()` and set what their experiment changes; the trainer
-reads every field from the config as it is, so a default lives in `base.py` and nowhere else.
+Config files in configs/ start from `base_config()` and set what their experiment changes; the
+trainer reads every field from the config as it is, so a default lives in `base.py` and nowhere
+else.
 """
 from vit_jax.config.args import parse_arg
 from vit_jax.config.base import base_config, resolve_evals

@@ -1,4 +1,5 @@
-"""Typed arguments of config files: `--config=configs/vit_i1k.py:variant=B/16,epochs=300,runlocal`."""
+"""Typed arguments of config files:
+`--config=configs/vit_i1k.py:variant=B/16,epochs=300,runlocal`."""
 from __future__ import annotations
 
 from typing import Any

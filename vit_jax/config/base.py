@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.ema_decay = _unset(float)
   # FlexiViT: each step trains at a patch size drawn from this set and every eval runs at each of
-  # them (metrics `<eval>/<metric>@p<P>`); the model's own patch size keeps the plain keys. () = off.
+  # them (metrics `<eval>/<metric>@p<P>`); the model's own patch size keeps the plain keys.
+  # () = off.
   c.flexi = ml_collections.ConfigDict(dict(patch_sizes=()))
 
   # Parallelism: mesh axes (data / fsdp / tensor) and logical-axis rules (None = the default table).

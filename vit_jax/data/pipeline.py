@@ -29,12 +29,11 @@ from typing import Any, Iterator, Mapping
 
 import grain
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 from PIL import Image
 
-from vit_jax.data import preprocess
-from vit_jax.data import sources
+from vit_jax.data import preprocess, sources
 
 STATE_FORMAT = "vit_jax.data.pipeline/1"
 # Errors that mean "this file is not a readable image" (PIL raises OSError for truncated or

@@ -51,7 +51,8 @@ def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
   try:
     node = ast.parse(spec if "(" in spec else spec + "()", mode="eval").body
   except SyntaxError as e:
-    raise ValueError(f"Cannot parse pp op {spec!r}: {e.msg}. Write ops as name(arg, key=value).") from e
+    raise ValueError(f"Cannot parse pp op {spec!r}: {e.msg}. "
+                     "Write ops as name(arg, key=value).") from e
   if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
     raise ValueError(f"Cannot parse pp op {spec!r}: expected name(arg, key=value).")
   try:
@@ -71,7 +72,8 @@ def parse(pp: str) -> Op:
       continue
     name, args, kwargs = _parse_call(spec)
     if name not in _REGISTRY:
-      raise ValueError(f"Unknown pp op {name!r} in {pp!r}. Available: {', '.join(available_ops())}.")
+      raise ValueError(f"Unknown pp op {name!r} in {pp!r}. "
+                       f"Available: {', '.join(available_ops())}.")
     try:
       ops.append(_REGISTRY[name](*args, **kwargs))
     except TypeError as e:
@@ -92,13 +94,16 @@ def op_arguments(pp: str, name: str) -> dict[str, Any] | None:
     if spec:
       op_name, args, kwargs = _parse_call(spec)
       if op_name == name:
-        bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
+        try:
+          bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
+        except TypeError as e:
+          raise ValueError(f"Bad arguments for pp op {spec!r}: {e}.") from e
         bound.apply_defaults()
         return dict(bound.arguments)
   return None
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
   if isinstance(size, int):
@@ -136,7 +141,7 @@ def _with_image(example: Example, image: Any) -> Example:
   return {**example, "image": image}
 
 
-# --- ops -------------------------------------------------------------------------------------------
+# --- ops ------------------------------------------------------------------------------------------
 
 @register("decode")
 def decode(channels: int = 3) -> Op:

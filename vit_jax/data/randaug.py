@@ -68,8 +68,10 @@ OPS: dict[str, _AugOp] = {
     "ShearX": lambda im, s, rng: _affine(im, (1, _signed(0.3 * s, rng), 0, 0, 1, 0)),
     "ShearY": lambda im, s, rng: _affine(im, (1, 0, 0, _signed(0.3 * s, rng), 1, 0)),
     # TF translates up to 100 px at 224 px (~0.45 of the side).
-    "TranslateX": lambda im, s, rng: _affine(im, (1, 0, _signed(0.45 * s * im.size[0], rng), 0, 1, 0)),
-    "TranslateY": lambda im, s, rng: _affine(im, (1, 0, 0, 0, 1, _signed(0.45 * s * im.size[1], rng))),
+    "TranslateX": lambda im, s, rng: _affine(
+        im, (1, 0, _signed(0.45 * s * im.size[0], rng), 0, 1, 0)),
+    "TranslateY": lambda im, s, rng: _affine(
+        im, (1, 0, 0, 0, 1, _signed(0.45 * s * im.size[1], rng))),
     "Cutout": _cutout,
 }
 _NAMES = tuple(OPS)

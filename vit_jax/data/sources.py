@@ -1,4 +1,5 @@
-"""Random-access example sources: prepared tfds datasets (ArrayRecord), image folders, bundled digits.
+"""Random-access example sources: prepared tfds datasets (ArrayRecord), image folders, bundled
+digits.
 
 A source is a sequence of raw examples `{"image": encoded bytes, "label": int, "id": str}` that
 grain can index from any worker; the pipeline shards, shuffles and decodes it. `open_source` checks
@@ -76,13 +77,14 @@ def _open_imagefolder(root: str | None, split: str) -> Source:
     images = sorted(str(p) for p in class_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
         if class_dir.is_dir() else []
     if not images:
-      raise ValueError(f"Class folder {str(class_dir)!r} has no images ({', '.join(IMAGE_SUFFIXES)})"
-                       f"; every class of {root} needs images in split {split!r}. Add images or "
-                       "remove the class from all splits.")
+      raise ValueError(f"Class folder {str(class_dir)!r} has no images "
+                       f"({', '.join(IMAGE_SUFFIXES)}); every class of {root} needs images in "
+                       f"split {split!r}. Add images or remove the class from all splits.")
     files += images
     labels += [label] * len(images)
   if not class_names:
-    raise ValueError(f"{str(split_dir)!r} has no class sub-folders; expected {split}/<class>/*.jpg.")
+    raise ValueError(f"{str(split_dir)!r} has no class sub-folders; "
+                     f"expected {split}/<class>/*.jpg.")
   return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}")
 
 

@@ -53,7 +53,8 @@ def program_for(config: ml_collections.ConfigDict, image_shape: Sequence[int],
 
 
 def compile_train_step(program: TrainProgram, batch_size: int) -> tuple[jax.stages.Compiled, float]:
-  """The program's train step compiled for a global batch of `batch_size`, and the seconds it took."""
+  """The program's train step compiled for a global batch of `batch_size`, and the seconds it
+  took."""
   with program.mesh_context():
     start = time.perf_counter()
     compiled = program.train_step().lower(program.abstract_state(),
@@ -62,7 +63,8 @@ def compile_train_step(program: TrainProgram, batch_size: int) -> tuple[jax.stag
 
 
 def random_batch(program: TrainProgram, batch_size: int) -> dict[str, jax.Array]:
-  """A global batch of random images and one-hot labels, built shard by shard (works across hosts)."""
+  """A global batch of random images and one-hot labels, built shard by shard (works across
+  hosts)."""
   rng = np.random.default_rng(0)
   num_classes = program.config.num_classes
   arrays = {"image": rng.standard_normal((batch_size, *program.image_shape), dtype=np.float32),
@@ -121,7 +123,8 @@ def xla_forward_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence
 
 
 def xla_train_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int]) -> float:
-  """XLA's FLOP count of the unscanned model's whole training step (optimizer included), per image."""
+  """XLA's FLOP count of the unscanned model's whole training step (optimizer included), per
+  image."""
   program = program_for(with_model(config, scan=False), hwc, jax.devices()[:1])
   compiled, _ = compile_train_step(program, _XLA_COUNT_BATCH)
   return projection.program_cost(compiled, 1, _XLA_COUNT_BATCH).flops / _XLA_COUNT_BATCH
@@ -130,7 +133,8 @@ def xla_train_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[i
 def _peak_memory() -> tuple[int, str]:
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"]), f"peak_bytes_in_use of {jax.local_devices()[0].device_kind}"
+    return (int(stats["peak_bytes_in_use"]),
+            f"peak_bytes_in_use of {jax.local_devices()[0].device_kind}")
   # Linux reports ru_maxrss in KiB: the process's peak resident memory, compilation included.
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (CPU)"
 

@@ -1,28 +1,28 @@
 """Projected training speed on hardware we don't have. Always a projection, never a measurement.
 
 The inputs are read from a compiled training step (per device, one step): bytes accessed (and the
-hardware FLOPs, kept for reference) from XLA's cost analysis of the unscanned model (a scanned body is
-counted once), and the bytes every
-collective (all-reduce, all-gather, reduce-scatter, all-to-all, permute) moves, parsed from the
-optimised HLO. The model, per chip of the target:
+hardware FLOPs, kept for reference) from XLA's cost analysis of the unscanned model (a scanned body
+is counted once), and the bytes every collective (all-reduce, all-gather, reduce-scatter,
+all-to-all, permute) moves, parsed from the optimised HLO. The model, per chip of the target:
 
     compute = model FLOPs (analytic, per chip) / (peak bf16 FLOP/s x assumed MFU)
     memory  = bytes accessed / HBM bandwidth
     comm    = sum over collectives of ring-algorithm bytes / per-chip collective bandwidth
-    step    = max(compute, memory) + comm            (no compute/communication overlap: conservative)
+    step    = max(compute, memory) + comm          (no compute/communication overlap: conservative)
 
 Collectives whose group spans every device of the profiled program are taken to span every chip of
 the target (data / FSDP axes grow with the slice); smaller groups (tensor axes) keep their size.
 Bytes accessed come from the program compiled for the host CPU, whose fusion differs from TPU/GPU
-compilers', so the memory term is indicative only. Kernel-launch and host overheads are not modelled:
-for tiny models (a step of microseconds) the projection is a bound real hardware will not reach.
+compilers', so the memory term is indicative only. Kernel-launch and host overheads are not
+modelled: for tiny models (a step of microseconds) the projection is a bound real hardware will not
+reach.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from vit_jax.runtime import hardware
@@ -48,7 +48,8 @@ class Target:
     for key, peak in hardware.PEAK_BF16_FLOPS:
       if key in kind:
         return peak
-    raise ValueError(f"no datasheet peak for chip {self.chip!r}; add it to hardware.PEAK_BF16_FLOPS.")
+    raise ValueError(f"no datasheet peak for chip {self.chip!r}; "
+                     "add it to hardware.PEAK_BF16_FLOPS.")
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -110,7 +111,8 @@ class ProgramCost:
   per_device_batch: int
 
   def to_json(self) -> dict[str, Any]:
-    return {**dataclasses.asdict(self), "collectives": [dataclasses.asdict(c) for c in self.collectives]}
+    return {**dataclasses.asdict(self),
+            "collectives": [dataclasses.asdict(c) for c in self.collectives]}
 
   @classmethod
   def from_json(cls, data: Mapping[str, Any]) -> "ProgramCost":
@@ -137,7 +139,8 @@ def program_cost(compiled: Any, num_devices: int, per_device_batch: int) -> Prog
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return ProgramCost(float(cost["flops"]), float(cost.get("bytes accessed", 0.0)),
-                     parse_collectives(compiled.as_text(), num_devices), num_devices, per_device_batch)
+                     parse_collectives(compiled.as_text(), num_devices), num_devices,
+                     per_device_batch)
 
 
 def _ring_bytes(c: Collective, n: int) -> float:
@@ -151,14 +154,15 @@ def project(cost: ProgramCost, target: Target, train_flops_per_image: float,
             mfu: float = DEFAULT_MFU) -> dict[str, Any]:
   """Predicted step time and img/s of the profiled program on `target` at the assumed MFU.
 
-  MFU is defined on model FLOPs (vit_jax.models.flops), so the compute term uses those; XLA's count also
-  holds rematerialisation, optimizer and elementwise work that MFU does not credit.
+  MFU is defined on model FLOPs (vit_jax.models.flops), so the compute term uses those; XLA's count
+  also holds rematerialisation, optimizer and elementwise work that MFU does not credit.
   """
   if not 0 < mfu <= 1:
     raise ValueError(f"mfu={mfu}: the assumed model FLOP utilisation must be in (0, 1].")
   compute_s = train_flops_per_image * cost.per_device_batch / (target.peak_flops * mfu)
   memory_s = cost.bytes_accessed / target.hbm_bytes_per_s
-  comm_bytes = sum(_ring_bytes(c, target.chips if c.group_size >= cost.num_devices else c.group_size)
+  comm_bytes = sum(_ring_bytes(c, (target.chips if c.group_size >= cost.num_devices
+                                   else c.group_size))
                    for c in cost.collectives)
   comm_s = comm_bytes / target.collective_bytes_per_s
   step_s = max(compute_s, memory_s) + comm_s
@@ -174,8 +178,9 @@ def project(cost: ProgramCost, target: Target, train_flops_per_image: float,
 
 def format_projection(p: Mapping[str, Any]) -> str:
   return (f"[{LABEL}] {p['target']} ({p['chips']} chips, global batch {p['global_batch']}, "
-          f"assumed MFU {p['assumed_mfu']:.0%}): step {p['step_s'] * 1e3:.2f} ms, {p['img_per_s']:,.0f} img/s "
-          f"({p['bound']}-bound; compute {p['compute_s'] * 1e3:.2f} ms, memory {p['memory_s'] * 1e3:.2f} ms, "
+          f"assumed MFU {p['assumed_mfu']:.0%}): step {p['step_s'] * 1e3:.2f} ms, "
+          f"{p['img_per_s']:,.0f} img/s ({p['bound']}-bound; "
+          f"compute {p['compute_s'] * 1e3:.2f} ms, memory {p['memory_s'] * 1e3:.2f} ms, "
           f"comm {p['comm_s'] * 1e3:.2f} ms)")
 
 

@@ -9,8 +9,8 @@ Every evaluator is built once (compiling its step once) and then called with par
 `vit_jax.training.program.TrainProgram.evaluators()` builds them for a training config.
 
 The training loop logs them as `<name>/<metric>` (e.g. `val/prec@1`). Built with FlexiViT
-`patch_sizes=(4, 7)` (from `config.flexi.patch_sizes`), an evaluator also reports every metric at each
-of those patch sizes as `<metric>@p<P>` (e.g. `val/prec@1@p7`), one compiled step per size.
+`patch_sizes=(4, 7)` (from `config.flexi.patch_sizes`), an evaluator also reports every metric at
+each of those patch sizes as `<metric>@p<P>` (e.g. `val/prec@1@p7`), one compiled step per size.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Classification evaluator: mean loss, top-1 and top-5 precision over one full pass of a dataset."""
+"""Classification evaluator: mean loss, top-1 and top-5 precision over one full pass of a
+dataset."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -6,8 +7,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
+import ml_collections
 
 from vit_jax.data import pipeline
 
@@ -16,8 +17,10 @@ _SUMS = ("loss", "correct@1", "correct@5", "count")
 
 def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
                    patch_size: tuple[int, int] | None = None
-                   ) -> Callable[[Any, dict[str, jax.Array], dict[str, jax.Array]], dict[str, jax.Array]]:
-  """(params, batch, sums) -> sums + this batch's masked sums of loss / correct@1 / correct@5 / count.
+                   ) -> Callable[[Any, dict[str, jax.Array], dict[str, jax.Array]],
+                                 dict[str, jax.Array]]:
+  """(params, batch, sums) -> sums + this batch's masked sums of loss / correct@1 / correct@5 /
+  count.
 
   Padding examples (batch["mask"] == 0) count for nothing; a label counts as hit when any of the
   top-k predicted classes is labelled positive (so multi-label datasets work too). `patch_size`

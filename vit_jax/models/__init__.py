@@ -16,28 +16,33 @@ from vit_jax.models.vit import Model
 FIELDS = tuple(f.name for f in dataclasses.fields(Model)
                if f.name not in ("parent", "name", "num_classes"))
 _DIMS = ("patch_size", "width", "depth", "mlp_dim", "num_heads")
+# Every other field's one default is the Model's.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Model)
+             if f.name in FIELDS and f.name not in _DIMS}
 
 
 def model_kwargs(variant: Optional[str] = None, **fields: Any) -> dict[str, Any]:
-  """The `Model` fields (but num_classes) of `variant` with `fields` overriding them.
+  """Every `Model` field (but num_classes) of `variant` with `fields` overriding them.
 
   `variant` is a name ('ViT-B/16', 'B_16', 'R50+B/16'), a size without patch ('B', then
   `patch_size` is needed), or None (then every dimension is given). Fields set to None are left
-  to the variant or to the model's default, as in a config.
+  to the variant or to the model's default, as in a config. The result is complete: readers
+  (FLOPs, exports) index it and never re-default a field.
   """
   fields = {k: v for k, v in fields.items() if v is not None}
   unknown = sorted(set(fields) - set(FIELDS))
   if unknown:
     raise ValueError(f"Unknown model option(s) {unknown} for {variant!r}; valid: {sorted(FIELDS)}.")
-  kwargs = {**(variants.decode(variant) if variant else {}), **fields}
-  missing = [k for k in _DIMS if k not in kwargs]
+  named = {**(variants.decode(variant) if variant else {}), **fields}
+  missing = [k for k in _DIMS if k not in named]
   if missing:
     raise ValueError(f"Model {variant or '(no variant)'} needs {missing}: name a variant such as "
                      "'S/16' or give every dimension (patch_size, width, depth, mlp_dim, "
                      "num_heads).")
+  kwargs = {**_DEFAULTS, **named}
   patch = kwargs["patch_size"]
   kwargs["patch_size"] = (patch, patch) if isinstance(patch, int) else tuple(patch)
-  if isinstance(kwargs.get("dtype"), str):
+  if isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
   return kwargs
 

@@ -62,8 +62,9 @@ class MultiHeadDotProductAttention(nn.Module):
     (wq, bq), (wk, bk), (wv, bv) = (
         jax.tree.map(lambda a: a.astype(self.dtype), _Projection(**in_proj, name=n)())
         for n in ("query", "key", "value"))
-    wo, bo = _Projection(kernel_shape=(heads, head_dim, width), kernel_axes=("heads", "kv", "embed"),
-                         bias_shape=(width,), bias_axes=("embed",), num_in_dims=2, name="out")()
+    wo, bo = _Projection(kernel_shape=(heads, head_dim, width),
+                         kernel_axes=("heads", "kv", "embed"), bias_shape=(width,),
+                         bias_axes=("embed",), num_in_dims=2, name="out")()
     wo, bo = wo.astype(self.dtype), bo.astype(self.dtype)
     self_attention = inputs_q is inputs_kv
     inputs_q, inputs_kv = inputs_q.astype(self.dtype), inputs_kv.astype(self.dtype)

@@ -13,8 +13,8 @@ in place: vit_jax.models.kernels uses these products on XLA:CPU only.
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 
 def _swap(x: jax.Array) -> jax.Array:

@@ -8,7 +8,6 @@ QKV + output projections 8*N*D^2, MLP 4*N*D*M, attention scores and weighted sum
 from typing import Any, Mapping, Sequence
 
 
-
 def _conv(h: int, w: int, k: int, cin: int, cout: int) -> int:
   return 2 * h * w * k * k * cin * cout
 
@@ -28,42 +27,42 @@ def _stem_flops(image_hw: tuple[int, int], channels: int, num_layers: Sequence[i
       ho, wo = -(-h // stride), -(-w // stride)
       if cin != 4 * feat or stride != 1:
         flops += _conv(ho, wo, 1, cin, 4 * feat)
-      flops += _conv(h, w, 1, cin, feat) + _conv(ho, wo, 3, feat, feat) + _conv(ho, wo, 1, feat, 4 * feat)
+      flops += (_conv(h, w, 1, cin, feat) + _conv(ho, wo, 3, feat, feat) +
+                _conv(ho, wo, 1, feat, 4 * feat))
       h, w, cin = ho, wo, 4 * feat
   return flops, (h, w), cin
 
 
 def forward_flops_per_image(model_kwargs: Mapping[str, Any], image_size: int | Sequence[int],
-                            channels: int = 3, num_classes: int | None = None) -> int:
+                            channels: int = 3, num_classes: int = 0) -> int:
   """Forward-pass FLOPs for one image of a model described by `models.model_kwargs(...)`."""
   hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   ph, pw = model_kwargs["patch_size"]
   d, m, depth = model_kwargs["width"], model_kwargs["mlp_dim"], model_kwargs["depth"]
   flops = 0
-  if model_kwargs.get("resnet"):
+  if model_kwargs["resnet"]:
     r = model_kwargs["resnet"]
-    stem, hw, channels = _stem_flops(hw, channels, r["num_layers"], r.get("width_factor", 1))
+    stem, hw, channels = _stem_flops(hw, channels, r["num_layers"], r["width_factor"])
     flops += stem
   gh, gw = hw[0] // ph, hw[1] // pw
   patches = gh * gw
   flops += 2 * patches * ph * pw * channels * d
-  classifier = model_kwargs.get("classifier", "token")
+  classifier = model_kwargs["classifier"]
   n = patches + (1 if classifier == "token" else 0)
   flops += depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d)
   if classifier == "map":
     # One probe query: q/out projections on 1 token, k/v on n tokens, scores, MLP on 1 token.
     flops += 4 * d * d + 4 * n * d * d + 4 * n * d + 4 * d * m
   out = d
-  if model_kwargs.get("representation_size"):
+  if model_kwargs["representation_size"]:
     flops += 2 * d * model_kwargs["representation_size"]
     out = model_kwargs["representation_size"]
-  classes = num_classes if num_classes is not None else model_kwargs.get("num_classes", 0)
-  flops += 2 * out * (classes or 0)
+  flops += 2 * out * num_classes
   return int(flops)
 
 
 def train_flops_per_image(model_kwargs: Mapping[str, Any], image_size: int | Sequence[int],
-                          channels: int = 3, num_classes: int | None = None) -> int:
+                          channels: int = 3, num_classes: int = 0) -> int:
   """Forward + backward (2x forward) FLOPs per image, excluding rematerialisation."""
   return 3 * forward_flops_per_image(model_kwargs, image_size, channels, num_classes)
 

@@ -17,8 +17,8 @@ import dataclasses
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from vit_jax.models import cpu_kernels
 

@@ -8,10 +8,10 @@ so they are built once in float64 NumPy and enter the traced computation as cons
   (`scipy.ndimage.zoom(grid, order=1)`, i.e. align-corners linear interpolation: the corner
   embeddings are kept exactly); 'bicubic' is `jax.image.resize` (half-pixel, antialiased when
   shrinking), as in big_vision and timm.
-* `pi_resize_patch_kernel`: FlexiViT's PI-resize (Beyer et al. 2023, arXiv:2212.08013). If a patch x is
-  resized to x' = B x with bilinear resize B (half-pixel, no antialias, as `jax.image.resize(...,
-  antialias=False)`), the kernel w' = pinv(B^T) w gives <x', w'> = <x, w> exactly when upsampling and
-  the least-squares best match when downsampling.
+* `pi_resize_patch_kernel`: FlexiViT's PI-resize (Beyer et al. 2023, arXiv:2212.08013). If a patch x
+  is resized to x' = B x with bilinear resize B (half-pixel, no antialias, as `jax.image.resize(...,
+  antialias=False)`), the kernel w' = pinv(B^T) w gives <x', w'> = <x, w> exactly when upsampling
+  and the least-squares best match when downsampling.
 """
 import functools
 from typing import Optional, Sequence
@@ -49,7 +49,8 @@ def linear_resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarr
 def _grid_of(num_tokens: int, what: str) -> tuple[int, int]:
   side = int(round(num_tokens**0.5))
   if side * side != num_tokens:
-    raise ValueError(f"{what} has {num_tokens} grid tokens, not a square grid: pass old_grid=(h, w).")
+    raise ValueError(f"{what} has {num_tokens} grid tokens, not a square grid: "
+                     "pass old_grid=(h, w).")
   return side, side
 
 
@@ -58,7 +59,8 @@ def resize_posemb(posemb: jax.Array, new_grid: Sequence[int], num_prefix_tokens:
   """Resizes a (1, prefix + gh*gw, D) position embedding to the grid `new_grid` = (gh', gw').
 
   The first `num_prefix_tokens` entries (the class token's, for classifier='token') are kept as they
-  are; the rest is read as a row-major (gh, gw) grid (`old_grid`, square by default) and interpolated.
+  are; the rest is read as a row-major (gh, gw) grid (`old_grid`, square by default) and
+  interpolated.
   """
   if method not in POSEMB_METHODS:
     raise ValueError(f"posemb resize method={method!r}; choose one of {POSEMB_METHODS}.")

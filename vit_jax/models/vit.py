@@ -9,13 +9,11 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
 
-from vit_jax.models import attention
+from vit_jax.models import attention, resize, resnet
 from vit_jax.models import kernels as kernels_lib
-from vit_jax.models import resize
-from vit_jax.models import resnet
 from vit_jax.models.partitioning import constrain as _constrain
 from vit_jax.models.partitioning import init as _init
 
@@ -83,7 +81,8 @@ def _drop_path(x: jax.Array, rate: jax.Array, rng: jax.Array) -> jax.Array:
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block. `drop_path_rate` is an argument so `nn.scan` can vary it by layer."""
+  """Pre-norm transformer block. `drop_path_rate` is an argument so `nn.scan` can vary it by
+  layer."""
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -130,7 +129,8 @@ class AddPositionEmbs(nn.Module):
     shape = (1, x.shape[1], x.shape[2])
     if self.has_variable("params", "pos_embedding"):
       shape = nn.unbox(self.get_variable("params", "pos_embedding")).shape
-    pe = self.param("pos_embedding", _init(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
+    pe = self.param("pos_embedding",
+                    _init(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
                     shape, jnp.float32)
     if pe.shape[1] != x.shape[1]:
       pe = resize.resize_posemb(pe, self.grid, self.num_prefix_tokens)
@@ -149,7 +149,8 @@ class PatchEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
-    kernel = self.param("kernel", _init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+    kernel = self.param("kernel",
+                        _init(nn.initializers.lecun_normal(), (None, None, None, "embed")),
                         (*self.kernel_size, x.shape[-1], self.width), jnp.float32)
     bias = self.param("bias", _init(nn.initializers.zeros, ("embed",)), (self.width,), jnp.float32)
     kernel = resize.pi_resize_patch_kernel(kernel, patch_size)
@@ -198,9 +199,10 @@ class Encoder(nn.Module):
       if self.remat_policy != "none":
         body = nn.remat(body, policy=policy, prevent_cse=False)
       x, _ = nn.scan(
-          body, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=0, length=self.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"})(**block_kwargs, name="encoderblock")(x, rates)
+          body, variable_axes={"params": 0, "intermediates": 0},
+          split_rngs={"params": True, "dropout": True}, in_axes=0, length=self.depth,
+          metadata_params={nn.PARTITION_NAME: "layers"})(
+              **block_kwargs, name="encoderblock")(x, rates)
     else:
       block_cls = EncoderBlock
       if self.remat_policy != "none":
@@ -231,7 +233,8 @@ class MAPHead(nn.Module):
 
 
 class Model(nn.Module):
-  """ViT classifier. Input NHWC images; output logits (B, num_classes), or features if num_classes=0."""
+  """ViT classifier. Input NHWC images; output logits (B, num_classes), or features if
+  num_classes=0."""
   num_classes: int
   patch_size: Sequence[int] = (16, 16)
   width: int = 768
@@ -268,7 +271,7 @@ class Model(nn.Module):
     x = images.astype(self.dtype)
     if self.resnet is not None:
       x = resnet.resnet_stem(x, tuple(self.resnet["num_layers"]),
-                             int(self.resnet.get("width_factor", 1)), self.dtype)
+                             int(self.resnet["width_factor"]), self.dtype)
     x = PatchEmbedding(self.width, tuple(self.patch_size), self.dtype, name="embedding")(
         x, patch_size)
     b, gh, gw, d = x.shape
@@ -343,6 +346,9 @@ def _validate_fields(m: Model) -> None:
   if m.attention_impl not in kernels_lib.ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={m.attention_impl!r}; choose one of "
                      f"{kernels_lib.ATTENTION_IMPLS}.")
+  for name in ("width", "depth", "mlp_dim", "num_heads"):
+    if not isinstance(getattr(m, name), int) or getattr(m, name) < 1:
+      raise ValueError(f"{name}={getattr(m, name)!r} must be a positive int.")
   if m.width % m.num_heads:
     raise ValueError(f"width={m.width} is not divisible by num_heads={m.num_heads}.")
   if len(tuple(m.patch_size)) != 2 or min(m.patch_size) <= 0:

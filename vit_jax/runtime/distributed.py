@@ -13,7 +13,8 @@ import jax
 
 
 def _cluster_detected() -> bool:
-  """True on launchers that jax.distributed.initialize() configures itself (SLURM, TPU pods, MPI)."""
+  """True on launchers that jax.distributed.initialize() configures itself (SLURM, TPU pods,
+  MPI)."""
   def count(var):
     try:
       return int(os.environ.get(var, "1"))

@@ -1,20 +1,23 @@
 """Launchers: run a study's trials here, on a TPU VM pod slice, or as SLURM jobs.
 
 Every trial runs the same two programs wherever it lands: `vit_jax.bench` (efficiency profile into
-`WORKDIR/bench.json`) and then `vit_jax.train` (metrics, checkpoints, `summary.json` with done=true).
-A trial whose `summary.json` says done is skipped, so re-launching a sweep resumes it; a trial that
-stopped half-way resumes from its own checkpoints. The sweep's manifest (`sweep.json`, written by
-`python -m vit_jax.sweep` before launching) records the study for the report.
+`WORKDIR/bench.json`) and then `vit_jax.train` (metrics, checkpoints, `summary.json` with
+done=true). A trial whose `summary.json` says done is skipped, so re-launching a sweep resumes it; a
+trial that stopped half-way resumes from its own checkpoints. The sweep's manifest (`sweep.json`,
+written by `python -m vit_jax.sweep` before launching) records the study for the report.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
 
 from etils import epath
 
@@ -35,7 +38,8 @@ def _with_env(study: Study, command: Sequence[str]) -> str:
   return shlex.join([*(f"{k}={v}" for k, v in study.env.items()), *command])
 
 
-def bench_args(study: Study, trial: Trial, workdir: Workdir, extra: Sequence[str] = ()) -> list[str]:
+def bench_args(study: Study, trial: Trial, workdir: Workdir,
+               extra: Sequence[str] = ()) -> list[str]:
   return ["-m", "vit_jax.bench", *study.train_args(trial), f"--output={workdir.bench}", *extra]
 
 
@@ -43,15 +47,66 @@ def train_args(study: Study, trial: Trial, workdir: Workdir) -> list[str]:
   return ["-m", "vit_jax.train", *study.train_args(trial), f"--workdir={workdir}"]
 
 
-def _run_logged(command: Sequence[str], log: epath.Path, env: dict[str, str]) -> int:
-  """Runs `command` with its output appended to `log` (streamed to a local file; a remote log,
-  which cannot be appended to, is rewritten with it when the command ends)."""
-  if not workdir_lib.is_remote(log):
-    with open(log, "a") as f:
-      return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-  result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-  log.write_bytes((log.read_bytes() if log.exists() else b"") + result.stdout)
-  return result.returncode
+class TrialsStopped(RuntimeError):
+  """The launcher was asked to stop; its running trials were stopped (resumably) and waited for."""
+
+
+class TrialsFailed(RuntimeError):
+  """Some trials exited with an error; their logs say why."""
+
+
+class _Children:
+  """The trial processes running now; a SIGTERM / SIGINT to the launcher is forwarded to each
+  once (a trial's `vit_jax.train` saves a checkpoint and stops), and no new program starts.
+
+  Trials run in their own process group, so a Ctrl-C in the terminal reaches only the launcher,
+  which forwards it exactly once (a second SIGINT would make a trial abort without saving).
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._running: set[subprocess.Popen] = set()
+    self._guard = threading.Lock()
+    self._previous = {}
+
+  def __enter__(self) -> "_Children":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._forward)
+    return self
+
+  def __exit__(self, *_) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _forward(self, signum, frame) -> None:
+    del frame
+    with self._guard:
+      if self.signal_name is None:
+        self.signal_name = signal.Signals(signum).name
+        print(f"{self.signal_name}: stopping the running trials (each saves a checkpoint)...",
+              flush=True)
+        for process in self._running:
+          process.send_signal(signum)
+
+  def run(self, command: Sequence[str], log: epath.Path, env: dict[str, str]) -> int | None:
+    """Runs `command` with its output appended to `log` (streamed to a local file; a remote log,
+    which cannot be appended to, is rewritten with it when the command ends). None: not started
+    because the launcher is stopping."""
+    remote = workdir_lib.is_remote(log)
+    with contextlib.ExitStack() as stack:
+      output = subprocess.PIPE if remote else stack.enter_context(open(log, "a"))
+      with self._guard:
+        if self.signal_name is not None:
+          return None
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+        self._running.add(process)
+      captured, _ = process.communicate()
+      with self._guard:
+        self._running.discard(process)
+    if remote:
+      log.write_bytes((log.read_bytes() if log.exists() else b"") + captured)
+    return process.returncode
 
 
 @dataclasses.dataclass
@@ -78,13 +133,16 @@ class LocalLauncher:
     commands.append([self.python, *train_args(study, trial, workdir)])
     return commands
 
-  def _run_trial(self, study: Study, trial: Trial) -> int:
+  def _run_trial(self, study: Study, trial: Trial, children: _Children) -> int:
     workdir = trial_workdir(self.sweep_dir, trial)
     workdir.root.mkdir(parents=True, exist_ok=True)
     for command in self.commands(study, trial):
       program = command[2].rsplit(".", 1)[-1]
       print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)
-      returncode = _run_logged(command, workdir.log(program), {**os.environ, **study.env})
+      returncode = children.run(command, workdir.log(program), {**os.environ, **study.env})
+      if returncode is None or children.signal_name:
+        print(f"[{trial.name}] stopped", flush=True)
+        return 0
       if returncode:
         print(f"[{trial.name}] {program} failed with exit code {returncode}; see "
               f"{workdir.log(program)}", flush=True)
@@ -102,12 +160,17 @@ class LocalLauncher:
         for command in self.commands(study, trial):
           print(_with_env(study, command))
       return
-    with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-      codes = list(pool.map(lambda t: self._run_trial(study, t), pending))
+    with _Children() as children:
+      with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+        codes = list(pool.map(lambda t: self._run_trial(study, t, children), pending))
+    if children.signal_name:
+      raise TrialsStopped(f"Stopped by {children.signal_name}: the running trials saved a "
+                          "checkpoint and stopped. Re-launch the same command to resume the "
+                          "sweep.")
     failed = [t.name for t, code in zip(pending, codes) if code]
     if failed:
-      raise RuntimeError(f"{len(failed)} of {len(pending)} trials failed: {failed}. Fix and re-launch: "
-                         "finished trials are skipped.")
+      raise TrialsFailed(f"{len(failed)} of {len(pending)} trials failed: {failed}. "
+                         "Fix and re-launch: finished trials are skipped.")
     print(f"all {len(study.trials)} trials done; report: python -m vit_jax.report {self.sweep_dir}")
 
 
@@ -135,14 +198,15 @@ class TpuLauncher:
       if not value:
         raise ValueError(f"{flag} is required for --launcher=tpu.")
     if not (workdir_lib.is_remote(self.workdir_root) or os.path.isabs(self.workdir_root)):
-      raise ValueError(f"--workdir_root={self.workdir_root!r}: every TPU worker must see it; use a bucket "
-                       "path such as gs://my-bucket/sweeps (or an absolute path on a shared mount).")
+      raise ValueError(f"--workdir_root={self.workdir_root!r}: every TPU worker must see it; "
+                       "use a bucket path such as gs://my-bucket/sweeps "
+                       "(or an absolute path on a shared mount).")
 
   def ssh(self, remote_command: str) -> list[str]:
     """`gcloud ... ssh` running `remote_command` on every worker of the slice."""
     project = [f"--project={self.project}"] if self.project else []
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.tpu_name, f"--zone={self.zone}", *project,
-            "--worker=all", f"--command={remote_command}"]
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.tpu_name, f"--zone={self.zone}",
+            *project, "--worker=all", f"--command={remote_command}"]
 
   def setup_command(self) -> list[str]:
     repo, rev, dst = (shlex.quote(x) for x in (self.repo_url, self.revision, self.remote_dir))
@@ -190,7 +254,8 @@ class SlurmLauncher:
 
   def __post_init__(self):
     if self.nodes < 1 or self.gpus_per_node < 1:
-      raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: both must be >= 1.")
+      raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: "
+                       "both must be >= 1.")
     self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
     self.repo_dir = os.path.abspath(self.repo_dir)  # A local checkout, by definition.
 

@@ -1,16 +1,17 @@
 """Sweep report: one row per trial (swept values, final metrics, efficiency profile, projections).
 
-The library side of `python -m vit_jax.report SWEEP_DIR [--out=DIR] [--metric=val/prec@1]`. Writes `results.csv`, `results.md` and three plots into `--out` (default: SWEEP_DIR):
-accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, and img/s vs
-patch size per model size. A FlexiViT trial (one model evaluated at several patch sizes) gives one row
-per evaluated patch size.
+The library side of `python -m vit_jax.report SWEEP_DIR [--out=DIR] [--metric=val/prec@1]`. Writes
+`results.csv`, `results.md` and three plots into `--out` (default: SWEEP_DIR): accuracy vs training
+GFLOPs per image, accuracy vs measured img/s with the Pareto front, and img/s vs patch size per
+model size. A FlexiViT trial (one model evaluated at several patch sizes) gives one row per
+evaluated patch size.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import csv
 import math
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from etils import epath
@@ -37,12 +38,14 @@ def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
   return candidates[0] if candidates else None
 
 
-def load_rows(sweep_dir: str, metric: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-  """Rows of the report in the sweep manifest's order (or the trial dirs' without one), and the metric."""
+def load_rows(sweep_dir: str,
+              metric: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+  """Rows of the report in the sweep manifest's order (or the trial dirs' without one), and the
+  metric."""
   root = workdir_lib.resolve(sweep_dir)
   if not root.is_dir():
-    raise FileNotFoundError(f"sweep dir {sweep_dir!r} does not exist; pass the --sweep_dir of the launch "
-                            "(default runs/sweeps/<study>).")
+    raise FileNotFoundError(f"sweep dir {sweep_dir!r} does not exist; "
+                            "pass the --sweep_dir of the launch (default runs/sweeps/<study>).")
   manifest = workdir_lib.read_json(workdir_lib.sweep_manifest(root))
   if manifest:
     trials = [(t["name"], t["values"]) for t in manifest["trials"]]
@@ -89,7 +92,8 @@ def _efficiency(bench: dict[str, Any]) -> dict[str, Any]:
       "step_ms": bench["step_s"] * 1e3 if "step_s" in bench else None,
       "compile_s": bench.get("compile_s"),
       "mfu": bench.get("mfu"),
-      "peak_memory_mb": bench["peak_memory_bytes"] / 2**20 if "peak_memory_bytes" in bench else None,
+      "peak_memory_mb": (bench["peak_memory_bytes"] / 2**20
+                         if "peak_memory_bytes" in bench else None),
       "device": bench.get("device"),
   }
   for proj in bench.get("projections", []):
@@ -110,7 +114,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def _format(value: Any, fmt: str) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return "–"
-  return fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+  return (fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+          else str(value))
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
@@ -148,7 +153,8 @@ def _size_label(row: dict[str, Any]) -> str:
   return f"{row['model'].split('/')[0] or 'ViT'} (width {row['width']})"
 
 
-def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path, metric: str | None) -> list[str]:
+def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path,
+                metric: str | None) -> list[str]:
   """The three trade-off plots as PNG files; returns their names."""
   import matplotlib
   matplotlib.use("Agg")
@@ -163,8 +169,8 @@ def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path, metric: str
     for row in rows:
       if row.get(x_key) is not None and row["accuracy"] is not None:
         ax.scatter(row[x_key], 100 * row["accuracy"], color=colors[_size_label(row)])
-        ax.annotate(f"p{row['patch']}", (row[x_key], 100 * row["accuracy"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=8)
+        ax.annotate(f"p{row['patch']}", (row[x_key], 100 * row["accuracy"]),
+                    textcoords="offset points", xytext=(4, 3), fontsize=8)
     for size in sizes:
       ax.scatter([], [], color=colors[size], label=size)
     ax.set_xscale("log")

@@ -1,4 +1,4 @@
-"""Sweeps: a study is a base config file plus trials, each a named set of config overrides.
+r"""Sweeps: a study is a base config file plus trials, each a named set of config overrides.
 
 A study file in `experiments/` defines `get_sweep(arg: str) -> Study`, building its trials with
 `axis`, `product` and `zip_`:
@@ -6,20 +6,22 @@ A study file in `experiments/` defines `get_sweep(arg: str) -> Study`, building 
     trials = sweep.trials(sweep.product(sweep.axis("variant", ["Ti", "S", "B"]),
                                         sweep.axis("patch", [8, 16, 32])))
 
-Keys name either a config-file argument (`variant` -> `--config=configs/x.py:variant=Ti,...`) or, with
-a `config.` prefix, a config field (`config.lr` -> `--config.lr=0.001`), exactly as on the command line.
+Keys name either a config-file argument (`variant` -> `--config=configs/x.py:variant=Ti,...`) or,
+with a `config.` prefix, a config field (`config.lr` -> `--config.lr=0.001`), exactly as on the
+command line.
 
-    python -m vit_jax.sweep experiments/patch_size_tradeoff.py[:arg] --launcher=local|tpu|slurm [--dry_run]
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py[:arg] \
+        --launcher=local|tpu|slurm [--dry_run]
 
 Launchers (local / TPU / SLURM) are vit_jax.study.launchers; the report is vit_jax.study.report.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import importlib.util
 import itertools
 import os
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vit_jax.checkpoints import workdir
@@ -42,7 +44,8 @@ def _merge(points: Sequence[Point]) -> Point:
   for point in points:
     clash = merged.keys() & point.keys()
     if clash:
-      raise ValueError(f"keys {sorted(clash)} are set twice in one trial; sweep each key in one axis.")
+      raise ValueError(f"keys {sorted(clash)} are set twice in one trial; "
+                       "sweep each key in one axis.")
     merged.update(point)
   return merged
 
@@ -84,7 +87,8 @@ class Trial:
     args = {**base_args, **self.config_args}
     for key, value in args.items():
       if "," in _format_value(value) and not isinstance(value, (list, tuple)):
-        raise ValueError(f"config arg {key}={value!r} contains ','; config-file args are ','-separated.")
+        raise ValueError(f"config arg {key}={value!r} contains ','; "
+                         "config-file args are ','-separated.")
     arg_str = ",".join(f"{k}={_format_value(v)}" for k, v in args.items())
     return f"{config_file}:{arg_str}" if arg_str else config_file
 
@@ -102,7 +106,8 @@ def trials(points: Sequence[Point]) -> list[Trial]:
   result = []
   for point in points:
     config_args = {k: v for k, v in point.items() if not k.startswith(OVERRIDE_PREFIX)}
-    overrides = {k[len(OVERRIDE_PREFIX):]: v for k, v in point.items() if k.startswith(OVERRIDE_PREFIX)}
+    overrides = {k[len(OVERRIDE_PREFIX):]: v for k, v in point.items()
+                 if k.startswith(OVERRIDE_PREFIX)}
     name = ",".join(f"{k.rsplit('.', 1)[-1]}={_slug(v)}" for k, v in point.items()) or "default"
     result.append(Trial(name, config_args, overrides))
   names = [t.name for t in result]
@@ -114,7 +119,8 @@ def trials(points: Sequence[Point]) -> list[Trial]:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-  """A sweep: the config file (relative to the repository root), what every trial shares, the trials.
+  """A sweep: the config file (relative to the repository root), what every trial shares, the
+  trials.
 
   `base_args` are config-file args and `base_overrides` config fields (`{"optim.lr": 1e-3}`) set for
   every trial; trials may override them; neither appears in trial names. `env` is exported for every
@@ -130,7 +136,8 @@ class Study:
 
   def train_args(self, trial: Trial) -> list[str]:
     """Config flags shared by `vit_jax.train` and `vit_jax.bench` for one trial."""
-    base = Trial("base", {}, {k: v for k, v in self.base_overrides.items() if k not in trial.overrides})
+    base = Trial("base", {},
+                 {k: v for k, v in self.base_overrides.items() if k not in trial.overrides})
     return [f"--config={trial.config_flag(self.config, self.base_args)}", *base.override_flags(),
             *trial.override_flags()]
 
@@ -139,8 +146,9 @@ class Study:
         "name": self.name, "config": self.config, "base_args": dict(self.base_args),
         "base_overrides": dict(self.base_overrides), "env": dict(self.env),
         "description": self.description,
-        "trials": [{"name": t.name, "config_args": dict(t.config_args), "overrides": dict(t.overrides),
-                    "values": t.values(), "flags": self.train_args(t)} for t in self.trials],
+        "trials": [{"name": t.name, "config_args": dict(t.config_args),
+                    "overrides": dict(t.overrides), "values": t.values(),
+                    "flags": self.train_args(t)} for t in self.trials],
     }
 
 
@@ -150,14 +158,16 @@ def load_study(spec: str) -> Study:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"study file {path!r} does not exist; pass e.g. "
                             "experiments/patch_size_tradeoff.py:local")
-  module_spec = importlib.util.spec_from_file_location(f"_study_{os.path.basename(path)[:-3]}", path)
+  module_spec = importlib.util.spec_from_file_location(f"_study_{os.path.basename(path)[:-3]}",
+                                                       path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path} defines no get_sweep(arg) -> vit_jax.study.sweep.Study.")
   study = module.get_sweep(arg) if arg else module.get_sweep()
   if not isinstance(study, Study):
-    raise ValueError(f"{path}:get_sweep returned {type(study).__name__}, expected vit_jax.study.sweep.Study.")
+    raise ValueError(f"{path}:get_sweep returned {type(study).__name__}, "
+                     "expected vit_jax.study.sweep.Study.")
   return study
 
 
@@ -174,7 +184,8 @@ def write_manifest(study: Study, sweep_dir: str) -> None:
     old_flags = {t["name"]: t.get("flags") for t in old["trials"]}
     for trial in new["trials"]:
       if old_flags.get(trial["name"]) not in (None, trial["flags"]):
-        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, the study now "
-                         f"says {trial['flags']}; use another --sweep_dir or delete that trial's dir.")
+        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, "
+                         f"the study now says {trial['flags']}; "
+                         "use another --sweep_dir or delete that trial's dir.")
   manifest.parent.mkdir(parents=True, exist_ok=True)
   workdir.write_json(manifest, new)

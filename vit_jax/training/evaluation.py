@@ -1,4 +1,5 @@
-"""Evaluating a checkpoint without training: every evaluator of `config.evals`, one full pass each."""
+"""Evaluating a checkpoint without training: every evaluator of `config.evals`, one full pass
+each."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,19 +20,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | None = None,
                         devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """Runs every evaluator on the params of `checkpoint` (an official `.npz` or an Orbax directory;
-  default: the latest in WORKDIR/checkpoints); returns `<eval>/<metric>` and writes WORKDIR/eval.json.
+  default: the latest in WORKDIR/checkpoints); returns `<eval>/<metric>` and writes
+  WORKDIR/eval.json.
 
   Raises:
     vit_jax.config.BadInputError: for a bad config value, data or checkpoint, before compiling.
   """
   with bad_input():
     workdir = workdir_lib.Workdir(workdir)
-    workdir.check_writable()
     evals = config_lib.resolve_evals(config)
     if not evals:
       raise ValueError("config.evals is empty: nothing to evaluate; add e.g. config.evals.val.")
+    if not checkpoint and not workdir.checkpoints.exists():
+      raise FileNotFoundError(
+          f"No checkpoint to evaluate: {workdir.checkpoints} does not exist. Train into this "
+          "--workdir first, or pass --checkpoint=PATH (an .npz or an Orbax checkpoint directory).")
     path = checkpoint or str(workdir.checkpoints)
-    checks.check_checkpoint_path(path, what="--checkpoint" if checkpoint else "the checkpoint")
+    checks.check_checkpoint_path(path, what="--checkpoint")
     # The model is built for the images the evals feed it (and no training data is needed).
     program = TrainProgram.from_config(
         config, devices=devices, image_shape=pipeline.example_shape(next(iter(evals.values()))),
@@ -40,6 +45,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     params = pretrained.load_exact(
         path, program.abstract_params, fix=f"evaluate with the config the checkpoint was trained "
         f"with (config.model={config.model.to_dict()} does not fit it).")
+    workdir.check_writable()
 
   params = jax.device_put(params, program.param_shardings)
   results = {}

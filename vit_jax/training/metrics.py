@@ -16,8 +16,7 @@ from typing import Any, Mapping
 from absl import logging
 from etils import epath
 import numpy as np
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 
 from vit_jax.checkpoints import workdir as workdir_lib

@@ -5,7 +5,8 @@ Config (`config.optim`):
   lr, b1, b2, eps, momentum, nesterov
   wd: decoupled weight decay applied to kernels only ('.../kernel' params). As in optax.adamw and
       PyTorch AdamW it is scaled by the current learning rate: each step subtracts lr(t) * wd * w.
-      (big_vision's wd is scaled by the schedule but not by the base lr: wd_here = wd_big_vision / lr.)
+      (big_vision's wd is scaled by the schedule but not by the base lr:
+      wd_here = wd_big_vision / lr.)
   mu_dtype: None | 'bfloat16'        dtype of the first moment / momentum buffer
   grad_clip_norm: None | float       global-norm clipping of the (trainable) gradients
   lr_mults: ((regex, multiplier), ...)   first matching regex scales that param's update
@@ -68,6 +69,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, *, total_steps: 
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer config.optim.name={cfg.name!r}; choose one of "
                      f"{OPTIMIZERS}.")
+  if not cfg.lr > 0:
+    raise ValueError(f"config.optim.lr={cfg.lr} must be positive (a zero or negative lr does not "
+                     "train); e.g. --config.optim.lr=1e-3.")
+  if cfg.wd < 0 or cfg.end_lr < 0:
+    raise ValueError(f"config.optim.wd={cfg.wd} and config.optim.end_lr={cfg.end_lr} must not be "
+                     "negative.")
   if cfg.name == "adam" and cfg.wd:
     raise ValueError(f"config.optim.name='adam' has no weight decay but wd={cfg.wd}; use 'adamw' "
                      "or set --config.optim.wd=0.")

@@ -30,15 +30,10 @@ from vit_jax import config as config_lib
 from vit_jax import evaluators as evaluators_lib
 from vit_jax import models
 from vit_jax.checkpoints import pretrained
-from vit_jax.data import pipeline
-from vit_jax.data import sources
+from vit_jax.data import pipeline, sources
 from vit_jax.models import flops
 from vit_jax.runtime import hardware
-from vit_jax.training import checks
-from vit_jax.training import losses
-from vit_jax.training import optimizers
-from vit_jax.training import schedules
-from vit_jax.training import sharding
+from vit_jax.training import checks, losses, optimizers, schedules, sharding
 from vit_jax.training import state as state_lib
 from vit_jax.training import step as step_lib
 
@@ -84,7 +79,7 @@ class TrainProgram:
     model_fields = models.model_kwargs(**config.model.to_dict())
     model = models.Model(num_classes=config.num_classes, **model_fields)
     loss_fn = losses.get_loss(config.loss)
-    checks.check_label_smoothing(config)
+    checks.check_labels(config)
     image_shape = tuple(image_shape or pipeline.example_shape(config.input))
     checks.check_flexi_patch_sizes(config.flexi.patch_sizes, image_shape[:2])
     abstract, param_shardings = _abstract_params(model, image_shape, mesh, rules)
@@ -102,7 +97,7 @@ class TrainProgram:
                                                 bool(config.ema_decay)),
                peak=hardware.peak_flops_per_device(devices[0]))
 
-  # --- Placement -----------------------------------------------------------------------------------
+  # --- Placement ----------------------------------------------------------------------------------
 
   @contextlib.contextmanager
   def mesh_context(self) -> Iterator[None]:
@@ -134,7 +129,7 @@ class TrainProgram:
     return {"image": spec(batch_size, *self.image_shape),
             "label": spec(batch_size, self.config.num_classes)}
 
-  # --- Initial state -------------------------------------------------------------------------------
+  # --- Initial state ------------------------------------------------------------------------------
 
   def pretrained_params(self) -> dict[str, Any] | None:
     """config.init's params, read and checked against the model before anything is compiled.
@@ -179,7 +174,7 @@ class TrainProgram:
   def _zeros_image(self) -> jax.Array:
     return jnp.zeros((1, *self.image_shape), jnp.float32)
 
-  # --- Steps ---------------------------------------------------------------------------------------
+  # --- Steps --------------------------------------------------------------------------------------
 
   def train_step(self, patch_size: int | None = None) -> step_lib.TrainStep:
     """The jitted train step (state donated), at `patch_size` for FlexiViT; built once per size."""
@@ -206,7 +201,7 @@ class TrainProgram:
                                        patch_sizes=tuple(self.config.flexi.patch_sizes))
             for name, cfg in config_lib.resolve_evals(self.config).items()}
 
-  # --- Cost ----------------------------------------------------------------------------------------
+  # --- Cost ---------------------------------------------------------------------------------------
 
   def train_flops_per_image(self) -> float:
     """Analytic training FLOPs per image; with FlexiViT the mean over the patch sizes drawn."""
@@ -234,6 +229,7 @@ def _schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
                                       num_train_examples=num_examples)
   warmup = schedules.duration_in_steps(config.optim, "warmup", batch_size=config.batch_size,
                                        num_train_examples=num_examples, default=0)
+  checks.check_duration(total, warmup)
   return total, warmup
 
 
@@ -244,7 +240,8 @@ def _abstract_params(model: nn.Module, image_shape: Sequence[int], mesh: jax.sha
   Tracing the init also validates the model against the image shape (e.g. patch size divides it).
   """
   # Traced without a mesh context: flax would constrain DenseGeneral's flattened (D, H*Dh) init
-  # value with the 3-axis names of its (D, H, Dh) kernel. Placement comes from the shardings instead.
+  # value with the 3-axis names of its (D, H, Dh) kernel. Placement comes from the shardings
+  # instead.
   boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
                                             jnp.zeros((1, *image_shape), jnp.float32),
                                             train=False)["params"])

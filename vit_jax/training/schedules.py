@@ -1,9 +1,9 @@
 """Learning-rate schedules and the run's length in steps.
 
 `config.optim.schedule`: 'cosine' | 'linear' | 'rsqrt' | 'constant', after a linear warmup from 0
-over `warmup_steps | warmup_epochs | warmup_examples` (at most one; default 0). `end_lr` is the final
-lr of 'cosine' / 'linear'; `rsqrt_timescale` the steps of the rsqrt decay's unit. The run length is
-`config.total_steps | total_epochs | total_examples` (exactly one).
+over `warmup_steps | warmup_epochs | warmup_examples` (at most one; default 0). `end_lr` is the
+final lr of 'cosine' / 'linear'; `rsqrt_timescale` the steps of the rsqrt decay's unit. The run
+length is `config.total_steps | total_epochs | total_examples` (exactly one).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def duration_in_steps(config: ml_collections.ConfigDict, prefix: str, *, batch_s
   """
   given = {u: config[f"{prefix}_{u}"] for u in _UNITS if config[f"{prefix}_{u}"] is not None}
   if len(given) > 1:
-    raise ValueError(f"Set only one of {', '.join(f'{prefix}_{u}' for u in given)}; they all give the "
-                     f"{prefix} duration.")
+    raise ValueError(f"Set only one of {', '.join(f'{prefix}_{u}' for u in given)}; "
+                     f"they all give the {prefix} duration.")
   if not given:
     if default is None:
       raise ValueError(f"Set the {prefix} duration: one of --config.{prefix}_steps, "

@@ -5,9 +5,9 @@ activations with ('batch', 'length', 'embed'). A rules table maps each logical n
 rules are tried in order and a mesh axis is used at most once per array, so with the default table a
 batch-sharded activation keeps 'embed' unsharded while an FSDP parameter shards its 'embed' dim.
 
-    config.mesh = [("data", -1)]                   # pure data parallelism (-1: all remaining devices)
-    config.mesh = [("data", 2), ("fsdp", 4)]       # 2-way data x 4-way fully-sharded data parallelism
-    config.mesh = [("data", -1), ("tensor", 2)]    # + 2-way tensor parallelism of heads and MLP
+    config.mesh = [("data", -1)]                 # pure data parallelism (-1: all remaining devices)
+    config.mesh = [("data", 2), ("fsdp", 4)]     # 2-way data x 4-way fully-sharded data parallelism
+    config.mesh = [("data", -1), ("tensor", 2)]  # + 2-way tensor parallelism of heads and MLP
 """
 from __future__ import annotations
 
@@ -37,8 +37,16 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 def resolve_mesh_shape(mesh_spec: Sequence[Sequence[Any]], num_devices: int) -> dict[str, int]:
   """Turns `[("data", -1), ("fsdp", 4)]` into `{"data": n // 4, "fsdp": 4}`, validating it."""
-  names = [str(name) for name, _ in mesh_spec]
-  sizes = [int(size) for _, size in mesh_spec]
+  example = "e.g. --config.mesh='((\"data\", 2), (\"fsdp\", -1))'"
+  try:
+    entries = [tuple(entry) for entry in mesh_spec]
+  except TypeError:
+    entries = []
+  if not entries or any(len(e) != 2 or not isinstance(e[0], str) or isinstance(e[1], bool)
+                        or not isinstance(e[1], int) for e in entries):
+    raise ValueError(f"config.mesh={mesh_spec!r} must be (axis name, size) pairs, {example}.")
+  names = [name for name, _ in entries]
+  sizes = [size for _, size in entries]
   unknown = [n for n in names if n not in KNOWN_AXES]
   if unknown or len(set(names)) != len(names) or not names:
     raise ValueError(
@@ -62,7 +70,8 @@ def resolve_mesh_shape(mesh_spec: Sequence[Sequence[Any]], num_devices: int) -> 
   return dict(zip(names, sizes))
 
 
-def make_mesh(mesh_spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(mesh_spec: Sequence[Sequence[Any]],
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Builds the device mesh named in the config, with Auto (annotation-driven) axis types."""
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_spec, len(devices))
@@ -70,7 +79,8 @@ def make_mesh(mesh_spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] 
                        axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 
-def mesh_rules(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+def mesh_rules(mesh: Mesh,
+               rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
   """Restricts a rules table to the axes present in `mesh` (so one table serves every mesh)."""
   def keep(axes):
     if axes is None:
@@ -87,7 +97,8 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch array: leading dim split over the data-parallel axes, the rest replicated."""
+  """Sharding of a batch array: leading dim split over the data-parallel axes, the rest
+  replicated."""
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
   return NamedSharding(mesh, PartitionSpec(axes or None))
 
@@ -97,7 +108,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-  """Drops the mesh axes of any dim that they do not divide evenly (e.g. 10 classes over 4 devices)."""
+  """Drops the mesh axes of any dim that they do not divide evenly (e.g. 10 classes over 4
+  devices)."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)

@@ -1,36 +1,26 @@
 """Input throughput: decode + inception crop + flip of real JPEGs at 224 px, ours vs PIL vs tf.data.
 
-    python -m vit_jax.data.bench [--num_images=2000] [--threads=1] [--size=224]
-
-Offline: the two photos scikit-learn ships are cut and re-encoded (quality 90) at ImageNet-like
-sizes (about 500x375, both orientations) into a temporary `train/<class>/*.jpg` folder, which our
-pipeline reads as an `imagefolder` source. Each method runs for the same number of images after a
-warm-up, in one process, one after the other. The per-core figure is images per second of process
-CPU time (all threads), which is what scales with host cores and is less disturbed by other load
-on a shared machine than wall time; both are printed.
+The library side of `python -m vit_jax.data_bench`. Offline: the two photos scikit-learn ships are
+cut and re-encoded (quality 90) at ImageNet-like sizes (about 500x375, both orientations) into a
+temporary `train/<class>/*.jpg` folder, which our pipeline reads as an `imagefolder` source. Each
+method runs for the same number of images after a warm-up, in one process, one after the other.
+The per-core figure is images per second of process CPU time (all threads), which is what scales
+with host cores and is less disturbed by other load on a shared machine than wall time; both are
+printed.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import tempfile
 import time
 from typing import Callable, Iterator
 
-from absl import app
-from absl import flags
 import numpy as np
 from PIL import Image
 
 from vit_jax.config import base_config
-from vit_jax.data import pipeline
-from vit_jax.data import preprocess
-
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Images per method (after warm-up).")
-_THREADS = flags.DEFINE_integer("threads", 1, "Reader threads of our pipeline and tf.data.")
-_SIZE = flags.DEFINE_integer("size", 224, "Output crop size.")
-_FILES = flags.DEFINE_integer("files", 500, "Distinct JPEG files in the synthetic folder.")
+from vit_jax.data import pipeline, preprocess
 
 _IMAGENET_LIKE_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (400, 500), (450, 350))
 _BATCH = 32
@@ -130,7 +120,8 @@ def tf_data(files: list[str], size: int, threads: int) -> Iterator[int]:
 
 
 def format_table(rows: list[Measurement], threads: int) -> str:
-  lines = [f"| method (threads={threads}) | images | wall s | img/s wall | CPU s | img/s per core |",
+  lines = [(f"| method (threads={threads}) | images | wall s | img/s wall | CPU s | "
+            "img/s per core |"),
            "|---|---:|---:|---:|---:|---:|"]
   for m in rows:
     lines.append(f"| {m.method} | {m.images} | {m.wall_s:.2f} | {m.per_wall_second:.0f} | "
@@ -147,17 +138,3 @@ def run(num_images: int, threads: int, size: int, num_files: int) -> list[Measur
         ("tf.data (decode_and_crop_jpeg)", lambda: tf_data(files, size, threads)),
     ]
     return [_measure(name, make(), num_images) for name, make in methods]
-
-
-def main(argv: list[str]) -> None:
-  del argv
-  load_before = os.getloadavg()[0]
-  rows = run(_NUM_IMAGES.value, _THREADS.value, _SIZE.value, _FILES.value)
-  print(format_table(rows, _THREADS.value))
-  print(f"\nhost: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before / "
-        f"{os.getloadavg()[0]:.1f} after (other processes share these cores; compare rows, not "
-        f"runs). Target: >= 300 img/s per core.")
-
-
-if __name__ == "__main__":
-  app.run(main)

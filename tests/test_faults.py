@@ -1,0 +1,227 @@
+"""Faults a run left alone overnight must survive without losing or faking results: divergence,
+a changed recipe on resume, a second run on the same workdir, a damaged checkpoint, a finished run
+started again, a kill without a checkpoint, a full disk, and a stopped sweep."""
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import REPO, TESTS, TOTAL_STEPS, final_params, metric_rows, tiny_config
+from vit_jax.checkpoints import manager
+from vit_jax.config import BadInputError
+from vit_jax.training import loop, metrics
+
+pytestmark = pytest.mark.slow  # Training runs.
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def _train(config, workdir, **kwargs):
+  return loop.train_and_evaluate(config, str(workdir), devices=ONE_DEVICE, **kwargs)
+
+
+def _snapshot(root) -> dict[str, str]:
+  """Every file under `root` with a hash of its content."""
+  return {os.path.relpath(os.path.join(d, f), root):
+          hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+          for d, _, files in os.walk(root) for f in files}
+
+
+def _saved_steps(workdir) -> list[int]:
+  return manager.saved_steps(workdir / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory):
+  """A finished 6-step run (checkpoints at 2, 4, 6) to copy from."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  final = _train(tiny_config(data_root), workdir)
+  return workdir, final
+
+
+def _copy(finished, tmp_path, *, unfinish: bool = True):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished[0], workdir)
+  if unfinish:
+    (workdir / "summary.json").unlink()
+  return workdir
+
+
+def test_rerunning_a_finished_run_changes_nothing(finished, data_root, tmp_path):
+  workdir = _copy(finished, tmp_path, unfinish=False)
+  before = _snapshot(workdir)
+  final = _train(tiny_config(data_root), workdir)
+  assert final["already_finished"] and final["val/prec@1"] == finished[1]["val/prec@1"]
+  assert _snapshot(workdir) == before
+
+
+def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(finished, data_root,
+                                                                             tmp_path):
+  workdir = _copy(finished, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "6")  # Resume from step 4 ...
+  exploding = tiny_config(data_root, keep_checkpoints=1, checkpoint_every_steps=1)
+  exploding.optim.lr = 1e30  # ... with an lr whose step 5 is finite and step 6 overflows.
+  with pytest.raises(loop.Diverged, match=r"Training diverged at step 6: loss .* the newest "
+                                          r"checkpoint .* is step 5. Lower config.optim.lr"):
+    _train(exploding, workdir, accept_config_change=True)
+  assert _saved_steps(workdir) == [5]  # Saved while finite; step 6 never was.
+  params = final_params(str(workdir))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert not (workdir / "summary.json").exists()
+
+
+def test_a_changed_recipe_on_resume_is_refused_with_the_changes_named(finished, data_root,
+                                                                      tmp_path):
+  workdir = _copy(finished, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  changed = tiny_config(data_root, total_steps=8)
+  changed.optim.lr = 0.2
+  before = _snapshot(workdir)
+  with pytest.raises(BadInputError, match=r"optim\.lr: 0\.1 -> 0\.2; total_steps: 6 -> 8\. .*"
+                                          r"--accept_config_change"):
+    _train(changed, workdir)
+  assert _snapshot(workdir) == before
+  # Where it runs may change: another mesh, data location or eval interval is not a new recipe.
+  moved = tiny_config(data_root, mesh=(("data", 1),), log_every_steps=2)
+  assert _train(moved, workdir)["step"] == TOTAL_STEPS
+  final = _train(changed, tmp_path / "other")  # A new workdir takes any recipe.
+  assert final["step"] == 8
+
+
+def test_another_model_in_the_workdir_is_named_before_compiling(finished, data_root, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  wider = tiny_config(data_root)
+  wider.model.width = 32
+  with pytest.raises(BadInputError, match="shape mismatches"):
+    _train(wider, workdir, accept_config_change=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA"])
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_restored(
+    finished, data_root, tmp_path, caplog, damage):
+  workdir = _copy(finished, tmp_path)
+  state = workdir / "checkpoints" / "6" / "state"
+  if damage == "deleted _METADATA":
+    (state / "_METADATA").unlink()
+  else:
+    data_file = max((p for p in state.rglob("*") if p.is_file() and "/d/" in str(p)),
+                    key=lambda p: p.stat().st_size)
+    data_file.write_bytes(data_file.read_bytes()[:16])
+  caplog.set_level(logging.WARNING)
+  final = _train(tiny_config(data_root), workdir)
+  assert final["step"] == TOTAL_STEPS
+  assert any("Checkpoint step 6" in r.getMessage() and "6.damaged" in r.getMessage()
+             for r in caplog.records)
+  assert (workdir / "checkpoints" / "6.damaged").is_dir()  # Kept for inspection ...
+  assert _saved_steps(workdir)[-1] == 6  # ... and step 6 trained again from step 4, exactly.
+  jax.tree.map(np.testing.assert_array_equal, final_params(str(workdir)),
+               final_params(str(finished[0])))
+
+
+def test_a_full_disk_stops_with_one_message_and_keeps_what_was_committed(data_root, tmp_path,
+                                                                         monkeypatch):
+  write = metrics.MetricsWriter.write
+
+  def write_until_full(self, step, values):
+    if step == 3 and "train/loss" in values:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    write(self, step, values)
+  monkeypatch.setattr(metrics.MetricsWriter, "write", write_until_full)
+  with pytest.raises(BadInputError, match="No space left writing .* newest committed checkpoint"):
+    _train(tiny_config(data_root), tmp_path / "run")
+  assert _saved_steps(tmp_path / "run")[-1] == 2  # Committed before the disk filled up.
+  assert not (tmp_path / "run" / "lock.json").exists()
+
+
+def _start_training(config_file, workdir, *extra) -> subprocess.Popen:
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return subprocess.Popen(
+      [sys.executable, "-m", "vit_jax.train", f"--config={config_file}", f"--workdir={workdir}",
+       *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _config_file(tmp_path, data_root, **overrides) -> str:
+  path = tmp_path / "config.py"
+  path.write_text(textwrap.dedent(f"""\
+      import sys
+      sys.path.insert(0, {TESTS!r})
+      from helpers import tiny_config
+
+      def get_config():
+        return tiny_config({data_root!r}, **{overrides!r})
+      """))
+  return str(path)
+
+
+def _wait_for(predicate, process, timeout=240):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.2)
+
+
+def test_a_second_run_on_the_workdir_is_refused_then_sigterm_stops_the_first_resumably(
+    data_root, tmp_path):
+  config_file = _config_file(tmp_path, data_root, total_steps=100000, checkpoint_every_steps=50)
+  workdir = tmp_path / "run"
+  first = _start_training(config_file, workdir)
+  _wait_for(lambda: (workdir / "metrics.jsonl").exists() and metric_rows(str(workdir)), first)
+  second = subprocess.run(
+      [sys.executable, "-m", "vit_jax.train", f"--config={config_file}", f"--workdir={workdir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert f"is in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+  first.send_signal(signal.SIGTERM)
+  output = first.communicate(timeout=300)[0]
+  assert first.returncode == 3, output[-3000:]  # Stopped, resumable.
+  assert "rerun the same command to resume" in output and "Final:" not in output
+  assert _saved_steps(workdir) and not (workdir / "lock.json").exists()
+
+
+def test_sigkill_then_resume_keeps_one_metrics_row_per_step(data_root, tmp_path):
+  config_file = _config_file(tmp_path, data_root, total_steps=30, checkpoint_every_steps=10)
+  workdir = tmp_path / "run"
+  killed = _start_training(config_file, workdir)
+  _wait_for(lambda: _saved_steps(workdir) and (workdir / "metrics.jsonl").exists() and max(
+      r["step"] for r in metric_rows(str(workdir))) > _saved_steps(workdir)[-1], killed)
+  killed.kill()
+  killed.wait()
+  restarted = _start_training(config_file, workdir)  # The dead run's lock is taken over.
+  output = restarted.communicate(timeout=300)[0]
+  assert restarted.returncode == 0, output[-3000:]
+  steps = [r["step"] for r in metric_rows(str(workdir)) if "train/loss" in r]
+  assert steps == list(range(1, 31))
+  assert json.loads((workdir / "summary.json").read_text())["done"]
+
+
+def test_a_stopped_sweep_stops_its_trial_resumably_without_orphans(data_root, tmp_path):
+  config_file = _config_file(tmp_path, data_root, total_steps=100000, checkpoint_every_steps=50)
+  study = tmp_path / "study.py"
+  study.write_text("from vit_jax.study import sweep\n\n"
+                   "def get_sweep():\n"
+                   f"  return sweep.Study('s', {config_file!r}, sweep.trials([{{}}]))\n")
+  trial = tmp_path / "sweep" / "default"
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "vit_jax.sweep", str(study), f"--sweep_dir={tmp_path / 'sweep'}",
+       "--targets="], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(lambda: (trial / "metrics.jsonl").exists() and metric_rows(str(trial)), launcher)
+  trainer_pid = json.loads((trial / "lock.json").read_text())["pid"]
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=300)[0]
+  assert launcher.returncode == 3, output[-3000:]
+  assert "Traceback" not in output and "Re-launch the same command" in output
+  with pytest.raises(ProcessLookupError):  # The trial was stopped and waited for, not orphaned.
+    os.kill(trainer_pid, 0)
+  assert _saved_steps(trial) and not (trial / "summary.json").exists()
