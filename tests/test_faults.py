@@ -107,13 +107,16 @@ def test_another_model_in_the_workdir_is_named_before_compiling(finished, data_r
     _train(wider, workdir, accept_config_change=True)
 
 
-@pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA"])
+@pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA",
+                                    "deleted data/metadata"])
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_restored(
     finished, data_root, tmp_path, caplog, damage):
   workdir = _copy(finished, tmp_path)
   state = workdir / "checkpoints" / "6" / "state"
   if damage == "deleted _METADATA":
     (state / "_METADATA").unlink()
+  elif damage == "deleted data/metadata":
+    (state.parent / "data" / "metadata").unlink()
   else:
     data_file = max((p for p in state.rglob("*") if p.is_file() and "/d/" in str(p)),
                     key=lambda p: p.stat().st_size)

@@ -214,7 +214,8 @@ def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path,
   ax.set_ylabel("measured training throughput (img/s)")
   ax.set_title("throughput vs patch size")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:  # No trial measured yet: an empty plot, no legend.
+    ax.legend(fontsize=8)
   save(fig, "img_per_s_vs_patch_size.png")
   return written
 
