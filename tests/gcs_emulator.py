@@ -1,9 +1,11 @@
 """An offline Google Cloud Storage endpoint on localhost, for tests that use `gs://` paths.
 
 Why: training writes checkpoints (Orbax: tensorstore for arrays, etils.epath for the rest),
-TensorBoard events and reports to `--workdir=gs://...`, and CI reaches no Google endpoint. This
-module runs the `gcp-storage-emulator` package's real GCS JSON/XML API in a subprocess and hands
-out the environment that points every library at it, so tests exercise the real client code over
+TensorBoard events and reports to `--workdir=gs://...`, and reads tfds datasets prepared under
+`data_dir=gs://...` (tfds itself through etils.epath, the ArrayRecord shards through
+array_record's C++ reader), and CI reaches no Google endpoint. This module runs the
+`gcp-storage-emulator` package's real GCS JSON/XML API in a subprocess and hands out the
+environment that points every library at it, so tests exercise the real client code over
 real HTTP with nothing mocked.
 
 The stock emulator has gaps that break Orbax and tensorstore, fixed here by wrapping its handlers
@@ -70,12 +72,20 @@ def emulator_env(url: str) -> dict[str, str]:
       "STORAGE_EMULATOR_HOST": url,
       # tensorstore's `gcs` kvstore (Orbax's array data), read when a kvstore is opened.
       "TENSORSTORE_GCS_HTTP_URL": url,
+      # array_record's C++ reader (google-cloud-cpp's storage client inside array_record_module),
+      # through which tfds.data_source and grain read ArrayRecord shards from gs://: read when a
+      # reader is created; with it set the client looks for no credentials. Without it a reader
+      # keeps retrying storage.googleapis.com (a first read hung for 40 s until killed). Its
+      # writer cannot write gs:// at all: datasets are prepared locally and copied up.
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
       # tensorstore: a fixed bearer token, so it neither reads local gcloud credentials (whose
       # refresh would call Google's OAuth endpoint) nor probes the GCE metadata server.
       "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
       # etils.epath: gcsfs instead of tf.io.gfile, which has no endpoint setting. Read once, at
       # epath's first path operation (`Emulator.apply` resets that). With TF it would also ask
-      # Google's Storage Control API (gRPC) whether each bucket is zonal.
+      # Google's Storage Control API (gRPC) whether each bucket is zonal. tfds 4.9.10 finds and
+      # reads a prepared dataset (versions, dataset_info.json, features.json) through etils.epath,
+      # so this also keeps tfds off tf.io.gfile.
       "EPATH_USE_TF": "false",
       # gcsfs: anonymous, no credential discovery; and no directory-listing cache, which never
       # sees objects that tensorstore or another process wrote after a listing (`exists()` then

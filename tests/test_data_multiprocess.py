@@ -1,4 +1,6 @@
-"""Two real JAX processes (2 CPU devices each, gloo): disjoint host shards and exact resume.
+"""Two real JAX processes (2 CPU devices each, gloo): each host reads its own rows, exact resume.
+
+(tests/test_elastic_data.py resumes such a run on other process counts.)
 
 The test launches this file twice as `python test_data_multiprocess.py <process_id> <port> <root>`.
 """
@@ -36,19 +38,26 @@ def _worker(process_id: int, port: str, root: str) -> None:
     return np.asarray(multihost_utils.process_allgather(next(it)["image"], tiled=True))[:, 0, 0, 0]
 
   it = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=1)
-  epoch = np.concatenate([global_ids(it) for _ in range(NUM_IMAGES // 8)])
+  local_ids = []  # This host's rows of each global batch, as it read them.
+  epoch = []
+  for _ in range(NUM_IMAGES // 8):
+    batch = next(it)["image"]
+    local_ids.append(sorted(int(i) for s in batch.addressable_shards
+                            for i in np.asarray(s.data)[:, 0, 0, 0]))
+    epoch.append(np.asarray(multihost_utils.process_allgather(batch, tiled=True))[:, 0, 0, 0])
+  epoch = np.concatenate(epoch)
   next(it)
-  state = json.loads(json.dumps(it.get_state()))  # A collective: both hosts' positions.
+  state = json.loads(json.dumps(it.get_state()))  # Not a collective: one global position.
   expected = [global_ids(it) for _ in range(3)]
   resumed = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=1)
   resumed.set_state(state)
   got = [global_ids(resumed) for _ in range(3)]
   print("RESULT " + json.dumps({
-      "epoch": sorted(int(i) for i in epoch), "hosts": sorted(state["hosts"]),
+      "epoch": [int(i) for i in epoch], "local": local_ids, "state": state,
       "resumed_equal": all(np.array_equal(a, b) for a, b in zip(expected, got))}), flush=True)
 
 
-def test_two_processes_disjoint_shards_and_resume(tmp_path):
+def test_two_processes_read_their_rows_and_resume(tmp_path):
   for i in range(NUM_IMAGES):
     path = tmp_path / "train" / f"class{i % 2}" / f"{i:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,12 +72,18 @@ def test_two_processes_disjoint_shards_and_resume(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=240)[0] for p in procs]
+  results = []
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out[-3000:]
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    # One epoch of global batches: every image exactly once, half from each host's shard.
-    assert result["epoch"] == list(range(NUM_IMAGES))
-    assert result["hosts"] == ["0", "1"] and result["resumed_equal"]
+    results.append(json.loads(next(line for line in out.splitlines()
+                                   if line.startswith("RESULT "))[7:]))
+  for host, result in enumerate(results):
+    # One epoch of global batches: every image exactly once; each host held rows 4h..4h+3.
+    assert sorted(result["epoch"]) == list(range(NUM_IMAGES)) and result["resumed_equal"]
+    rows = np.reshape(result["epoch"], (-1, 8))[:, 4 * host:4 * host + 4]
+    assert result["local"] == [sorted(r) for r in rows.tolist()]
+  assert results[0]["state"] == results[1]["state"]
+  assert results[0]["state"]["next_batch"] == NUM_IMAGES // 8 + 1
 
 
 if __name__ == "__main__":

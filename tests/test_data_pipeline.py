@@ -2,6 +2,7 @@
 import json
 import logging
 
+from absl import flags
 import jax
 import numpy as np
 from PIL import Image
@@ -45,8 +46,10 @@ def _write_folder(root, split, counts, start=0):
 
 
 def _ids(images):
+  """Image indices, read at the centre (a random_shift may pad the corners)."""
   images = np.asarray(images)
-  return [int(v) for v in images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)]
+  center = images[:, images.shape[1] // 2, images.shape[2] // 2].astype(int)
+  return [int(v) for v in center[:, 0] + 256 * center[:, 1]]
 
 
 @pytest.fixture
@@ -80,16 +83,25 @@ def test_imagefolder_labels_and_errors(folder):
 
 
 def test_corrupt_images_are_skipped_or_fatal(folder, caplog):
+  # The order depends on the seed and the split size only: read it before breaking two files.
+  order = _ids(np.concatenate([b["image"] for b in _take(
+      pipeline.train_dataset(_cfg(folder, threads=0), 40, 0, 0, 1), 2)]))
   bad = folder / "train" / "cat" / "0003.png"
   bad.write_bytes(b"not an image")
   truncated = folder / "train" / "dog" / "0030.png"
   truncated.write_bytes(truncated.read_bytes()[:-30])  # Cut inside the pixel data.
   caplog.set_level(logging.WARNING)
-  batches = _take(pipeline.train_dataset(_cfg(folder, threads=0), 38, 0, 0, 1), 1)
-  assert sorted(_ids(batches[0]["image"])) == [i for i in range(40) if i not in (3, 30)]
+  batches = _take(pipeline.train_dataset(_cfg(folder, threads=0), 40, 0, 0, 1), 1)
+  got = _ids(batches[0]["image"])
+  # A corrupt image's slot takes the next readable example of the order; nothing else moves.
+  assert got == [next(i for i in order[p:] if i not in (3, 30)) for p in range(40)]
+  assert set(got) == set(range(40)) - {3, 30}
   warnings = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
   assert any(str(bad) in w for w in warnings) and any(str(truncated) in w for w in warnings)
   assert any("2 skipped so far" in w for w in warnings)
+  halves = [_take(pipeline.train_dataset(_cfg(folder, threads=2), 20, 0, host, 2), 1)[0]
+            for host in (0, 1)]  # Two hosts fill the same slots with the same examples.
+  assert _ids(np.concatenate([h["image"] for h in halves])) == got
   cfg = _cfg(folder, threads=0)
   cfg["data"]["on_corrupt"] = "error"
   with pytest.raises(ValueError, match="Corrupt image .*(0003|0030).png"):
@@ -125,8 +137,19 @@ def test_exact_mid_epoch_resume(folder, threads, prefetch):
     assert got["image"].sharding == want["image"].sharding
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
+  # One global position (prefetched batches excluded), not per-host ones.
+  assert state == {"format": "vit_jax.data.pipeline/2", "seed": 7, "global_batch_size": 8,
+                   "dataset": "imagefolder:train", "num_examples": 40, "next_batch": 7,
+                   "examples_consumed": 56, "epoch": 1}
   with pytest.raises(ValueError, match="seed=7 but this run has 8"):
     pipeline.make_train_iterator(cfg, global_batch_size=8, seed=8).set_state(state)
+  with pytest.raises(ValueError, match="global_batch_size=8 but this run has 16"):
+    pipeline.make_train_iterator(cfg, global_batch_size=16, seed=7).set_state(state)
+  with pytest.raises(ValueError, match="num_examples=39 but this run has 40"):
+    resumed.set_state({**state, "num_examples": 39})
+  old = {"format": "vit_jax.data.pipeline/1", "seed": 7, "hosts": {"0": {}}}
+  with pytest.raises(ValueError, match="format 'vit_jax.data.pipeline/1'.*cannot be replayed"):
+    resumed.set_state(old)
 
 
 def test_global_batches_are_sharded_over_devices(folder):
@@ -139,16 +162,46 @@ def test_global_batches_are_sharded_over_devices(folder):
     pipeline.make_train_iterator(_cfg(folder), 12, 0, sharding)
 
 
-def test_two_hosts_read_disjoint_shards(folder):
-  cfg = _cfg(folder, pp="decode|flip_lr")
-  seen = []
-  for host in (0, 1):
-    batches = _take(pipeline.train_dataset(cfg, 4, 0, shard_index=host, shard_count=2), 10)
-    first, second = (_ids(np.concatenate([b["image"] for b in half]))
-                     for half in (batches[:5], batches[5:]))
-    assert sorted(first) == sorted(second) and first != second  # Same shard, reshuffled.
-    seen.append(set(first))
-  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(40))
+def test_hosts_read_their_rows_of_one_global_order(folder):
+  # Global batch k is the same 8 rows, augmented the same, whichever hosts read its parts.
+  cfg = _cfg(folder, pp="decode|random_shift(1)|flip_lr", threads=2)
+  one = _take(pipeline.train_dataset(cfg, 8, 5), 10)
+  for count in (2, 4):
+    hosts = [_take(pipeline.train_dataset(cfg, 8 // count, 5, host, count), 10)
+             for host in range(count)]
+    for k, want in enumerate(one):
+      for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([h[k][key] for h in hosts]), want[key])
+  first, second = (_ids(np.concatenate([b["image"] for b in half])) for half in (one[:5], one[5:]))
+  assert sorted(first) == sorted(second) == list(range(40)) and first != second  # Reshuffled.
+  later = _take(pipeline.train_dataset(cfg, 4, 5, 1, 2, start_batch=6), 2)
+  np.testing.assert_array_equal(np.concatenate([b["image"] for b in later]),
+                                np.concatenate([b["image"][4:] for b in one[6:8]]))
+
+
+@pytest.mark.slow  # Starts grain worker processes twice (~5 s each here).
+def test_worker_processes_give_the_same_stream_and_resume_across_counts(folder):
+  parsed = flags.FLAGS.is_parsed()  # grain workers read absl flags; the entry points parse them.
+  flags.FLAGS.mark_as_parsed()
+  try:
+    cfg = _cfg(folder, pp="decode|random_shift(1)", threads=2, prefetch=1)
+    plain = pipeline.make_train_iterator(cfg, 8, 3)
+    want = [np.asarray(next(plain)["image"]) for _ in range(8)]
+    with_workers = pipeline.make_train_iterator(_cfg(folder, pp="decode|random_shift(1)",
+                                                     threads=2, prefetch=1, workers=2), 8, 3)
+    got = [np.asarray(next(with_workers)["image"]) for _ in range(3)]
+    state = with_workers.get_state()
+    plain.set_state(state)  # A state saved with workers resumes without them, and vice versa.
+    got += [np.asarray(next(plain)["image"]) for _ in range(4)]
+    with_workers.set_state(plain.get_state())
+    got.append(np.asarray(next(with_workers)["image"]))  # Restarted workers, at batch 7.
+    with_workers.close()
+  finally:
+    if not parsed:
+      flags.FLAGS.unparse_flags()
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_eval_covers_every_example_once_with_padding(folder):

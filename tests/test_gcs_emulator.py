@@ -1,6 +1,7 @@
 """`gs://` end to end against the offline emulator (tests/gcs_emulator.py): etils.epath, an Orbax
-CheckpointManager and TensorBoard event files all reach the bucket over HTTP, and nothing lands on
-the local disk. These pin the library behaviour a `--workdir=gs://...` training run relies on."""
+CheckpointManager, TensorBoard event files and array_record's reader all reach the bucket over
+HTTP, and nothing lands on the local disk. These pin the library behaviour a
+`--workdir=gs://...` training run on `data_dir=gs://...` relies on."""
 import os
 import shutil
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import textwrap
 import time
 
+from array_record.python import array_record_module
 from etils import epath
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +74,29 @@ def test_apply_after_libraries_were_used(gcs_server, monkeypatch, tmp_path):
   gcs_server.apply(monkeypatch)
   epath.Path(f"gs://{BUCKET}/late/a.txt").write_text("x")
   assert gcs_server.list(BUCKET, "late/") == ["late/a.txt"]
+
+
+def _array_record(path, records):
+  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+  for record in records:
+    writer.write(record)
+  writer.close()
+
+
+def test_array_record_reads_gs_but_cannot_write_it(gcs, tmp_path):
+  """grain's ArrayRecord source (tfds.data_source's too) reads shards from the bucket through
+  array_record's own C++ GCS client (CLOUD_STORAGE_EMULATOR_ENDPOINT); its writer opens local
+  files only, so datasets are prepared locally and copied up."""
+  records = [f"record {i}".encode() for i in range(5)]
+  _array_record(tmp_path / "local.array_record", records)
+  remote = epath.Path(f"gs://{BUCKET}/ar/data.array_record")
+  remote.write_bytes((tmp_path / "local.array_record").read_bytes())
+  source = grain.sources.ArrayRecordDataSource([str(remote)])
+  assert len(source) == 5 and [source[i] for i in (4, 0, 2)] == [records[i] for i in (4, 0, 2)]
+
+  with pytest.raises(RuntimeError, match="open.. failed: No such file .*; opening gs://"):
+    _array_record(f"gs://{BUCKET}/ar/written.array_record", records)
+  assert gcs.list(BUCKET, "ar/") == ["ar/data.array_record"]
 
 
 def _tree(mesh, step):
@@ -184,6 +210,14 @@ def test_works_with_loopback_only_network(tmp_path):
           restored = manager.restore(0, args=ocp.args.StandardRestore({{"a": jnp.zeros(4, int)}}))
         assert restored["a"].tolist() == [0, 1, 2, 3]
         assert "netns/ckpt/0/commit_success.txt" in emu.list("{BUCKET}", "netns/")
+        from array_record.python import array_record_module
+        import grain
+        writer = array_record_module.ArrayRecordWriter({str(tmp_path / "a.array_record")!r}, "")
+        writer.write(b"record")
+        writer.close()
+        shard = epath.Path("gs://{BUCKET}/netns/a.array_record")
+        shard.write_bytes(epath.Path({str(tmp_path / "a.array_record")!r}).read_bytes())
+        assert grain.sources.ArrayRecordDataSource([str(shard)])[0] == b"record"
   """
   command = 'ip link set lo up && exec "$0" -c "$1"'
   subprocess.run(["unshare", "-n", "sh", "-c", command, sys.executable, textwrap.dedent(script)],

@@ -15,11 +15,16 @@ from vit_jax.study import launchers, sweep
 
 RECORDER = textwrap.dedent("""\
     #!{python}
-    import json, os, sys
+    import json, os, sys, time
     with open(os.environ["FAKE_CALLS"], "a") as f:
       f.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
+    if os.environ.get("FAKE_SLEEP") and "--command=cd " in sys.argv[-1]:  # A trial on a slice.
+      start = time.time()
+      time.sleep(float(os.environ["FAKE_SLEEP"]))
+      with open(os.path.join(os.path.dirname(os.environ["FAKE_CALLS"]), "times.jsonl"), "a") as f:
+        f.write(json.dumps({{"slice": sys.argv[5], "start": start, "end": time.time()}}) + "\\n")
     if os.path.basename(sys.argv[0]) == "sbatch":
-      print("Submitted batch job 4242")
+      print("4242;cluster" if "--parsable" in sys.argv else "Submitted batch job 4242")
     """)
 
 
@@ -127,15 +132,20 @@ def test_slurm_writes_one_sbatch_script_per_pending_trial(fake_bin, study_file, 
                       "--slurm_setup=source .venv/bin/activate")
   assert result.returncode == 0, result.stderr
   calls = fake_bin()
-  assert [c[0] for c in calls] == ["sbatch"] * 3
-  assert "Submitted batch job 4242" in result.stdout
-  script_path = calls[0][1]
+  assert [c[:2] for c in calls] == [["sbatch", "--parsable"]] * 3
+  assert "submitted job 4242" in result.stdout
+  script_path = calls[0][2]
   assert script_path == f"{sweep_dir}/variant=Ti,patch_size=8/job.sbatch"
   lines = open(script_path).read().splitlines()
   assert lines[0] == "#!/bin/bash"
-  for directive in ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--partition=gpu",
-                    "--time=2:00:00", "--job-name=tradeoff_tiny/variant=Ti,patch_size=8"]:
+  # One process per GPU (what jax.distributed configures from SLURM), requeued when preempted,
+  # SIGTERM 5 minutes before the end so the trial checkpoints, and a self-requeue on exit code 3.
+  for directive in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
+                    "--time=2:00:00", "--job-name=tradeoff_tiny/variant=Ti,patch_size=8",
+                    "--requeue", "--signal=TERM@300"]:
     assert f"#SBATCH {directive}" in lines
+  assert not any("--gpus-per-task" in line for line in lines)
+  assert 'if [ "$status" -eq 3 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in lines
   assert f"cd {REPO}" in lines and "source .venv/bin/activate" in lines
   srun_lines = [shlex.split(line) for line in lines if line.startswith("srun ")]
   assert [argv[:6] for argv in srun_lines] == [
@@ -202,3 +212,54 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   assert runs() == [("vit_jax.train", "variant=S,patch_size=16"),
                     ("vit_jax.train", "variant=Ti,patch_size=16")]
   assert all(workdir.trial_workdir(tmp_path / "sweep", t.name).is_done() for t in study.trials)
+
+
+def test_slurm_sequential_chains_the_jobs(fake_bin, study_file, tmp_path):
+  result = _sweep_cli(study_file, "--launcher=slurm", f"--sweep_dir={tmp_path / 's'}",
+                      "--sequential")
+  assert result.returncode == 0, result.stderr
+  calls = fake_bin()
+  assert [c[2] for c in calls] == [
+      str(tmp_path / "s" / "variant=Ti,patch_size=8" / "job.sbatch"),
+      "--dependency=afterany:4242", "--dependency=afterany:4242", "--dependency=afterany:4242"]
+
+
+def test_tpu_trials_run_concurrently_one_queue_per_slice(fake_bin, study_file, tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setenv("FAKE_SLEEP", "0.5")
+  root = tmp_path / "bucket"
+  (root / "variant=S,patch_size=8").mkdir(parents=True)
+  (root / "variant=S,patch_size=8" / "bench.json").write_text("{}")  # Measured before.
+  result = _sweep_cli(study_file, "--launcher=tpu", "--tpu_name=pod-a,pod-b", "--zone=z",
+                      f"--workdir_root={root}", "--repo_url=u", "--revision=r", "--skip_setup")
+  assert result.returncode == 0, result.stderr
+  calls = fake_bin()
+  slices = {c[5]: [] for c in calls}
+  for call in calls:
+    slices[call[5]].append(call[-1])
+  assert sorted(slices) == ["pod-a", "pod-b"] and [len(v) for v in slices.values()] == [2, 2]
+  assert "variant=Ti,patch_size=8" in slices["pod-a"][0]  # Round-robin in study order.
+  assert "variant=Ti,patch_size=16" in slices["pod-b"][0]
+  s8 = next(cmd for cmds in slices.values() for cmd in cmds if "variant=S,patch_size=8" in cmd)
+  assert "vit_jax.bench" not in s8 and "vit_jax.train" in s8
+  times = [json.loads(line) for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+  by_slice = {name: [t for t in times if t["slice"] == name] for name in ("pod-a", "pod-b")}
+  # The two slices' first trials overlap in time.
+  a, b = by_slice["pod-a"][0], by_slice["pod-b"][0]
+  assert a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_tpu_dry_run_prints_the_gke_workloads(fake_bin, study_file):
+  result = _sweep_cli(study_file, "--launcher=tpu", "--dry_run", "--tpu_name=pod", "--zone=z",
+                      "--workdir_root=gs://b/s", "--repo_url=u", "--revision=r",
+                      "--gke_cluster=c1", "--gke_tpu_type=v5litepod-16", "--gke_topology=4x4",
+                      "--gke_hosts=4", "--gke_image=img:1")
+  assert result.returncode == 0, result.stderr
+  assert fake_bin() == []
+  assert result.stdout.count("kind: JobSet") == 4
+  assert "cloud.google.com/gke-tpu-accelerator: tpu-v5-lite-podslice" in result.stdout
+  assert "cloud.google.com/gke-tpu-topology: 4x4" in result.stdout
+  assert "parallelism: 4" in result.stdout and "google.com/tpu: 4" in result.stdout
+  xpk = [line for line in result.stdout.splitlines() if line.startswith("# or: xpk ")]
+  assert len(xpk) == 4 and "--cluster=c1" in xpk[0] and "--tpu-type=v5litepod-16" in xpk[0]
+  assert "--workdir=gs://b/s/variant=Ti,patch_size=8" in xpk[0]

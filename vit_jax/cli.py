@@ -22,6 +22,7 @@ from vit_jax.runtime import cpu, distributed, logs
 EXIT_BAD_INPUT = 2  # bad input: one message, nothing compiled or written
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint: rerun to resume
 EXIT_DIVERGED = 4  # non-finite loss or gradients: nothing from that step on was saved
+EXIT_PEER_LOST = 5  # another process of a multi-process run died: rerun all to resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class RunFlags:
   coordinator_address: flags.FlagHolder
   num_processes: flags.FlagHolder
   process_id: flags.FlagHolder
+  peer_timeout_seconds: flags.FlagHolder
 
 
 @functools.cache
@@ -49,7 +51,13 @@ def run_flags() -> RunFlags:
       num_processes=flags.DEFINE_integer(
           "num_processes", None, "Number of processes (with --coordinator_address)."),
       process_id=flags.DEFINE_integer(
-          "process_id", None, "This process's index (with --coordinator_address)."))
+          "process_id", None, "This process's index (with --coordinator_address)."),
+      peer_timeout_seconds=flags.DEFINE_integer(
+          "peer_timeout_seconds", distributed.DEFAULT_PEER_TIMEOUT_SECONDS,
+          "Multi-process runs: once another process has not been heard from for this many "
+          "seconds (killed, crashed, its host lost), this one prints one message naming it and "
+          f"exits with code {EXIT_PEER_LOST} instead of waiting in its next collective.",
+          lower_bound=1))
 
 
 def required_config() -> ml_collections.ConfigDict:
@@ -70,7 +78,9 @@ def start_process() -> None:
   logs.quiet_library_logs()
   cpu.apply_cpu_defaults()
   f = run_flags()
-  distributed.initialize(f.coordinator_address.value, f.num_processes.value, f.process_id.value)
+  distributed.initialize(f.coordinator_address.value, f.num_processes.value, f.process_id.value,
+                         peer_timeout_seconds=f.peer_timeout_seconds.value,
+                         peer_lost_exit_code=EXIT_PEER_LOST)
 
 
 def no_positional_args(argv: Sequence[str]) -> None:

@@ -2,7 +2,8 @@ r"""Launch a study's trials here, on TPU pod slices or as SLURM jobs.
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local  # re-launch resumes
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=imagenet,data_dir=gs://B/tfds \
-        --launcher=tpu --tpu_name=N --zone=Z --workdir_root=gs://B/sweeps --repo_url=URL --dry_run
+        --launcher=tpu --tpu_name=N1,N2 --zone=Z --workdir_root=gs://B/sweeps --repo_url=URL \
+        --dry_run [--gke_cluster=C]
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=slurm --nodes=2 --dry_run
 
 Studies are vit_jax.study.sweep.Study objects; launchers are vit_jax.study.launchers.
@@ -27,7 +28,8 @@ _SWEEP_DIR = flags.DEFINE_string(
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "local: trials run at once.")
 _TARGETS = flags.DEFINE_list("targets", list(launchers.DEFAULT_TARGETS),
                              "local: hardware each trial is projected onto.")
-_TPU_NAME = flags.DEFINE_string("tpu_name", None, "tpu: TPU VM name.")
+_TPU_NAME = flags.DEFINE_list(
+    "tpu_name", [], "tpu: TPU VM slice name(s); trials run concurrently, one queue per slice.")
 _ZONE = flags.DEFINE_string("zone", None, "tpu: its zone, e.g. us-central2-b.")
 _PROJECT = flags.DEFINE_string("project", None, "tpu: GCP project (default: gcloud's).")
 _WORKDIR_ROOT = flags.DEFINE_string(
@@ -45,6 +47,18 @@ _PARTITION = flags.DEFINE_string("partition", None, "slurm: partition.")
 _ACCOUNT = flags.DEFINE_string("account", None, "slurm: account.")
 _SLURM_SETUP = flags.DEFINE_string(
     "slurm_setup", "", "slurm: shell line run before the trial, e.g. 'source .venv/bin/activate'.")
+_SIGNAL_LEAD = flags.DEFINE_integer(
+    "signal_lead_s", 300, "slurm: seconds before a time limit / preemption the job gets SIGTERM.")
+_SEQUENTIAL = flags.DEFINE_bool(
+    "sequential", False, "slurm: chain the trials' jobs (--dependency=afterany) to run in turn.")
+_GKE_CLUSTER = flags.DEFINE_string(
+    "gke_cluster", None, "tpu --dry_run: also print each trial as a GKE JobSet and an xpk command "
+    "for this GKE cluster.")
+_GKE_TPU_TYPE = flags.DEFINE_string("gke_tpu_type", "v5litepod-16", "gke: TPU type of a slice.")
+_GKE_TOPOLOGY = flags.DEFINE_string("gke_topology", "4x4", "gke: the slice's TPU topology.")
+_GKE_HOSTS = flags.DEFINE_integer("gke_hosts", 4, "gke: VMs (pods) per slice.")
+_GKE_IMAGE = flags.DEFINE_string(
+    "gke_image", "gcr.io/PROJECT/vit_jax:latest", "gke: a container image with vit_jax installed.")
 
 
 def _git(*args: str) -> str:
@@ -66,15 +80,19 @@ def _launcher(study: sweep.Study):
     return launchers.LocalLauncher(sweep_dir, parallel=_PARALLEL.value, dry_run=_DRY_RUN.value,
                                    targets=_TARGETS.value)
   if _LAUNCHER.value == "tpu":
+    gke = (launchers.GkeWorkload(_GKE_CLUSTER.value, _GKE_TPU_TYPE.value, _GKE_TOPOLOGY.value,
+                                 _GKE_HOSTS.value, _GKE_IMAGE.value)
+           if _GKE_CLUSTER.value else None)
     return launchers.TpuLauncher(
-        tpu_name=_TPU_NAME.value, zone=_ZONE.value, project=_PROJECT.value, workdir_root=sweep_dir,
-        repo_url=_REPO_URL.value or _git("remote", "get-url", "origin"),
+        tpu_names=_TPU_NAME.value, zone=_ZONE.value, project=_PROJECT.value,
+        workdir_root=sweep_dir, repo_url=_REPO_URL.value or _git("remote", "get-url", "origin"),
         revision=_REVISION.value or _git("rev-parse", "HEAD"), skip_setup=_SKIP_SETUP.value,
-        dry_run=_DRY_RUN.value)
+        dry_run=_DRY_RUN.value, gke=gke)
   return launchers.SlurmLauncher(
       sweep_dir, repo_dir=os.getcwd(), nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
       time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
-      setup=_SLURM_SETUP.value, dry_run=_DRY_RUN.value)
+      setup=_SLURM_SETUP.value, signal_lead_s=_SIGNAL_LEAD.value, sequential=_SEQUENTIAL.value,
+      dry_run=_DRY_RUN.value)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -59,7 +59,7 @@ class TrainStateCheckpointer:
     """
     if not self.is_due(step, force=force):
       return False
-    # Every process calls get_state(): for multi-host iterators it is a collective.
+    # The data position is global (the same on every process); Orbax writes it once.
     data = {"iterator": None if data_iterator is None else data_iterator.get_state()}
     return self._manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))

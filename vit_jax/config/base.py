@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Parallelism: mesh axes (data / fsdp / tensor) and logical-axis rules (None = the default table).
   c.mesh = (("data", -1),)
+  # Multi-slice TPU jobs: how many slices each mesh axis spans, e.g. (("data", 2),); the mesh then
+  # describes one slice. () = one slice.
+  c.dcn_mesh = ()
   c.sharding_rules = _unset(tuple)
 
   # Evals: `c.evals.<name> = dict(data=dict(name=..., split=...), pp=..., every_steps=...,

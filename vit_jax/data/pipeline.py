@@ -1,13 +1,19 @@
-"""The input pipeline: per-host grain datasets -> global sharded batches on device, resumable.
+"""The input pipeline: one global example order -> each host's rows -> global sharded batches.
 
-Per host (grain, on numpy):
-  source (random access) -> this host's contiguous shard -> shuffle (full permutation, reseeded
-  every epoch) -> repeat -> preprocess (pp string; per-example rng from (seed, host, position))
-  -> reader threads -> batch -> optional worker processes.
-Every step is a pure function of (seed, position), so the position (grain's iterator state) is all
-a checkpoint needs for a resumed run to see exactly the batches it would have seen.
+The training stream is defined globally, by (seed, dataset size) alone:
+  global position p (0, 1, 2, ...) -> epoch p // N, example perm_epoch(p % N) (a full permutation
+  of the N examples, reseeded every epoch); global batch k = positions [k*B, (k+1)*B) (a batch may
+  span two epochs; no example is dropped).
+Each process reads only the rows of each global batch its devices hold (`data_shard`): positions
+k*B + row_start ... k*B + row_start + b - 1, preprocessed (pp string) with an rng derived from
+(seed, global position), then batched; optional reader threads and grain worker processes.
+The examples, their order, each batch's row order and every augmentation are therefore the same
+whatever the number of hosts, devices, threads or workers, and the only position a checkpoint needs
+is the index of the next global batch: a run saved on 2 hosts resumes exactly on 1 or 4. A corrupt
+image (data.on_corrupt='skip') lends its slot to the next readable example of the order, so it
+changes that one row, identically on any number of hosts, and nothing after it.
 
-On device: each host's numpy batch becomes its rows of a global `jax.Array` via
+On device: each host's numpy rows become its part of a global `jax.Array` via
 `jax.make_array_from_process_local_data`; `prefetch` batches are put on device ahead of use.
 
 Config keys (`config.input`, or an eval resolved by vit_jax.config.resolve_evals; their defaults
@@ -15,34 +21,39 @@ are in vit_jax.config.base_config):
   data: dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root,
              on_corrupt='skip'|'error')
   pp: pp string (see vit_jax.data.preprocess); threads (reader threads per host); workers (grain
-  worker processes per host, train only); prefetch (device batches ahead).
+  worker processes per host, train only; they need absl flags parsed, as in the entry points);
+  prefetch (device batches ahead).
 """
 from __future__ import annotations
 
 import collections
-import copy
+import concurrent.futures
 import itertools
-import json
 import logging
 import math
-from typing import Any, Iterator, Mapping
+import sys
+from typing import Any, Callable, Iterator, Mapping
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 
 from vit_jax.data import preprocess, sources
 
-STATE_FORMAT = "vit_jax.data.pipeline/1"
+# /1 (before elastic resume) held every host's grain iterator position; /2 one global position.
+STATE_FORMAT = "vit_jax.data.pipeline/2"
 # Errors that mean "this file is not a readable image" (PIL raises OSError for truncated or
 # unidentified files and SyntaxError for some broken PNGs).
 _CORRUPT_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
 
 
 class Preprocess:
-  """The pp chain as a picklable grain random-map: skips (or fails on) corrupt images."""
+  """The pp chain as a picklable (example, rng) function: skips (or fails on) corrupt images.
+
+  A skipped image gives None: eval drops it (grain drops None elements); training fills its slot
+  with the next example of the order (`_TrainExamples`).
+  """
 
   def __init__(self, pp: str, on_corrupt: str = "skip"):
     if on_corrupt not in ("skip", "error"):
@@ -116,32 +127,130 @@ def example_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
   return tuple(example["image"].shape)
 
 
-def _shard_seed(seed: int, shard_index: int) -> int:
-  # Shards get different augmentation streams; the shuffle seed is shared (shards are disjoint).
-  return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
+def _derived_seed(seed: int, purpose: int, words: int = 1) -> int:
+  """A seed of 32 * `words` bits for one use of the run's seed (the shuffle, the augmentations).
+
+  Hashing keeps the uses independent, and keeps run seeds s and s + 1 from sharing permutations
+  (grain reseeds its shuffle with seed + epoch).
+  """
+  state = np.random.SeedSequence([seed, purpose]).generate_state(words)
+  return sum(int(w) << (32 * i) for i, w in enumerate(state))
+
+
+class _TrainExamples:
+  """Local index -> preprocessed example of this host's rows of the global train order.
+
+  Local index j is row j % b of this host's share of global batch j // b, i.e. global position
+  p = (j // b) * B + row_start + j % b. Position p holds example perm_{p // N}(p % N) (grain's
+  per-epoch-reseeded index shuffle over the whole split), preprocessed with an rng keyed by
+  (seed, p), so any host that reads position p produces the same row.
+
+  A corrupt image (with on_corrupt='skip') gives its slot to the next readable example of the
+  order, p + 1, p + 2, ... (preprocessed with slot p's rng), so batches keep their size and every
+  later position is unchanged: a skip never shifts the stream, on any number of hosts.
+  """
+
+  def __init__(self, records: Any, seed: int, pp: str, on_corrupt: str, global_batch_size: int,
+               row_start: int, local_batch_size: int):
+    if seed < 0:
+      raise ValueError(f"The data seed is {seed}; use a seed >= 0.")
+    self._records = records
+    self._seed = seed
+    self._pp, self._on_corrupt = pp, on_corrupt
+    self._global_batch_size = global_batch_size
+    self._row_start, self._local_batch_size = row_start, local_batch_size
+    self._build()
+
+  def _build(self) -> None:
+    self._order = (grain.MapDataset.source(self._records)
+                   .shuffle(seed=_derived_seed(self._seed, 0)).repeat())
+    self._augment_key = _derived_seed(self._seed, 1, words=2)  # 128-bit Philox key, high half.
+    self._preprocess = Preprocess(self._pp, self._on_corrupt)
+
+  def __getstate__(self) -> dict[str, Any]:  # Worker processes rebuild the grain objects.
+    return {k: v for k, v in self.__dict__.items()
+            if k not in ("_order", "_augment_key", "_preprocess")}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._build()
+
+  def position(self, local_index: int) -> int:
+    batch, row = divmod(local_index, self._local_batch_size)
+    return batch * self._global_batch_size + self._row_start + row
+
+  def __call__(self, local_index: int) -> dict[str, np.ndarray]:
+    position = self.position(local_index)
+    for substitute in range(position, position + len(self._records)):
+      # Philox's key is 128 bits: the seed's 64 bits, then the position's (a fresh rng per try).
+      rng = np.random.Generator(np.random.Philox(key=(self._augment_key << 64) + position))
+      example = self._preprocess(self._order[substitute], rng)
+      if example is not None:
+        return example
+    raise ValueError(f"Every example of the split is corrupt (tried {len(self._records)} from "
+                     f"train position {position}).")
+
+
+class _HostBatches:
+  """Global batch index -> this host's rows of it, read by a pool of `threads` threads: the
+  elements grain worker processes share out, so each batch comes whole from one worker."""
+
+  def __init__(self, read: _TrainExamples, local_batch_size: int, threads: int):
+    self._read, self._local_batch_size, self._threads = read, local_batch_size, threads
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # Made in the worker.
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_pool": None}
+
+  def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    rows = range(batch_index * self._local_batch_size, (batch_index + 1) * self._local_batch_size)
+    if self._threads:  # grain calls this from one thread per worker (num_threads=0 below).
+      self._pool = self._pool or concurrent.futures.ThreadPoolExecutor(self._threads)
+      examples = list(self._pool.map(self._read, rows))
+    else:
+      examples = [self._read(row) for row in rows]
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def _host_train_stream(source: sources.Source, cfg: Mapping[str, Any], global_batch_size: int,
+                       row_start: int, local_batch_size: int, seed: int,
+                       start_batch: int) -> grain.IterDataset:
+  """This host's rows of global batches start_batch, start_batch + 1, ... as numpy batches."""
+  read = _TrainExamples(source.records, seed, cfg["pp"], cfg["data"]["on_corrupt"],
+                        global_batch_size, row_start, local_batch_size)
+  workers = int(cfg["workers"])
+  if workers == 0:  # Reader threads work on examples: a batch is ready soonest.
+    return (grain.MapDataset.range(start_batch * local_batch_size, sys.maxsize).map(read)
+            .to_iter_dataset(_read_options(cfg))
+            .batch(local_batch_size, drop_remainder=True))
+  # Workers take every workers-th element and grain interleaves their outputs back in order.
+  # Whole batches as elements keep each batch's rows together, so the stream does not depend on
+  # the worker count (examples as elements, batched per worker, would); each worker holds ~2.
+  return (grain.MapDataset.range(start_batch, sys.maxsize)
+          .map(_HostBatches(read, local_batch_size, int(cfg["threads"])))
+          .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+          .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
+
+
+def _check_train_size(source: sources.Source, global_batch_size: int) -> None:
+  if len(source.records) < global_batch_size:
+    raise ValueError(f"{source.description} has only {len(source.records)} examples, fewer than "
+                     f"one global batch of {global_batch_size}; use a smaller batch or a bigger "
+                     "split.")
 
 
 def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int, shard_index: int = 0,
-                  shard_count: int = 1) -> grain.IterDataset:
-  """Infinite stream of numpy batches {"image": (b,H,W,C), "label": (b,...)} of one data shard
-  (a host's share of the split; `data_shard` says which one a process feeds)."""
+                  shard_count: int = 1, start_batch: int = 0) -> grain.IterDataset:
+  """Infinite stream of numpy batches {"image": (b,H,W,C), "label": (b,...)}: rows
+  [shard_index * b, (shard_index + 1) * b) of the global batches (of b * shard_count rows)
+  start_batch, start_batch + 1, ... (`data_shard` says which rows a process holds)."""
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"Data shard {shard_index} is outside shard count {shard_count}.")
   source = _open_checked(cfg)
-  shard = _example_range(len(source.records), shard_index, shard_count)
-  if shard.stop - shard.start < local_batch_size:
-    raise ValueError(f"{source.description} gives shard {shard_index} of {shard_count} only "
-                     f"{shard.stop - shard.start} examples, fewer than its batch of "
-                     f"{local_batch_size}; use a smaller batch or a bigger split.")
-  on_corrupt = cfg["data"]["on_corrupt"]
-  dataset = (grain.MapDataset.source(source.records)[shard]
-             .shuffle(seed=seed)
-             .repeat()
-             .random_map(Preprocess(cfg["pp"], on_corrupt), seed=_shard_seed(seed, shard_index))
-             .to_iter_dataset(_read_options(cfg))
-             .batch(local_batch_size, drop_remainder=True))
-  workers = int(cfg["workers"])
-  if workers > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return dataset
+  global_batch_size = local_batch_size * shard_count
+  _check_train_size(source, global_batch_size)
+  return _host_train_stream(source, cfg, global_batch_size, shard_index * local_batch_size,
+                            local_batch_size, seed, start_batch)
 
 
 def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int = 0,
@@ -218,13 +327,12 @@ class _DevicePrefetch:
     self._depth = max(depth, 0)
     self._queue: collections.deque[tuple[Any, dict[str, jax.Array]]] = collections.deque()
 
-  def _position(self) -> Any:
-    """Host-side position of the next batch, for subclasses that can resume (None: untracked)."""
-    return None
+  def _next_host_batch(self) -> tuple[Any, dict[str, np.ndarray]]:
+    """(position, next host batch); the position is for subclasses that resume (None here)."""
+    return None, next(self._host_batches)
 
   def _fetch(self) -> tuple[Any, dict[str, jax.Array]]:
-    position = self._position()
-    batch = next(self._host_batches)
+    position, batch = self._next_host_batch()
     return position, {k: jax.make_array_from_process_local_data(self._sharding, v)
                       for k, v in batch.items()}
 
@@ -242,71 +350,89 @@ class _DevicePrefetch:
 
 
 class TrainIterator(_DevicePrefetch):
-  """Infinite iterator of global training batches whose position is saved with checkpoints."""
+  """Infinite iterator of global training batches whose position is saved with checkpoints.
 
-  def __init__(self, dataset: grain.IterDataset, sharding: jax.sharding.Sharding, depth: int,
-               identity: dict[str, Any], process_index: int):
-    self._grain_iter = iter(dataset)
-    super().__init__(self._grain_iter, sharding, depth)
+  The position is the index of the next global batch, the same on every process; a state saved
+  with any number of processes (and devices, threads, workers) resumes exactly with any other.
+  """
+
+  def __init__(self, host_stream: Callable[[int], grain.IterDataset],
+               sharding: jax.sharding.Sharding, depth: int, identity: dict[str, Any]):
+    super().__init__(iter(()), sharding, depth)
+    self._host_stream = host_stream  # start batch -> this host's rows from that batch on.
+    self._host_iter: Iterator[dict[str, np.ndarray]] | None = None  # Made on first use.
+    self._next_batch = 0  # Global index of the next batch read from the host stream.
     self._identity = identity  # What a saved state must match to be replayable.
-    self._process_index = process_index
 
-  def _position(self) -> Any:
-    return copy.deepcopy(self._grain_iter.get_state())
+  def _next_host_batch(self) -> tuple[int, dict[str, np.ndarray]]:
+    if self._host_iter is None:  # Lazily: set_state would discard it (and its workers).
+      self._host_iter = iter(self._host_stream(self._next_batch))
+    index = self._next_batch
+    batch = next(self._host_iter)
+    self._next_batch += 1
+    return index, batch
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position of the next batch `next()` returns (prefetched ones excluded).
 
-    With several processes this is a collective: every process must call it, and the result holds
-    every host's position, so saving it from process 0 alone is enough.
+    Every process returns the same state (no collective), so saving it from any one is enough.
+    "next_batch" is the position; "examples_consumed" and "epoch" (the epoch the next example is
+    in) are derived from it for people reading checkpoints.
     """
-    local = self._queue[0][0] if self._queue else self._grain_iter.get_state()
-    hosts = {str(self._process_index): local}
-    if jax.process_count() > 1:
-      hosts = _allgather_json(local)
-    return {"format": STATE_FORMAT, **self._identity, "hosts": hosts}
+    next_batch = self._queue[0][0] if self._queue else self._next_batch
+    consumed = next_batch * self._identity["global_batch_size"]
+    return {"format": STATE_FORMAT, **self._identity, "next_batch": next_batch,
+            "examples_consumed": consumed, "epoch": consumed // self._identity["num_examples"]}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues from a `get_state()` result; refuses states this pipeline cannot replay."""
-    if state.get("format") != STATE_FORMAT:
-      raise ValueError(f"Not a data-iterator state of format {STATE_FORMAT}: {dict(state)!r:.200}")
+    saved_format = state.get("format") if isinstance(state, Mapping) else None
+    if saved_format != STATE_FORMAT:
+      why = (" It holds per-host positions in per-host shuffles (the order before the global "
+             "example order) and cannot be replayed: resume with the vit_jax version that wrote "
+             "it, or start a new run." if saved_format == "vit_jax.data.pipeline/1" else "")
+      raise ValueError(f"Data-iterator state has format {saved_format!r}, not {STATE_FORMAT}: "
+                       f"{state!r:.200}.{why}")
     for key, value in self._identity.items():
       if state.get(key) != value:
         raise ValueError(f"Data-iterator state has {key}={state.get(key)!r} but this run has "
-                         f"{value!r}; an exact resume needs the same {key} (or start the data "
-                         "from scratch).")
-    if str(self._process_index) not in state["hosts"]:
-      raise ValueError(f"Data-iterator state has no position for process {self._process_index}.")
+                         f"{value!r}; an exact resume needs the same {key} (seed, "
+                         "global_batch_size, dataset and num_examples define the example order): "
+                         "resume with the saved value, or start a new run.")
+    next_batch = state.get("next_batch")
+    if not isinstance(next_batch, int) or next_batch < 0:
+      raise ValueError(f"Data-iterator state has next_batch={next_batch!r}; expected a batch "
+                       "index >= 0.")
+    self.close()
+    self._next_batch = next_batch
+
+  def close(self) -> None:
+    """Drops prefetched batches and stops grain worker processes now rather than at garbage
+    collection; a later `next()` restarts the stream at the same position."""
+    self._next_batch = self._queue[0][0] if self._queue else self._next_batch
     self._queue.clear()
-    self._grain_iter.set_state(state["hosts"][str(self._process_index)])
-
-
-def _allgather_json(local: Any) -> dict[str, Any]:
-  """{process index: state} of every process (a collective)."""
-  data = np.frombuffer(json.dumps(local).encode(), np.uint8)
-  lengths = multihost_utils.process_allgather(np.array([data.size]))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:data.size] = data
-  gathered = multihost_utils.process_allgather(padded)
-  return {str(i): json.loads(bytes(row[:int(n)]).decode())
-          for i, (row, n) in enumerate(zip(gathered, lengths.reshape(-1)))}
+    if self._host_iter is not None and hasattr(self._host_iter, "close"):
+      self._host_iter.close()
+    self._host_iter = None
 
 
 def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int, seed: int,
                         sharding: jax.sharding.Sharding | None = None) -> TrainIterator:
   """Infinite iterator of {"image", "label"} global batches sharded with `sharding` (batch axis).
 
-  Use `get_state()` / `set_state()` to save / resume.
+  Use `get_state()` / `set_state()` to save / resume, on any number of processes.
   """
   sharding = sharding or _default_sharding()
-  shard_index, shard_count, batch = data_shard(sharding, global_batch_size)
-  dataset = train_dataset(cfg, batch, seed, shard_index, shard_count)
-  # Grain workers each batch their own slice of the stream, so the worker count is part of it.
-  identity = {"seed": seed, "process_count": jax.process_count(),
-              "global_batch_size": global_batch_size,
-              "workers": int(cfg["workers"])}
-  return TrainIterator(dataset, sharding, int(cfg["prefetch"]), identity,
-                       jax.process_index())
+  shard_index, _, batch = data_shard(sharding, global_batch_size)
+  source = _open_checked(cfg)
+  _check_train_size(source, global_batch_size)
+  host_stream = lambda start: _host_train_stream(source, cfg, global_batch_size,
+                                                 shard_index * batch, batch, seed, start)
+  host_stream(0)  # Builds (not starts) the stream now, so config errors surface here.
+  identity = {"seed": seed, "global_batch_size": global_batch_size,
+              "dataset": f"{cfg['data']['name']}:{cfg['data']['split']}",
+              "num_examples": len(source.records)}
+  return TrainIterator(host_stream, sharding, int(cfg["prefetch"]), identity)
 
 
 class EvalIterable:

@@ -5,6 +5,10 @@ A source is a sequence of raw examples `{"image": encoded bytes, "label": int, "
 grain can index from any worker; the pipeline shards, shuffles and decodes it. `open_source` checks
 that the data is there and readable without touching the accelerator, so entry points can fail in
 seconds with a command that fixes the problem.
+
+A tfds data_dir may be a bucket (`gs://...`): tfds finds and reads the dataset's metadata through
+etils.epath, and array_record's C++ reader fetches the shards itself. Its writer cannot write to a
+bucket, so a dataset (bundled_mnist too) is prepared locally and copied up.
 """
 from __future__ import annotations
 
@@ -88,7 +92,19 @@ def _open_imagefolder(root: str | None, split: str) -> Source:
   return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}")
 
 
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
 def _prepare_hint(name: str, data_dir: str) -> str:
+  if _is_remote(data_dir):
+    # array_record's writer opens local files only (a gs:// path fails after generating a split):
+    # a bucket gets a copy of a local preparation.
+    local = (_prepare_hint(name, "/tmp/tfds") if name != bundled_mnist.BundledMnist.name else
+             "python -c \"from vit_jax.data import bundled_mnist; "
+             "bundled_mnist.ensure_prepared('/tmp/tfds')\"")
+    return (f"{local}, then copy it up (array_record cannot write to {data_dir} directly): "
+            f"gcloud storage cp -r /tmp/tfds/{name} {data_dir}/")
   return (f"tfds build {name} --data_dir={data_dir} --file_format=array_record  (the tfds CLI of "
           "tensorflow-datasets 4.9.10 needs `pip install apache-beam`; without it: python -c "
           f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}', "
@@ -98,9 +114,10 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 def _not_ready_error(builder: tfds.core.DatasetBuilder, root: str) -> Exception:
   """Explains why tfds cannot give random access to the builder's data and how to fix it."""
   if not builder.is_prepared():
+    downloads = "" if builder.name == bundled_mnist.BundledMnist.name else " (downloads)"
     return FileNotFoundError(
         f"tfds dataset {builder.name!r} is not prepared in {root} ({builder.data_dir} is missing). "
-        f"Prepare it once (downloads): {_prepare_hint(builder.name, root)}")
+        f"Prepare it once{downloads}: {_prepare_hint(builder.name, root)}")
   return ValueError(
       f"tfds dataset {builder.name!r} in {builder.data_dir} is prepared as "
       f"{builder.info.file_format.value}; the grain pipeline needs random access (ArrayRecord). "
@@ -111,13 +128,14 @@ def _not_ready_error(builder: tfds.core.DatasetBuilder, root: str) -> Exception:
 
 def _open_tfds(name: str, split: str, data_dir: str | None) -> Source:
   root = data_dir or tfds.core.constants.DATA_DIR
-  if name == bundled_mnist.BundledMnist.name:
-    builder = bundled_mnist.ensure_prepared(root)
+  if name == bundled_mnist.BundledMnist.name and not _is_remote(root):
+    builder = bundled_mnist.ensure_prepared(root)  # Builds it on first use; a bucket cannot be.
   else:
     try:
       builder = tfds.builder(name, data_dir=root)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f"Unknown tfds dataset {name!r} (data.name); use a tfds name such as "
+      raise ValueError(f"Unknown tfds dataset {name!r} (data.name), and {root} holds no "
+                       f"prepared {name}/<version>/dataset_info.json; use a tfds name such as "
                        "'cifar10', 'bundled_mnist' or 'imagefolder' (with data.root).") from e
   features = builder.info.features
   if "image" not in features or "label" not in features:

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 
 from etils import epath
@@ -25,6 +27,7 @@ from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.checkpoints.workdir import Workdir
 from vit_jax.study.sweep import Study, Trial
 
+TPU_CHIPS_PER_HOST = 4  # v4, v5e, v5p and v6e hosts each hold 4 chips.
 # Projection targets the local launcher profiles every trial for (vit_jax.efficiency.projection).
 DEFAULT_TARGETS = ("tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x", "h100-8x")
 
@@ -176,13 +179,17 @@ class LocalLauncher:
 
 @dataclasses.dataclass
 class TpuLauncher:
-  """Runs trials one after another on a TPU VM pod slice, every worker running the same program.
+  """Runs a study's trials on TPU VM pod slices, every worker of a slice running the same program.
 
-  Setup clones `repo_url` at `revision` on all workers and installs it with `jax[tpu]`; each trial
-  is one `gcloud compute tpus tpu-vm ssh --worker=all` call, so the hosts form one `jax.distributed`
-  job, writing to a bucket path (or a mount every worker shares).
+  Trials run concurrently, one queue per slice (`tpu_names`, e.g. "pod-a,pod-b"): each slice runs
+  its trials one after another. Setup clones `repo_url` at `revision` on every worker and installs
+  it with `jax[tpu]`; each trial is one `gcloud compute tpus tpu-vm ssh --worker=all` call, so the
+  slice's hosts form one `jax.distributed` job writing to a bucket (or a mount every worker sees).
+  A trial whose slice was preempted resumes from its checkpoints when the study is launched again;
+  a finished trial (summary.json) is skipped and a measured one (bench.json) is not measured again.
+  The dry run also prints, per trial, the equivalent GKE workload (a JobSet and an xpk command).
   """
-  tpu_name: str
+  tpu_names: Sequence[str]
   zone: str
   workdir_root: str
   repo_url: str
@@ -191,9 +198,11 @@ class TpuLauncher:
   remote_dir: str = "vit_jax"
   skip_setup: bool = False
   dry_run: bool = False
+  gke: GkeWorkload | None = None
 
   def __post_init__(self):
-    for flag, value in (("--tpu_name", self.tpu_name), ("--zone", self.zone),
+    self.tpu_names = [name for name in self.tpu_names if name]
+    for flag, value in (("--tpu_name", self.tpu_names), ("--zone", self.zone),
                         ("--repo_url", self.repo_url), ("--revision", self.revision)):
       if not value:
         raise ValueError(f"{flag} is required for --launcher=tpu.")
@@ -202,44 +211,146 @@ class TpuLauncher:
                        "use a bucket path such as gs://my-bucket/sweeps "
                        "(or an absolute path on a shared mount).")
 
-  def ssh(self, remote_command: str) -> list[str]:
-    """`gcloud ... ssh` running `remote_command` on every worker of the slice."""
+  def ssh(self, tpu_name: str, remote_command: str) -> list[str]:
+    """`gcloud ... ssh` running `remote_command` on every worker of slice `tpu_name`."""
     project = [f"--project={self.project}"] if self.project else []
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.tpu_name, f"--zone={self.zone}",
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu_name, f"--zone={self.zone}",
             *project, "--worker=all", f"--command={remote_command}"]
 
-  def setup_command(self) -> list[str]:
+  def setup_command(self, tpu_name: str) -> list[str]:
     repo, rev, dst = (shlex.quote(x) for x in (self.repo_url, self.revision, self.remote_dir))
-    return self.ssh(f"(test -d {dst} || git clone --quiet {repo} {dst}) && cd {dst} && "
-                    f"git fetch --quiet origin && git checkout --quiet {rev} && "
-                    "python3 -m pip install --quiet -U 'jax[tpu]' -e .")
+    return self.ssh(tpu_name, f"(test -d {dst} || git clone --quiet {repo} {dst}) && cd {dst} && "
+                              f"git fetch --quiet origin && git checkout --quiet {rev} && "
+                              "python3 -m pip install --quiet -U 'jax[tpu]' -e .")
 
-  def trial_command(self, study: Study, trial: Trial) -> list[str]:
+  def remote_command(self, study: Study, trial: Trial, *, bench: bool = True) -> str:
+    """What every worker of a slice runs for `trial` (from its checkout)."""
     workdir = trial_workdir(self.workdir_root, trial)
-    bench = _with_env(study, ["python3", *bench_args(study, trial, workdir)])
-    train = _with_env(study, ["python3", *train_args(study, trial, workdir)])
-    return self.ssh(f"cd {shlex.quote(self.remote_dir)} && {bench} && {train}")
+    steps = [_with_env(study, ["python3", *train_args(study, trial, workdir)])]
+    if bench:
+      steps.insert(0, _with_env(study, ["python3", *bench_args(study, trial, workdir)]))
+    return f"cd {shlex.quote(self.remote_dir)} && " + " && ".join(steps)
+
+  def queues(self, trials: Sequence[Trial]) -> dict[str, list[Trial]]:
+    """Trials dealt round-robin over the slices."""
+    return {name: list(trials[i::len(self.tpu_names)]) for i, name in enumerate(self.tpu_names)}
+
+  def _run_queue(self, study: Study, tpu_name: str, trials: Sequence[Trial]) -> list[str]:
+    """Sets up one slice and runs its trials in turn; returns the names of the failed ones."""
+    if not self.skip_setup and subprocess.run(self.setup_command(tpu_name)).returncode:
+      return [t.name for t in trials]
+    failed = []
+    for trial in trials:
+      bench = not trial_workdir(self.workdir_root, trial).bench.exists()
+      command = self.ssh(tpu_name, self.remote_command(study, trial, bench=bench))
+      print(f"[{trial.name}] on {tpu_name}: {shlex.join(command)}", flush=True)
+      if subprocess.run(command).returncode:
+        failed.append(trial.name)
+    return failed
 
   def launch(self, study: Study) -> None:
-    commands = [] if self.skip_setup else [self.setup_command()]
+    if self.dry_run:  # Never touches the bucket.
+      for tpu_name, trials in self.queues(study.trials).items():
+        if not self.skip_setup:
+          print(shlex.join(self.setup_command(tpu_name)))
+        for trial in trials:
+          print(shlex.join(self.ssh(tpu_name, self.remote_command(study, trial))))
+      if self.gke is not None:
+        for trial in study.trials:
+          print(self.gke.describe(study, trial, self.remote_command(study, trial)))
+      return
+    pending = []
     for trial in study.trials:
-      # A dry run never touches the bucket; a real launch skips finished trials.
-      if not self.dry_run and trial_workdir(self.workdir_root, trial).is_done():
+      if trial_workdir(self.workdir_root, trial).is_done():
         print(f"[{trial.name}] already done, skipped")
-        continue
-      commands.append(self.trial_command(study, trial))
-    for command in commands:
-      print(shlex.join(command), flush=True)
-      if not self.dry_run:
-        subprocess.run(command, check=True)
+      else:
+        pending.append(trial)
+    queues = self.queues(pending)
+    with concurrent.futures.ThreadPoolExecutor(len(queues)) as pool:
+      failed = sum(pool.map(lambda item: self._run_queue(study, *item), queues.items()), [])
+    if failed:
+      raise TrialsFailed(f"{len(failed)} of {len(pending)} trials failed: {failed}. Fix (or wait "
+                         "for the preempted slices to come back) and re-launch: finished trials "
+                         "are skipped, the others resume from their checkpoints.")
+
+
+@dataclasses.dataclass(frozen=True)
+class GkeWorkload:
+  """The GKE form of a TPU trial, for users whose slices are GKE node pools: a JobSet with one
+  indexed Job of `hosts` pods (JAX finds its peers through the JobSet's DNS), and the equivalent
+  `xpk workload create` command."""
+  cluster: str
+  tpu_type: str  # e.g. v5litepod-16
+  topology: str  # e.g. 4x4
+  hosts: int  # VMs of the slice
+  image: str  # a container with this repository installed
+
+  def _name(self, study: Study, trial: Trial) -> str:
+    name = "".join(c if c.isalnum() else "-" for c in f"{study.name}-{trial.name}".lower())
+    return name.strip("-")[:40].strip("-")
+
+  def jobset(self, study: Study, trial: Trial, command: str) -> str:
+    accelerator = {"v5litepod": "tpu-v5-lite-podslice", "v5p": "tpu-v5p-slice",
+                   "v6e": "tpu-v6e-slice", "v4": "tpu-v4-podslice"}.get(
+                       self.tpu_type.split("-")[0], self.tpu_type)
+    return textwrap.dedent(f"""\
+        apiVersion: jobset.x-k8s.io/v1alpha2
+        kind: JobSet
+        metadata:
+          name: {self._name(study, trial)}
+          annotations:
+            alpha.jobset.sigs.k8s.io/exclusive-topology: cloud.google.com/gke-nodepool
+        spec:
+          failurePolicy:
+            maxRestarts: 4   # A preempted slice restarts the trial, which resumes.
+          replicatedJobs:
+          - name: slice
+            replicas: 1
+            template:
+              spec:
+                parallelism: {self.hosts}
+                completions: {self.hosts}
+                backoffLimit: 0
+                template:
+                  spec:
+                    nodeSelector:
+                      cloud.google.com/gke-tpu-accelerator: {accelerator}
+                      cloud.google.com/gke-tpu-topology: {self.topology}
+                    restartPolicy: Never
+                    containers:
+                    - name: trial
+                      image: {self.image}
+                      command: ["bash", "-c", {json.dumps(command)}]
+                      resources:
+                        limits:
+                          google.com/tpu: {TPU_CHIPS_PER_HOST}
+        """)
+
+  def xpk(self, study: Study, trial: Trial, command: str) -> str:
+    return shlex.join(["xpk", "workload", "create", f"--cluster={self.cluster}",
+                       f"--workload={self._name(study, trial)}", f"--tpu-type={self.tpu_type}",
+                       "--num-slices=1", f"--docker-image={self.image}", f"--command={command}"])
+
+  def describe(self, study: Study, trial: Trial, command: str) -> str:
+    return (f"# [{trial.name}] on GKE: kubectl apply -f - <<'EOF'\n"
+            f"{self.jobset(study, trial, command)}EOF\n# or: {self.xpk(study, trial, command)}\n")
 
 
 @dataclasses.dataclass
 class SlurmLauncher:
-  """Submits one sbatch job per trial: `nodes` x `gpus_per_node`, one process per node (srun).
+  """Submits one sbatch job per trial: `nodes` nodes with one process per GPU (srun).
 
-  `jax.distributed.initialize()` picks the coordinator and process ids up from SLURM's environment.
-  The sweep dir must be on a filesystem every node sees.
+  One process per GPU because that is what `jax.distributed.initialize()` configures from SLURM's
+  environment: each task is given the GPU numbered SLURM_LOCALID (with one task per node, a node's
+  other GPUs would sit idle). Every task sees the node's GPUs (`--gpus-per-node`, not
+  `--gpus-per-task`, which would renumber each task's single GPU to 0).
+
+  Preemption and time limits: the job asks for SIGTERM `signal_lead_s` seconds before it is
+  stopped (`--signal`), on which the trial saves a checkpoint and exits 3; the script then requeues
+  itself (`scontrol requeue`) and `--requeue` lets SLURM requeue it after a preemption, so the trial
+  resumes from its checkpoints. `sequential` chains the trials' jobs (`--dependency=afterany`) so
+  that they run one after another instead of competing for the allocation. The sweep dir must be
+  on a filesystem every node sees, or in a bucket.
   """
   sweep_dir: str
   repo_dir: str
@@ -250,6 +361,8 @@ class SlurmLauncher:
   account: str | None = None
   cpus_per_task: int | None = None
   setup: str = ""
+  signal_lead_s: int = 300
+  sequential: bool = False
   dry_run: bool = False
 
   def __post_init__(self):
@@ -262,33 +375,45 @@ class SlurmLauncher:
   def script(self, study: Study, trial: Trial) -> str:
     workdir = trial_workdir(self.sweep_dir, trial)
     options = {
-        "job-name": f"{study.name}/{trial.name}", "nodes": self.nodes, "ntasks-per-node": 1,
-        "gpus-per-node": self.gpus_per_node, "time": self.time, "output": str(workdir.slurm_output),
-        "open-mode": "append", "partition": self.partition, "account": self.account,
-        "cpus-per-task": self.cpus_per_task,
+        "job-name": f"{study.name}/{trial.name}", "nodes": self.nodes,
+        "ntasks-per-node": self.gpus_per_node, "gpus-per-node": self.gpus_per_node,
+        "time": self.time, "output": str(workdir.slurm_output), "open-mode": "append",
+        "requeue": True, "signal": f"TERM@{self.signal_lead_s}", "partition": self.partition,
+        "account": self.account, "cpus-per-task": self.cpus_per_task,
     }
     lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH --{k}={v}" for k, v in options.items() if v is not None]
-    lines += ["set -euo pipefail", f"cd {shlex.quote(self.repo_dir)}"]
+    lines += [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}"
+              for k, v in options.items() if v is not None]
+    lines += ["set -uo pipefail", f"cd {shlex.quote(self.repo_dir)}"]
     if self.setup:
       lines.append(self.setup)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in study.env.items()]
     srun = ["srun", "--kill-on-bad-exit=1", "python"]
-    lines.append(shlex.join([*srun, *bench_args(study, trial, workdir)]))
+    if not workdir.bench.exists():
+      lines.append(shlex.join([*srun, *bench_args(study, trial, workdir)]) + " || exit $?")
     lines.append(shlex.join([*srun, *train_args(study, trial, workdir)]))
+    lines += ["status=$?",
+              "# 3: stopped by SIGTERM after saving a checkpoint (time limit ahead): run again.",
+              'if [ "$status" -eq 3 ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
+              "exit $status"]
     return "\n".join(lines) + "\n"
 
   def launch(self, study: Study) -> None:
+    previous_job = None
     for trial in study.trials:
       workdir = trial_workdir(self.sweep_dir, trial)
       if workdir.is_done():
         print(f"[{trial.name}] already done, skipped")
         continue
-      command = ["sbatch", str(workdir.slurm_script)]
+      dependency = ([f"--dependency=afterany:{previous_job}"]
+                    if self.sequential and previous_job else [])
+      command = ["sbatch", "--parsable", *dependency, str(workdir.slurm_script)]
       if self.dry_run:
         print(f"# {workdir.slurm_script}\n{self.script(study, trial)}{shlex.join(command)}\n")
+        previous_job = previous_job or "<job id>"
         continue
       workdir.root.mkdir(parents=True, exist_ok=True)
       workdir.slurm_script.write_text(self.script(study, trial))
       result = subprocess.run(command, check=True, capture_output=True, text=True)
-      print(f"[{trial.name}] {result.stdout.strip()}")
+      previous_job = result.stdout.strip().split(";")[0]
+      print(f"[{trial.name}] submitted job {previous_job}", flush=True)

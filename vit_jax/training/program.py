@@ -74,7 +74,7 @@ class TrainProgram:
         for programs that never run a whole training (benchmarks, evaluation).
     """
     devices = tuple(jax.devices() if devices is None else devices)
-    mesh = sharding.make_mesh(config.mesh, devices)
+    mesh = sharding.make_mesh(config.mesh, devices, config.dcn_mesh)
     rules = config.sharding_rules or sharding.DEFAULT_RULES
     model_fields = models.model_kwargs(**config.model.to_dict())
     model = models.Model(num_classes=config.num_classes, **model_fields)

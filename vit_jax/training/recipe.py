@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 # Config fields (and the fields under these prefixes) a resumed run may change.
-OPERATIONAL = ("mesh", "sharding_rules", "input.data.data_dir", "input.data.root",
+OPERATIONAL = ("mesh", "dcn_mesh", "sharding_rules", "input.data.data_dir", "input.data.root",
                "input.data.on_corrupt", "input.threads", "input.prefetch", "evals",
                "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                "async_checkpoints", "init", "dont_load", "model.attention_impl",

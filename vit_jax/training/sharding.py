@@ -8,6 +8,8 @@ batch-sharded activation keeps 'embed' unsharded while an FSDP parameter shards 
     config.mesh = [("data", -1)]                 # pure data parallelism (-1: all remaining devices)
     config.mesh = [("data", 2), ("fsdp", 4)]     # 2-way data x 4-way fully-sharded data parallelism
     config.mesh = [("data", -1), ("tensor", 2)]  # + 2-way tensor parallelism of heads and MLP
+    config.mesh = [("data", -1), ("fsdp", 16)]   # two 16-chip slices: FSDP within a slice (ICI)
+    config.dcn_mesh = [("data", 2)]              # and data parallelism across them (DCN)
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 # Mesh axes that split the batch (data parallelism, including FSDP's data-parallel role).
 BATCH_AXES = ("data", "fsdp")
@@ -70,13 +74,47 @@ def resolve_mesh_shape(mesh_spec: Sequence[Sequence[Any]], num_devices: int) -> 
   return dict(zip(names, sizes))
 
 
-def make_mesh(mesh_spec: Sequence[Sequence[Any]],
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the device mesh named in the config, with Auto (annotation-driven) axis types."""
+def make_mesh(mesh_spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None,
+              dcn_spec: Sequence[Sequence[Any]] = ()) -> Mesh:
+  """Builds the device mesh named in the config, with Auto (annotation-driven) axis types.
+
+  `dcn_spec` (config.dcn_mesh) spans several slices of a multi-slice TPU job: `mesh_spec` then
+  describes one slice (its chips talk over ICI) and `dcn_spec` how many slices each of its axes
+  spans (over the data-center network); an axis's size is the product of the two.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape(mesh_spec, len(devices))
-  return jax.make_mesh(tuple(shape.values()), tuple(shape.keys()),
-                       axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+  if not dcn_spec:
+    shape = resolve_mesh_shape(mesh_spec, len(devices))
+    return jax.make_mesh(tuple(shape.values()), tuple(shape.keys()),
+                         axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+  grid, names = hybrid_device_grid(mesh_spec, dcn_spec, devices)
+  return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def hybrid_device_grid(mesh_spec: Sequence[Sequence[Any]], dcn_spec: Sequence[Sequence[Any]],
+                       devices: Sequence[Any]) -> tuple[np.ndarray, tuple[str, ...]]:
+  """The devices of a multi-slice mesh as an array (slices outermost on each axis), and the axis
+  names. Devices are grouped into slices by their `slice_index` (TPU devices carry it)."""
+  dcn_entries = [tuple(entry) for entry in dcn_spec]
+  names = [str(name) for name, _ in mesh_spec]
+  unknown = [name for name, _ in dcn_entries if name not in names]
+  if unknown or any(not isinstance(size, int) or size < 1 for _, size in dcn_entries):
+    raise ValueError(f"config.dcn_mesh={dcn_entries}: each entry is (an axis of config.mesh, the "
+                     f"number of slices it spans), e.g. (('data', 2),); mesh axes: {names}.")
+  dcn = {name: size for name, size in dcn_entries}
+  slices = math.prod(dcn.values())
+  if not hasattr(devices[0], "slice_index"):
+    raise ValueError(f"config.dcn_mesh={dcn_entries} needs multi-slice devices (with a "
+                     f"slice_index), but these are {devices[0].device_kind}; drop dcn_mesh.")
+  found = len({d.slice_index for d in devices})
+  if found != slices or len(devices) % slices:
+    raise ValueError(f"config.dcn_mesh={dcn_entries} spans {slices} slices but the devices "
+                     f"come from {found}; make the product of its sizes {found}.")
+  ici = resolve_mesh_shape(mesh_spec, len(devices) // slices)
+  grid = mesh_utils.create_hybrid_device_mesh(
+      tuple(ici.values()), tuple(dcn.get(name, 1) for name in ici), devices,
+      allow_split_physical_axes=True)
+  return grid, tuple(ici)
 
 
 def mesh_rules(mesh: Mesh,
