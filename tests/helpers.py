@@ -98,6 +98,14 @@ def tiny_config(root: str, **overrides: Any) -> ml_collections.ConfigDict:
   return c
 
 
+def tiny_config_file(path, root: str, **overrides: Any) -> str:
+  """Writes a config file (an entry point's --config) giving tiny_config(root, **overrides)."""
+  with open(path, "w") as f:
+    f.write(f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom helpers import tiny_config\n\n"
+            f"def get_config():\n  return tiny_config({root!r}, **{overrides!r})\n")
+  return str(path)
+
+
 def metric_rows(workdir: str) -> list[dict[str, Any]]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]

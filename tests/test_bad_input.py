@@ -9,12 +9,11 @@ import dataclasses
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS
+from helpers import REPO, tiny_config_file
 
 pytestmark = pytest.mark.slow  # ~50 processes.
 
@@ -157,15 +156,7 @@ def _run(case: Case, tmp_path, config_file: str, garbage: str):
 
 @pytest.fixture(scope="module")
 def results(data_root, tmp_path_factory):
-  config_file = tmp_path_factory.mktemp("config") / "tiny.py"
-  config_file.write_text(textwrap.dedent(f"""\
-      import sys
-      sys.path.insert(0, {TESTS!r})
-      from helpers import tiny_config
-
-      def get_config():
-        return tiny_config({data_root!r})
-      """))
+  config_file = tiny_config_file(tmp_path_factory.mktemp("config") / "tiny.py", data_root)
   garbage = tmp_path_factory.mktemp("garbage") / "weights.npz"
   garbage.write_bytes(np.random.default_rng(0).bytes(2000))
   with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS, final_params, metric_rows, tiny_config
+from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file
 from vit_jax.checkpoints import manager
 from vit_jax.training import loop
 
@@ -67,7 +67,7 @@ SRUN = textwrap.dedent("""\
       f.write(json.dumps([p.pid for p in procs]) + "\\n")
     signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
     status = 0
-    while any(p.poll() is None for p in procs):
+    while None in [p.poll() for p in procs]:  # A list: every task is polled each time.
       failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
       if failed and kill_on_bad_exit:
         status = status or failed[0]
@@ -112,15 +112,7 @@ def test_a_slurm_trial_survives_a_killed_task_and_resumes_when_resubmitted(slurm
                                                                            tmp_path):
   # Long enough to be killed between checkpoints (a step takes ~10 ms here).
   overrides = dict(total_steps=120, checkpoint_every_steps=40, mesh=(("data", -1),))
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text(textwrap.dedent(f"""\
-      import sys
-      sys.path.insert(0, {TESTS!r})
-      from helpers import tiny_config
-
-      def get_config():
-        return tiny_config({data_root!r}, **{overrides!r})
-      """))
+  config_file = tiny_config_file(tmp_path / "tiny.py", data_root, **overrides)
   study = tmp_path / "study.py"
   study.write_text("from vit_jax.study import sweep\n\n"
                    "def get_sweep():\n"

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS, final_params, metric_rows, tiny_config
+from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file
 from vit_jax.checkpoints import manager
 from vit_jax.study import launchers, sweep
 from vit_jax.training import loop
@@ -32,15 +31,7 @@ def _worker_env(worker: int, bin_dir) -> dict[str, str]:
 
 def test_a_tpu_trial_runs_on_two_workers_is_preempted_and_resumes(data_root, tmp_path):
   overrides = dict(total_steps=120, checkpoint_every_steps=40, mesh=(("data", -1),))
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text(textwrap.dedent(f"""\
-      import sys
-      sys.path.insert(0, {TESTS!r})
-      from helpers import tiny_config
-
-      def get_config():
-        return tiny_config({data_root!r}, **{overrides!r})
-      """))
+  config_file = tiny_config_file(tmp_path / "tiny.py", data_root, **overrides)
   study = sweep.Study("pod", str(config_file), sweep.trials([{}]))
   launcher = launchers.TpuLauncher(tpu_names=["pod"], zone="z", workdir_root=str(tmp_path / "runs"),
                                    repo_url="u", revision="r", remote_dir=REPO, skip_setup=True)

@@ -10,14 +10,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS, TOTAL_STEPS, final_params, metric_rows, tiny_config
+from helpers import (
+  REPO,
+  TOTAL_STEPS,
+  final_params,
+  metric_rows,
+  tiny_config,
+  tiny_config_file,
+)
 from vit_jax.checkpoints import manager
 from vit_jax.config import BadInputError
 from vit_jax.training import loop, metrics
@@ -154,19 +160,6 @@ def _start_training(config_file, workdir, *extra) -> subprocess.Popen:
        *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _config_file(tmp_path, data_root, **overrides) -> str:
-  path = tmp_path / "config.py"
-  path.write_text(textwrap.dedent(f"""\
-      import sys
-      sys.path.insert(0, {TESTS!r})
-      from helpers import tiny_config
-
-      def get_config():
-        return tiny_config({data_root!r}, **{overrides!r})
-      """))
-  return str(path)
-
-
 def _wait_for(predicate, process, timeout=240):
   deadline = time.time() + timeout
   while not predicate():
@@ -177,7 +170,8 @@ def _wait_for(predicate, process, timeout=240):
 
 def test_a_second_run_on_the_workdir_is_refused_then_sigterm_stops_the_first_resumably(
     data_root, tmp_path):
-  config_file = _config_file(tmp_path, data_root, total_steps=100000, checkpoint_every_steps=50)
+  config_file = tiny_config_file(tmp_path / "config.py", data_root, total_steps=100000,
+                                 checkpoint_every_steps=50)
   workdir = tmp_path / "run"
   first = _start_training(config_file, workdir)
   _wait_for(lambda: (workdir / "metrics.jsonl").exists() and metric_rows(str(workdir)), first)
@@ -194,7 +188,8 @@ def test_a_second_run_on_the_workdir_is_refused_then_sigterm_stops_the_first_res
 
 
 def test_sigkill_then_resume_keeps_one_metrics_row_per_step(data_root, tmp_path):
-  config_file = _config_file(tmp_path, data_root, total_steps=30, checkpoint_every_steps=10)
+  config_file = tiny_config_file(tmp_path / "config.py", data_root, total_steps=30,
+                                 checkpoint_every_steps=10)
   workdir = tmp_path / "run"
   killed = _start_training(config_file, workdir)
   _wait_for(lambda: _saved_steps(workdir) and (workdir / "metrics.jsonl").exists() and max(
@@ -210,7 +205,8 @@ def test_sigkill_then_resume_keeps_one_metrics_row_per_step(data_root, tmp_path)
 
 
 def test_a_stopped_sweep_stops_its_trial_resumably_without_orphans(data_root, tmp_path):
-  config_file = _config_file(tmp_path, data_root, total_steps=100000, checkpoint_every_steps=50)
+  config_file = tiny_config_file(tmp_path / "config.py", data_root, total_steps=100000,
+                                 checkpoint_every_steps=50)
   study = tmp_path / "study.py"
   study.write_text("from vit_jax.study import sweep\n\n"
                    "def get_sweep():\n"

@@ -10,7 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS, final_params, losses, make_image_folder, tiny_config
+from helpers import (
+  REPO,
+  final_params,
+  losses,
+  make_image_folder,
+  tiny_config,
+  tiny_config_file,
+)
 from vit_jax.training import loop
 
 pytestmark = pytest.mark.slow  # Two training processes and a reference run.
@@ -24,10 +31,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process(tmp_path):
   root = make_image_folder(str(tmp_path / "images"))
-  config_file = tmp_path / "tiny_config.py"
-  config_file.write_text(
-      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom helpers import tiny_config\n\n"
-      f"def get_config():\n  return tiny_config({root!r}, mesh=(('data', -1),))\n")
+  config_file = tiny_config_file(tmp_path / "tiny_config.py", root, mesh=(("data", -1),))
   workdir = str(tmp_path / "two_processes")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")

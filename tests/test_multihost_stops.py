@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TESTS, final_params, losses, tiny_config
+from helpers import REPO, final_params, losses, tiny_config, tiny_config_file
 from vit_jax import cli
 from vit_jax.training import loop
 
@@ -111,9 +111,7 @@ class TwoProcesses:
 @pytest.fixture(scope="module")
 def config_file(data_root, tmp_path_factory):
   path = tmp_path_factory.mktemp("config") / "tiny_config.py"
-  path.write_text(
-      f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom helpers import tiny_config\n\n"
-      f"def get_config():\n  return tiny_config({data_root!r}, **{OVERRIDES!r})\n")
+  tiny_config_file(path, data_root, **OVERRIDES)
   (path.parent / "launch.py").write_text(LAUNCHER)
   return path
 
