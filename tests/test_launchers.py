@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+from etils import epath
 import pytest
 
 from helpers import REPO
@@ -263,3 +264,21 @@ def test_tpu_dry_run_prints_the_gke_workloads(fake_bin, study_file):
   xpk = [line for line in result.stdout.splitlines() if line.startswith("# or: xpk ")]
   assert len(xpk) == 4 and "--cluster=c1" in xpk[0] and "--tpu-type=v5litepod-16" in xpk[0]
   assert "--workdir=gs://b/s/variant=Ti,patch_size=8" in xpk[0]
+
+
+def test_tpu_relaunch_reads_done_and_measured_trials_from_a_bucket(fake_bin, study_file, gcs):
+  """On a relaunch, the TPU launcher skips a trial whose gs:// summary says done and does not
+  measure again one whose gs:// bench.json exists."""
+  root = epath.Path("gs://bucket/tpu_relaunch")
+  workdir.trial_workdir(root, "variant=Ti,patch_size=8").write_summary({"done": True})
+  (root / "variant=S,patch_size=8").mkdir(parents=True, exist_ok=True)
+  (root / "variant=S,patch_size=8" / "bench.json").write_text("{}")
+  result = _sweep_cli(study_file, "--launcher=tpu", "--tpu_name=pod", "--zone=z",
+                      f"--workdir_root={root}", "--repo_url=u", "--revision=r", "--skip_setup")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[variant=Ti,patch_size=8] already done, skipped" in result.stdout
+  commands = {call[-1].split("--workdir=")[1].split()[0]: call[-1] for call in fake_bin()}
+  assert sorted(commands) == [f"{root}/variant=S,patch_size=16", f"{root}/variant=S,patch_size=8",
+                              f"{root}/variant=Ti,patch_size=16"]
+  assert "vit_jax.bench" not in commands[f"{root}/variant=S,patch_size=8"]
+  assert "vit_jax.bench" in commands[f"{root}/variant=Ti,patch_size=16"]
