@@ -11,7 +11,10 @@ from vit_jax.training import optimizers
 RECIPES = [
     ("quickstart", None), ("quickstart", "patch=7,width=32"),
     ("vit_i1k", None), ("vit_i1k", "variant=B/16,epochs=300"), ("vit_i1k", "runlocal"),
-    ("vit_i21k", "variant=L/16"), ("finetune", "dataset=oxford_iiit_pet,res=224"),
+    ("vit_i21k", "variant=L/16"), ("vit_i21k", "runlocal"), ("augreg_i21k", None),
+    ("augreg_i21k", "variant=S/16,aug=strong2,runlocal"),
+    ("finetune", "dataset=oxford_iiit_pet,res=224,variant=B/16"),
+    ("finetune", "dataset=bundled_mnist,variant=Ti/16,runlocal"),
 ]
 
 

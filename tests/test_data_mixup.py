@@ -36,11 +36,19 @@ def test_mixup_blends_neighbours_with_the_label_ratio():
   assert out_images.sharding.spec == P("data")
   # Image i is lam * i + (1 - lam) * (i - 1); the label carries the same lam.
   lam = out_labels[1, 1]
-  assert 0 < lam < 1
+  assert 0.5 <= lam < 1  # big_vision's max(lam, 1 - lam): the image's own label dominates.
   np.testing.assert_allclose(out_images[:, 0, 0, 0],
                              lam * images[:, 0, 0, 0] + (1 - lam) * jnp.roll(images[:, 0, 0, 0], 1),
                              rtol=1e-5)
   np.testing.assert_allclose(out_labels.sum(1), 1, rtol=1e-6)
+
+
+def test_mixup_ratio_is_the_dominant_one_of_a_beta_draw():
+  images, labels = _batch()
+  lams = np.array([_mix(key, images, labels, mixup_alpha=0.2)[1][1, 1] for key in range(64)])
+  assert lams.min() >= 0.5 and lams.max() <= 1
+  # Beta(0.2, 0.2) piles up near 0 and 1, so folded onto [0.5, 1] most ratios are close to 1.
+  assert np.mean(lams > 0.9) > 0.5
 
 
 def test_cutmix_pastes_a_box_whose_area_matches_the_labels():

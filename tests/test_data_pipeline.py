@@ -82,6 +82,18 @@ def test_imagefolder_labels_and_errors(folder):
     sources.open_source({"name": "imagefolder", "split": "train"})
 
 
+def test_imagefolder_splits_slice_like_tfds(folder):
+  def ids(split):
+    return [r["id"] for r in sources.open_source(_cfg(folder, split=split)["data"]).records]
+  head, tail = ids("train[:90%]"), ids("train[90%:]")
+  assert (len(head), len(tail), len(ids("test[:16]"))) == (36, 4, 16)
+  assert sorted(head + tail) == sorted(ids("train"))  # A partition of the folder.
+  # Taken from a seeded shuffle, so that a small slice still holds both classes.
+  assert {"cat", "dog"} == {i.split("/")[-2] for i in ids("test[:8]")}
+  with pytest.raises(ValueError, match=r"Bad split 'train\[:5\]\+val\[:3\]'"):
+    ids("train[:5]+val[:3]")
+
+
 def test_corrupt_images_are_skipped_or_fatal(folder, caplog):
   # The order depends on the seed and the split size only: read it before breaking two files.
   order = _ids(np.concatenate([b["image"] for b in _take(

@@ -135,6 +135,15 @@ def test_bf16_compute_keeps_float32_params():
   np.testing.assert_allclose(out, m32.apply({"params": params}, x), rtol=0.05, atol=0.05)
 
 
+def test_head_bias_init_sets_the_initial_logits():
+  """A sigmoid loss over 21,843 classes starts at ~1 nat with bias -10, not 21843 * log(2)."""
+  x = jnp.ones((2, 8, 8, 3))
+  model = models.get_model("ViT-mu/4", num_classes=5, head_bias_init=-10.0)
+  variables = model.init({"params": jax.random.key(0)}, x)
+  np.testing.assert_array_equal(nn.unbox(variables["params"])["head"]["bias"], np.full(5, -10.0))
+  np.testing.assert_allclose(model.apply(variables, x), -10.0)  # The head kernel starts at zero.
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_stochastic_depth_rate_rises_linearly_and_rescales(scan):
   x = jnp.ones((4096, 1, 1))

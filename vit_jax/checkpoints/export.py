@@ -47,17 +47,6 @@ def _abstract_params(model_kwargs: dict[str, Any], num_classes: int, params: dic
   return npz.to_per_layer(npz.flatten(flax.linen.unbox(variables["params"])))
 
 
-def recorded_model(input_path: str) -> dict[str, Any] | None:
-  """`config.model` of the run whose checkpoint `input_path` is (WORKDIR/checkpoints[/<step>] or
-  WORKDIR), from its WORKDIR/config.json; None outside a workdir."""
-  path = workdir.resolve(input_path)
-  for candidate in (path, path.parent, path.parent.parent):
-    record = workdir.read_json(workdir.Workdir(candidate).config) if candidate.is_dir() else None
-    if record is not None:
-      return record["model"]
-  return None
-
-
 def convert(input_path: str, model_name: str | None, output_dir: str, *,
             num_classes: int | None = None, overrides: dict[str, Any] | None = None,
             formats: Sequence[str] = FORMATS,
@@ -72,10 +61,11 @@ def convert(input_path: str, model_name: str | None, output_dir: str, *,
   if model_name:
     model_kwargs = models.model_kwargs(model_name, **(overrides or {}))
   else:
-    recorded = recorded_model(input_path)
-    if recorded is None:
+    run_config = workdir.recorded_config(input_path)
+    if run_config is None:
       raise ValueError(f"{input_path} is not in a workdir with a config.json, so its model is "
                        "unknown: pass --model (e.g. --model=ViT-B/16) and --overrides.")
+    recorded = run_config["model"]
     model_name = recorded["variant"]
     model_kwargs = models.model_kwargs(**{**recorded, **(overrides or {})})
   if "hf" in formats:

@@ -117,15 +117,18 @@ def saved_params(directory: epath.Path, step: int) -> Any | None:
 
 
 def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
-  """Resolves an Orbax path given as a step directory or as a checkpoints root (-> latest step)."""
+  """Resolves an Orbax path given as a step directory, a checkpoints root or a run's workdir (the
+  latter two: their latest step)."""
   path = workdir.resolve(path)
   if (path / "state").is_dir():
     return path
+  if workdir.Workdir(path).checkpoints.is_dir():
+    path = workdir.Workdir(path).checkpoints
   steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()] if path.is_dir() else []
   if not steps:
     raise FileNotFoundError(
         f"No Orbax checkpoint at {path}: expected a step directory containing 'state' or a "
-        "directory of step directories (e.g. WORKDIR/checkpoints).")
+        "directory of step directories (e.g. WORKDIR/checkpoints), or a workdir holding them.")
   return path / str(max(steps))
 
 

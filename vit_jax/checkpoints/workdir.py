@@ -169,6 +169,16 @@ class Workdir:
     return latest, False
 
 
+def recorded_config(input_path: str | epath.PathLike) -> dict[str, Any] | None:
+  """The config (WORKDIR/config.json) of the run whose checkpoint `input_path` is
+  (WORKDIR/checkpoints[/<step>] or WORKDIR); None outside a workdir."""
+  path = resolve(input_path)
+  for candidate in (path, path.parent, path.parent.parent):
+    record = read_json(Workdir(candidate).config) if candidate.is_dir() else None
+    if record is not None:
+      return record
+  return None
+
 def trial_workdir(sweep_dir: str | epath.PathLike, trial_name: str) -> Workdir:
   """The workdir of a sweep's trial."""
   return Workdir(resolve(sweep_dir) / trial_name)

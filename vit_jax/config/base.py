@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_dim=_unset(int), num_heads=_unset(int), classifier=_unset(str), posemb=_unset(str),
       representation_size=_unset(int), dropout=_unset(float), attention_dropout=_unset(float),
       stoch_depth=_unset(float), dtype=_unset(str), scan=_unset(bool), remat_policy=_unset(str),
-      resnet=_unset(object), attention_impl=_unset(str)))
+      resnet=_unset(object), attention_impl=_unset(str), head_bias_init=_unset(float)))
   c.num_classes = 1000
   c.init = ""              # .npz or Orbax checkpoint to fine-tune from ('' = random init)
   c.dont_load = ()         # regexes of params kept at init when loading `init`
@@ -112,3 +112,17 @@ def resolve_evals(config: ml_collections.ConfigDict) -> dict[str, ml_collections
         **EVAL_DEFAULTS, **entry, "data": data,
         "threads": config.input.threads, "prefetch": config.input.prefetch})
   return resolved
+
+
+def shrink_to_runlocal(config: ml_collections.ConfigDict, train_split: str | None = None) -> None:
+  """Shrinks a recipe in place to its smoke test on one CPU (big_vision's `runlocal`): 10 steps of
+  8 images with 2 warmup steps, every step logged, each eval on the first 16 examples of its split,
+  and `train_split` if given. The recipe picks its tiny model itself (e.g. ViT-mu/16)."""
+  if train_split:
+    config.input.data.split = train_split
+  config.batch_size = config.eval_batch_size = 8
+  config.total_steps, config.total_epochs, config.total_examples = 10, None, None
+  config.optim.update(warmup_steps=2, warmup_epochs=None, warmup_examples=None)
+  config.log_every_steps = 1
+  for entry in config.evals.values():
+    entry.data.split = entry.data.split.split("[")[0] + "[:16]"

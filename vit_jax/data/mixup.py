@@ -2,8 +2,10 @@
 
 Each image is mixed with its neighbour in the batch (`jnp.roll` by one, which under a batch sharding
 moves one row per shard boundary), with one mixing ratio per batch as in timm's default and
-big_vision. Labels must be one-hot / soft (add `onehot(N)` to the pp string); they are mixed with
-the same ratio, which for CutMix is the exact pasted area after clipping the box to the image.
+big_vision. As in big_vision the Mixup ratio is max(lam, 1 - lam): each image keeps at least half
+of itself, so its own label dominates its mixed label. Labels must be one-hot / soft (add
+`onehot(N)` to the pp string); they are mixed with the same ratio, which for CutMix is the exact
+pasted area after clipping the box to the image.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def _cutmix(key: jax.Array, images: jax.Array, partner: jax.Array,
 def _mixup(key: jax.Array, images: jax.Array, partner: jax.Array,
            alpha: float) -> tuple[jax.Array, jax.Array]:
   lam = jax.random.beta(key, alpha, alpha)
+  lam = jnp.maximum(lam, 1.0 - lam)
   return lam.astype(images.dtype) * images + (1 - lam).astype(images.dtype) * partner, lam
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from typing import Any, Mapping, Sequence
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from vit_jax.data import bundled_mnist
@@ -65,16 +67,23 @@ class TfdsRecords(Sequence):
     return {"image": record["image"], "label": int(record["label"]), "id": example_id}
 
 
+def _imagefolder_classes(root: epath.Path) -> list[str]:
+  # The union over all split folders, so that train and test agree on label ids.
+  return sorted({d.name for s in root.iterdir() if s.is_dir()
+                 for d in s.iterdir() if d.is_dir() and not d.name.startswith(".")})
+
+
 def _open_imagefolder(root: str | None, split: str) -> Source:
+  """`root/<split>/<class>/<image>`; `split` may carry a tfds slice ('train[:90%]', 'test[:16]'),
+  taken from a seeded shuffle of the folder so that a slice holds every class."""
   if not root:
     raise ValueError("data.name='imagefolder' needs data.root=DIR with DIR/<split>/<class>/*.jpg.")
-  split_dir = epath.Path(root).expanduser() / split
+  folder = split.split("[", 1)[0]
+  split_dir = epath.Path(root).expanduser() / folder
   if not split_dir.is_dir():
     raise FileNotFoundError(f"Image folder split {str(split_dir)!r} does not exist; expected "
-                            f"{root}/{split}/<class>/<image>.jpg (set data.root / data.split).")
-  # Class names are the union over all split folders so train and test agree on label ids.
-  class_names = sorted({d.name for s in split_dir.parent.iterdir() if s.is_dir()
-                        for d in s.iterdir() if d.is_dir() and not d.name.startswith(".")})
+                            f"{root}/{folder}/<class>/<image>.jpg (set data.root / data.split).")
+  class_names = _imagefolder_classes(split_dir.parent)
   files, labels = [], []
   for label, name in enumerate(class_names):
     class_dir = split_dir / name
@@ -83,12 +92,21 @@ def _open_imagefolder(root: str | None, split: str) -> Source:
     if not images:
       raise ValueError(f"Class folder {str(class_dir)!r} has no images "
                        f"({', '.join(IMAGE_SUFFIXES)}); every class of {root} needs images in "
-                       f"split {split!r}. Add images or remove the class from all splits.")
+                       f"split {folder!r}. Add images or remove the class from all splits.")
     files += images
     labels += [label] * len(images)
   if not class_names:
     raise ValueError(f"{str(split_dir)!r} has no class sub-folders; "
-                     f"expected {split}/<class>/*.jpg.")
+                     f"expected {folder}/<class>/*.jpg.")
+  if folder != split:
+    try:
+      spans = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+          {folder: types.SimpleNamespace(num_examples=len(files))})
+    except (ValueError, AssertionError, KeyError) as e:
+      raise ValueError(f"Bad split {split!r} for image folder {root} (data.split): {e}") from e
+    order = np.random.default_rng(0).permutation(len(files))
+    rows = [i for span in spans for i in order[span.from_ or 0:span.to]]
+    files, labels = [files[i] for i in rows], [labels[i] for i in rows]
   return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}")
 
 
@@ -150,6 +168,34 @@ def _open_tfds(name: str, split: str, data_dir: str | None) -> Source:
     raise _not_ready_error(builder, root) from e
   return Source(TfdsRecords(data_source, name, split), features["label"].num_classes,
                 f"{name}:{split} in {root}")
+
+
+def num_classes(data_cfg: Mapping[str, Any]) -> int:
+  """The class count of `data_cfg`'s dataset from its metadata alone (nothing is read or built):
+  a tfds builder's label feature, or the class folders of an image folder."""
+  name = data_cfg["name"]
+  if name == IMAGEFOLDER:
+    root = data_cfg.get("root")
+    if not root or not epath.Path(root).expanduser().is_dir():
+      raise FileNotFoundError(f"data.name='imagefolder' needs data.root=DIR (an existing folder "
+                              f"with DIR/<split>/<class>/*.jpg), got {root!r}.")
+    count = len(_imagefolder_classes(epath.Path(root).expanduser()))
+    if not count:
+      raise ValueError(f"{root} has no DIR/<split>/<class>/ folders.")
+    return count
+  if name == bundled_mnist.BundledMnist.name:
+    return bundled_mnist.NUM_CLASSES
+  data_dir = data_cfg.get("data_dir")
+  try:
+    builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown tfds dataset {name!r}: use a tfds name (e.g. 'cifar100'), "
+                     "'bundled_mnist' or 'imagefolder' (with root=DIR).") from e
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise ValueError(f"tfds dataset {name!r} has no ClassLabel 'label' feature (it has "
+                     f"{list(builder.info.features)}); the classification pipeline needs one.")
+  return label.num_classes
 
 
 def open_source(data_cfg: Mapping[str, Any]) -> Source:
