@@ -31,8 +31,8 @@ def test_parse_errors_name_the_problem():
     preprocess.parse("decode|flipp")
   with pytest.raises(ValueError, match="Cannot parse pp op"):
     preprocess.parse("decode|resize(224")
-  with pytest.raises(ValueError, match="Bad arguments for pp op 'resize\\(1, 2, 3\\)'"):
-    preprocess.parse("resize(1, 2, 3)")
+  with pytest.raises(ValueError, match="Bad arguments for pp op 'resize\\(1, 2, 3, 4\\)'"):
+    preprocess.parse("resize(1, 2, 3, 4)")
   with pytest.raises(ValueError, match="must be Python literals"):
     preprocess.parse("resize(size)")
   with pytest.raises(ValueError, match="area_min <= area_max"):
@@ -67,8 +67,17 @@ def test_resize_resize_small_central_crop():
   assert small.shape == (12, 16, 3)  # Shorter side 12, aspect kept.
   crop = preprocess.to_array(_run("central_crop(8)", image)["image"])
   np.testing.assert_array_equal(crop, image[8:16, 12:20])
+  square = preprocess.to_array(_run("central_crop", image)["image"])  # No size: largest square.
+  np.testing.assert_array_equal(square, image[:, 4:28])
   with pytest.raises(ValueError, match="resize_small"):
     _run("central_crop(30)", image)
+  # tf.image.resize's method names; bicubic / lanczos3 only antialiased (PIL's filters).
+  with pytest.raises(ValueError, match="Unknown resize method 'box'"):
+    preprocess.parse("resize(8, method='box')")
+  with pytest.raises(ValueError, match="'bicubic' is only available with antialias=True"):
+    preprocess.parse("resize_small(8, method='bicubic')")
+  smooth = preprocess.to_array(_run("resize(12, 'bicubic', antialias=True)", image)["image"])
+  assert smooth.shape == (12, 12, 3)
 
 
 def test_inception_crop_area_and_determinism():
@@ -114,10 +123,10 @@ def test_random_shift_translates_within_bounds():
 def test_each_randaug_op_changes_the_image(name):
   # Texture (for Sharpness) on top of a gradient (for the rest).
   texture = np.random.default_rng(0).integers(0, 60, (32, 32, 3))
-  image = Image.fromarray((_gradient(32, 32) * 0.7 + texture).astype(np.uint8))
-  out = randaug.OPS[name](image, 1.0, np.random.default_rng(0))
-  assert out.size == image.size and out.mode == image.mode
-  assert not np.array_equal(np.asarray(out), np.asarray(image)), name
+  image = (_gradient(32, 32) * 0.7 + texture).astype(np.uint8)
+  out = randaug.OPS[name](image, 10, np.random.default_rng(0))  # HWC uint8, magnitude 0..10.
+  assert out.shape == image.shape and out.dtype == np.uint8
+  assert not np.array_equal(out, image), name
 
 
 def test_randaug_layers():

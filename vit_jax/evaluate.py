@@ -2,8 +2,8 @@ r"""Evaluate a trained model without training: every evaluator in `config.evals`
 each.
 
     python -m vit_jax.evaluate --config=configs/quickstart.py --workdir=/tmp/vit_quickstart
-    python -m vit_jax.evaluate --config=configs/finetune.py:dataset=cifar10 --workdir=/tmp/eval \
-        --checkpoint=/path/to/ViT-B_16.npz
+    python -m vit_jax.evaluate --config=configs/finetune.py:dataset=cifar10,variant=B/16 \
+        --workdir=/tmp/eval --checkpoint=/path/to/ViT-B_16-cifar10.npz
 
 Params come from `--checkpoint` (an official `.npz` or an Orbax checkpoint directory) or else from
 the latest checkpoint in WORKDIR/checkpoints. Prints the metrics and writes them to

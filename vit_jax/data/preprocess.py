@@ -10,6 +10,11 @@ inside the grain pipeline; image ops work on PIL images (PIL's C code releases t
 threads scale) and `value_range` turns the result into a float32 HWC array. Random ops draw from the
 `np.random.Generator` grain derives from (seed, example position), which makes them reproducible and
 resumable.
+
+An op named as in big_vision means what it means there: inception_crop, resize, resize_small and
+central_crop take big_vision's arguments and defaults and reproduce its TensorFlow numerics
+(tf.image.sample_distorted_bounding_box's crop distribution; tf.image.resize's pixels, clipped and
+truncated to uint8) on numpy, without TensorFlow (tests/test_crop_parity.py checks them against it).
 """
 from __future__ import annotations
 
@@ -21,15 +26,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from vit_jax.data import image as image_lib
 from vit_jax.data import randaug as randaug_lib
+from vit_jax.data.image import to_array, to_pil
 
 Example = dict[str, Any]
 Op = Callable[[Example, np.random.Generator], Example]
 
 _REGISTRY: dict[str, Callable[..., Op]] = {}
-_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-             "area": Image.Resampling.BOX}
 
 
 def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
@@ -114,29 +118,6 @@ def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
   return h, w
 
 
-def _resample(method: str) -> Image.Resampling:
-  if method not in _RESAMPLE:
-    raise ValueError(f"Unknown resize method {method!r}; use one of {sorted(_RESAMPLE)}.")
-  return _RESAMPLE[method]
-
-
-def to_pil(image: Any) -> Image.Image:
-  """A PIL view of an HWC uint8 array (or the PIL image itself)."""
-  if isinstance(image, Image.Image):
-    return image
-  array = np.asarray(image)
-  if array.dtype != np.uint8:
-    raise ValueError(f"Image ops need uint8 pixels before value_range; got {array.dtype}. "
-                     "Put value_range last in the pp string.")
-  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-
-
-def to_array(image: Any) -> np.ndarray:
-  """HWC array of an image (grayscale gets a trailing channel axis)."""
-  array = np.asarray(image)
-  return array[..., None] if array.ndim == 2 else array
-
-
 def _with_image(example: Example, image: Any) -> Example:
   return {**example, "image": image}
 
@@ -167,42 +148,50 @@ def decode(channels: int = 3) -> Op:
 
 
 @register("resize")
-def resize(size: int | tuple[int, int], method: str = "bilinear") -> Op:
-  """Resizes to exactly `size` (int or (height, width)), ignoring aspect ratio."""
+def resize(size: int | tuple[int, int], method: str = "bilinear", antialias: bool = False) -> Op:
+  """Resizes to exactly `size` (int or (height, width)), ignoring aspect ratio, as big_vision's
+  resize: tf.image.resize, by default bilinear without antialiasing."""
   h, w = _hw(size)
-  resample = _resample(method)
+  image_lib.check_method(method, antialias)
 
   def op(example: Example, rng: np.random.Generator) -> Example:
     del rng
-    return _with_image(example, to_pil(example["image"]).resize((w, h), resample))
+    return _with_image(example, image_lib.resize_image(example["image"], (h, w), method, antialias))
   return op
 
 
 @register("resize_small")
-def resize_small(size: int, method: str = "bilinear") -> Op:
-  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
-  small, _ = _hw(size)
-  resample = _resample(method)
+def resize_small(smaller_size: int, method: str = "area", antialias: bool = False) -> Op:
+  """Resizes so that the shorter side is `smaller_size`, keeping the aspect ratio, as big_vision's
+  resize_small: each side times smaller_size / shorter side in float32, rounded half to even; by
+  default TF's area resize (which ignores antialias)."""
+  small, _ = _hw(smaller_size)
+  image_lib.check_method(method, antialias)
 
   def op(example: Example, rng: np.random.Generator) -> Example:
     del rng
-    image = to_pil(example["image"])
-    w, h = image.size
-    scale = small / min(h, w)
-    new = (max(small, round(w * scale)), max(small, round(h * scale)))
-    return _with_image(example, image.resize(new, resample))
+    image = example["image"]
+    ih, iw = image_lib.height_width(image)
+    factor = np.float32(small) / np.float32(min(ih, iw))
+    new = int(np.round(np.float32(ih) * factor)), int(np.round(np.float32(iw) * factor))
+    if min(new) < 1:
+      raise ValueError(f"resize_small({small}) on a {ih}x{iw} image ({example.get('id')}) "
+                       "leaves a side of 0 pixels.")
+    return _with_image(example, image_lib.resize_image(image, new, method, antialias))
   return op
 
 
 @register("central_crop")
-def central_crop(size: int | tuple[int, int]) -> Op:
-  """Crops the central (height, width) window; the image must be at least that large."""
-  h, w = _hw(size)
+def central_crop(crop_size: int | tuple[int, int] | None = None) -> Op:
+  """Crops the central (height, width) window, offset (H - height) // 2, (W - width) // 2; the
+  image must be at least that large. Without a size: the largest central square."""
+  size = None if crop_size is None else _hw(crop_size)
 
   def op(example: Example, rng: np.random.Generator) -> Example:
     del rng
     image = to_pil(example["image"])
     iw, ih = image.size
+    h, w = size or (min(ih, iw),) * 2
     if ih < h or iw < w:
       raise ValueError(f"central_crop({h}, {w}) on a {ih}x{iw} image ({example.get('id')}); "
                        f"resize_small({max(h, w)}) first.")
@@ -212,31 +201,26 @@ def central_crop(size: int | tuple[int, int]) -> Op:
 
 
 @register("inception_crop")
-def inception_crop(size: int | tuple[int, int], area_min: float = 5, area_max: float = 100,
-                   method: str = "bilinear") -> Op:
-  """Random crop covering area_min..area_max percent of the image with aspect ratio 3/4..4/3,
-  resized to `size` (the Inception / RandomResizedCrop augmentation)."""
-  h, w = _hw(size)
+def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 5,
+                   area_max: float = 100, method: str = "bilinear",
+                   antialias: bool = False) -> Op:
+  """Random crop of area_min..area_max percent of the image at aspect ratio 0.75..1.33, resized to
+  `size` (the Inception / RandomResizedCrop augmentation), as big_vision's inception_crop: the box
+  from `inception_crop_box` (TF's sample_distorted_bounding_box), then `resize`. Without a size the
+  crop is returned as it is."""
+  h, w = (None, None) if size is None else _hw(size)
   if not 0 < area_min <= area_max <= 100:
     raise ValueError(f"inception_crop needs 0 < area_min <= area_max <= 100 (percent), got "
                      f"{area_min}, {area_max}.")
-  resample = _resample(method)
-  log_ratio = (np.log(3 / 4), np.log(4 / 3))
+  image_lib.check_method(method, antialias)
 
   def op(example: Example, rng: np.random.Generator) -> Example:
-    image = to_pil(example["image"])
-    iw, ih = image.size
-    box = (0, 0, iw, ih)  # Fallback after 10 misses: the whole image.
-    for _ in range(10):
-      area = ih * iw * rng.uniform(area_min, area_max) / 100
-      ratio = np.exp(rng.uniform(*log_ratio))
-      cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
-      if 0 < cw <= iw and 0 < ch <= ih:
-        left, top = rng.integers(0, iw - cw + 1), rng.integers(0, ih - ch + 1)
-        box = (left, top, left + cw, top + ch)
-        break
-    # resize(box=...) crops and resizes in one pass, without an intermediate copy.
-    return _with_image(example, image.resize((w, h), resample, box=box))
+    image = example["image"]
+    box = image_lib.inception_crop_box(*image_lib.height_width(image), area_min, area_max, rng)
+    if h is None:
+      top, left, ch, cw = box
+      return _with_image(example, to_pil(image).crop((left, top, left + cw, top + ch)))
+    return _with_image(example, image_lib.resize_image(image, (h, w), method, antialias, box=box))
   return op
 
 

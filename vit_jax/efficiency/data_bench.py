@@ -102,9 +102,10 @@ def tf_data(files: list[str], size: int, threads: int) -> Iterator[int]:
   def load(path):
     data = tf.io.read_file(path)
     shape = tf.image.extract_jpeg_shape(data)
+    # big_vision's arguments; aspect ratio and attempts at TF's defaults (0.75-1.33, 100).
     begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-        shape, tf.zeros([0, 0, 4]), area_range=(0.05, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        shape, tf.zeros([0, 0, 4]), area_range=(0.05, 1.0), min_object_covered=0,
+        use_image_if_no_bounding_boxes=True)
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
     image = tf.image.decode_and_crop_jpeg(data, window, channels=3)
     image = tf.image.resize(image, (size, size), antialias=False)
