@@ -48,7 +48,7 @@ from vit_jax.config import base_config, parse_arg, shrink_to_runlocal
 
 NUM_CLASSES = 21843
 # setting: (RandAugment (layers, magnitude) or None, mixup alpha); big_vision's RANDAUG_DEF and
-# MIXUP_DEF. Magnitude 0 is not the identity (e.g. contrast x0.1, solarize threshold 0).
+# MIXUP_DEF. Magnitude 0 is not the identity (enhance factors 0.1, solarize inverts everything).
 AUG = {
     "none": (None, 0.0),
     "light1": ((2, 0), 0.0),

@@ -23,12 +23,17 @@ Kept different on purpose:
   better mixed, and it resumes exactly.
 - No ImageNet-ReaL eval (it needs a multi-label evaluator); val, v2, minival and train[:2%] are
   evaluated as in big_vision.
+- JPEGs are decoded with libjpeg's accurate DCT (big_vision's decode(precise=True)); big_vision's
+  default fast integer DCT differs by up to 6 levels on most pixels.
 
-Expected result (published, big_vision README and arXiv 2205.01580 Table 1; not reproduced here):
-ViT-S/16 reaches 76.5% ImageNet val top-1 after 90 epochs, 78.5% after 150, 80.0% after 300.
-Published cost: 90 epochs take 6-7 hours on a TPU-v3-8 (big_vision's config docstring).
-Our projection (not measured): S/16 training is 13.8 GFLOP/img, 90 epochs = 1.6e18 FLOP, i.e.
-about 6 h on one 8xA100 node at 25% MFU.
+Expected result (published; not reproduced here): ViT-S/16 reaches 76.5% ImageNet val top-1 after
+90 epochs (big_vision README), and 80% after 300 epochs (arXiv 2205.01580, abstract).
+Published cost: 90 epochs take 6-7 hours on a TPU-v3-8 (big_vision's config docstring; the report:
+"under seven hours"); 300 epochs "less than one day" on the same machine.
+Our projection (not measured): S/16 training is 27.6 GFLOP/img (vit_jax.models.flops), so 90
+epochs are 3.2e18 FLOP: the published 6-7 h is about 27% MFU of the TPU-v3-8's 4 x 123 TFLOP/s; at
+that MFU one 8xA100 node (8 x 312 TFLOP/s) needs 1.3 h, if its host CPUs decode and augment the
+24k img/s it consumes (the usual limit for RandAugment on the host).
 
 Args: variant (S/16, B/16, ...), epochs (90 | 150 | 300), batch (1024), runlocal (ViT-mu/16,
 10 steps of 8 images and 16-image evals: the smoke test of this recipe on a CPU; tests run it on
