@@ -83,3 +83,102 @@ def test_cli_missing_dir_exits_2(tmp_path):
   result = subprocess.run([sys.executable, "-m", "vit_jax.report", str(tmp_path / "nope")],
                           capture_output=True, text=True)
   assert result.returncode == 2 and "nope" in result.stderr
+
+
+def _finished_trial(root, name, width, patch, acc, img_per_s):
+  (root / name).mkdir()
+  (root / name / "bench.json").write_text(json.dumps(_bench(width, patch, img_per_s)))
+  (root / name / "summary.json").write_text(json.dumps({"done": True,
+                                                        "final": {"val/prec@1": acc}}))
+
+
+def _legend(ax):
+  return [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+
+
+def _close_all():
+  from matplotlib import pyplot as plt  # After report.figures chose the Agg backend.
+  plt.close("all")
+
+
+def test_partial_sweep_is_reported_as_partial(tmp_path, capsys):
+  """A trial left out (e.g. by --only) is named as missing in the table, the plots' titles and a
+  warning on stdout; it gets no legend entry."""
+  trials = sweep.trials(sweep.product(sweep.axis("config.model.width", [32, 64]),
+                                      sweep.axis("config.model.patch_size", [4])))
+  trials += sweep.trials([{"config.model.width": 128}])
+  sweep.write_manifest(sweep.Study("t", "configs/x.py", trials), str(tmp_path / "sweep"))
+  root = tmp_path / "sweep"
+  _finished_trial(root, "width=32,patch_size=4", 32, 4, 0.9, 1000)
+  (root / "width=64,patch_size=4").mkdir()  # Started: metrics so far, no summary.
+  (root / "width=64,patch_size=4" / "metrics.jsonl").write_text(
+      json.dumps({"step": 5, "val/prec@1": 0.4}) + "\n")
+  rows, metric = report.load_rows(str(root))
+  assert [r["status"] for r in rows] == ["done", "running", "missing"]
+  report.write_report(rows, metric, str(tmp_path / "out"))
+  warning = capsys.readouterr().out
+  assert warning.startswith("warning: partial sweep: 1 of 3 trials finished")
+  assert "missing (no results" in warning and "width=128" in warning
+  assert "not finished (latest values shown): width=64,patch_size=4" in warning
+  table = (tmp_path / "out" / "results.md").read_text()
+  assert table.startswith("**Partial sweep: 1 of 3 trials finished")
+  assert "| width=128 (missing) |" in table and "| width=64,patch_size=4 (running) |" in table
+  figures = report.figures(rows, metric)
+  try:
+    for fig in figures.values():
+      [ax] = fig.axes
+      assert ax.get_title().endswith("(partial: 1/3 trials)")
+      assert "1 of 3 trials finished (PARTIAL)" in fig.texts[0].get_text()
+      assert "Not finished: width=64,patch_size=4, width=128" in fig.texts[0].get_text()
+    # Only what is drawn is in a legend: the measured width-32 model, not the missing trial.
+    assert _legend(figures["accuracy_vs_train_gflops.png"].axes[0]) == ["ViT (width 32)"]
+    assert set(_legend(figures["accuracy_vs_img_per_s.png"].axes[0])) == {"ViT (width 32)",
+                                                                          "Pareto front"}
+  finally:
+    _close_all()
+
+
+def test_plots_show_actual_patch_sizes_and_state_data_seeds_and_error_bars(sweep_dir):
+  rows, metric = report.load_rows(str(sweep_dir))
+  figures = report.figures(rows, metric)
+  try:
+    ax = figures["img_per_s_vs_patch_size.png"].axes[0]
+    assert list(ax.get_xticks()) == [4, 7]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "7"]
+    assert _legend(ax) == ["ViT (width 32)", "ViT (width 64)"]
+    for fig in figures.values():
+      caption = fig.texts[0].get_text()
+      assert caption.startswith(f"Data: t ({sweep_dir}): 5 of 6 trials finished (PARTIAL).")
+      assert "One seed per point: no error bars." in caption and "measured on cpu" in caption
+  finally:
+    _close_all()
+
+
+def test_seeds_are_pooled_into_mean_and_std_with_error_bars(tmp_path):
+  points = sweep.product(sweep.axis("config.model.patch_size", [4, 7]),
+                         sweep.axis("config.seed", [0, 1, 2]))
+  trials = sweep.trials(points)
+  sweep.write_manifest(sweep.Study("seeds", "configs/x.py", trials, description="3 seeds"),
+                       str(tmp_path))
+  accuracy = {0: 0.90, 1: 0.92, 2: 0.94}
+  for t in trials:
+    patch, seed = t.overrides["model.patch_size"], t.overrides["seed"]
+    _finished_trial(tmp_path, t.name, 32, patch, accuracy[seed] - patch / 100, 1000 + 10 * seed)
+  rows, metric = report.load_rows(str(tmp_path))
+  points = report.plot_points(rows)
+  assert [(p["name"], p["seeds"]) for p in points] == [("patch_size=4", 3), ("patch_size=7", 3)]
+  assert points[0]["accuracy"] == pytest.approx(0.88)
+  assert points[0]["accuracy_std"] == pytest.approx(0.02)
+  assert points[1]["img_per_s"] == pytest.approx(1010) and points[1]["img_per_s_std"] == 10
+  figures = report.figures(rows, metric)
+  try:
+    for fig in figures.values():
+      [ax] = fig.axes
+      assert any(c.has_yerr for c in ax.containers)  # Error bars are drawn...
+      caption = fig.texts[0].get_text()  # ...and said to be +-1 std over 3 seeds.
+      assert "Data: seeds" in caption and "3 seeds" in caption
+      assert "3 seeds per point (trials that differ only in seed): the mean, error bars +-1 " \
+             "sample std over the seeds." in caption
+  finally:
+    _close_all()
+  assert "3 seeds per point" in report.markdown_table(rows, metric)

@@ -73,3 +73,36 @@ def test_manifest_refuses_a_sweep_dir_whose_trials_ran_with_other_flags(tmp_path
   with pytest.raises(ValueError, match="patch=4 ran with"):
     sweep.write_manifest(sweep.Study("s", "configs/x.py", trials, base_args={"epochs": 3.0}),
                          str(tmp_path))
+
+
+def test_select_picks_trials_by_name_pattern_and_count():
+  points = sweep.product(sweep.axis("w", [1, 2]), sweep.axis("p", [4, 14]))
+  study = sweep.Study("s", "configs/x.py", sweep.trials(points))
+  names = lambda s: [t.name for t in s.trials]
+  assert names(sweep.select(study, only=["p=14$"])) == ["w=1,p=14", "w=2,p=14"]
+  assert names(sweep.select(study, only=["w=2", "^w=1,p=4$"])) == ["w=1,p=4", "w=2,p=4",
+                                                                   "w=2,p=14"]
+  assert names(sweep.select(study, max_trials=3)) == ["w=1,p=4", "w=1,p=14", "w=2,p=4"]
+  subset = sweep.select(study, only=["p=14"], max_trials=1)
+  assert names(subset) == ["w=1,p=14"]
+  # The manifest keeps the whole study, so the report can name what was left out.
+  assert [t["name"] for t in subset.to_json()["trials"]] == names(study)
+  assert sweep.select(study) is study and sweep.select(study, max_trials=10) is study
+  for only, max_trials, message in ((["p=8"], None, "matches no trial.*w=1,p=4"),
+                                    (["p=(4"], None, "not a regular expression"),
+                                    (None, 0, "at least 1")):
+    with pytest.raises(ValueError, match=message):
+      sweep.select(study, only, max_trials)
+
+
+def test_cli_only_and_max_trials_launch_a_subset(tmp_path):
+  command = [sys.executable, "-m", "vit_jax.sweep", "experiments/patch_size_tradeoff.py",
+             "--dry_run", f"--sweep_dir={tmp_path}"]
+  result = subprocess.run([*command, "--only=patch=14$", "--max_trials=1"], cwd=REPO,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "selected 1 of 9 trials of 'patch_size_tradeoff_local'" in result.stdout
+  assert "1 trials" in result.stdout and "width=16,heads=1,patch=14" in result.stdout
+  assert "patch=2" not in result.stdout and "width=32" not in result.stdout
+  result = subprocess.run([*command, "--only=patch=3"], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2 and "matches no trial" in result.stderr

@@ -1,4 +1,7 @@
-"""Projection: collectives read from a real compiled data-parallel step, and the time model."""
+"""Projection: model shape and collectives read from a real compiled data-parallel step, the time
+model, its check against published runs and the ceiling of a tiny model."""
+import types
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
@@ -8,6 +11,7 @@ import pytest
 
 from vit_jax import models
 from vit_jax.efficiency import projection
+from vit_jax.runtime import hardware
 
 
 def _compiled_data_parallel_grad(num_devices=8, per_device_batch=2):
@@ -38,6 +42,9 @@ def test_data_parallel_gradient_all_reduce_moves_the_parameters():
   # Every gradient is summed across the batch shards (plus at most a few scalars).
   assert param_bytes <= all_reduced <= param_bytes + 64
   assert cost.flops > 0 and cost.bytes_accessed > 0
+  # Patch 4 on 16x16 images: 16 patches + the class token; mlp 64, 2 heads, one layer.
+  assert cost.shape == projection.ModelShape(tokens=17, width=32, mlp_dim=64, heads=2, depth=1)
+  assert projection.ProgramCost.from_json(cost.to_json()) == cost
 
 
 @pytest.mark.parametrize("line, op, full_bytes, group", [
@@ -57,21 +64,79 @@ def test_parse_collectives_reads_every_replica_group_spelling(line, op, full_byt
   assert (c.op, c.full_bytes, c.group_size) == (op, full_bytes, group)
 
 
-def test_project_adds_exposed_communication_to_the_roofline():
+def _cost(shape, per_device_batch, collectives=(), num_devices=8):
+  return projection.ProgramCost(flops=0.0, bytes_accessed=0.0, collectives=collectives,
+                                num_devices=num_devices, per_device_batch=per_device_batch,
+                                shape=shape)
+
+
+def test_project_sums_compute_memory_fixed_costs_and_exposed_communication():
   target = projection.get_target("h100-8x")
-  cost = projection.ProgramCost(flops=1.0, bytes_accessed=3350e9 * 0.004,
-                                collectives=(projection.Collective("all-reduce", 450e9 * 0.001, 8),
-                                             projection.Collective("all-gather", 1000, 2)),
-                                num_devices=8, per_device_batch=32)
-  train_flops_per_image = 989e12 * 0.5 * 0.010 / 32  # 10 ms of compute per chip at 50% MFU.
-  p = projection.project(cost, target, train_flops_per_image, mfu=0.5)
-  np.testing.assert_allclose([p["compute_s"], p["memory_s"]], [0.010, 0.004])
+  shape = projection.ModelShape(tokens=65, width=256, mlp_dim=1024, heads=4, depth=6)
+  cost = _cost(shape, 32, (projection.Collective("all-reduce", 450e9 * 0.001, 8),
+                           projection.Collective("all-gather", 1000, 2)))
+  flops_per_image = 1e9
+  p = projection.project(cost, target, flops_per_image)
+  eta, kappa = projection.MATMUL_EFFICIENCY, projection.calibrate()
+  np.testing.assert_allclose(p["compute_s"], 32 * 1e9 / (989e12 * eta))
+  n, d, m, h = 65, 256, 1024, 4
+  elementwise = 6 * (29 * n * d + 6 * n * m + 7 * h * n * n)
+  params = 6 * (4 * d * d + 2 * d * m + 9 * d + m)
+  np.testing.assert_allclose(p["memory_s"],
+                             (32 * kappa * elementwise * 2 + 28 * params) / 3350e9)
+  assert p["kernels"] == 6 * 50 + 40
+  np.testing.assert_allclose(p["overhead_s"], 340 * 5e-6 + 0.5e-3)
   comm = (2 * 7 / 8 * 450e9 * 0.001 + 1 / 2 * 1000) / 450e9
   np.testing.assert_allclose(p["comm_s"], comm)
-  np.testing.assert_allclose(p["img_per_s"], 256 / (0.010 + comm))
-  assert p["label"] == "projection" and p["bound"] == "compute" and p["global_batch"] == 256
+  np.testing.assert_allclose(p["step_s"],
+                             p["compute_s"] + p["memory_s"] + p["overhead_s"] + comm)
+  np.testing.assert_allclose(p["img_per_s"], 256 / p["step_s"])
+  np.testing.assert_allclose(p["mfu"], 32 * 1e9 / p["step_s"] / 989e12)
+  assert p["label"] == "projection" and p["global_batch"] == 256
   # A 32-GPU target grows the all-device group to 32 and crosses nodes over InfiniBand.
-  big = projection.project(cost, projection.get_target("h100-32x"), train_flops_per_image, mfu=0.5)
+  big = projection.project(cost, projection.get_target("h100-32x"), flops_per_image)
   assert big["comm_s"] > 8 * p["comm_s"]
+  # A stated matmul efficiency recalibrates kappa on the calibration anchor.
+  assert projection.project(cost, target, flops_per_image, mfu=0.6)["elementwise_factor"] < kappa
   with pytest.raises(ValueError, match="tpu-v9"):
     projection.get_target("tpu-v9")
+  with pytest.raises(ValueError, match="without a ViT encoder"):
+    projection.project(_cost(None, 32), target, flops_per_image)
+
+
+def test_projection_reproduces_published_runs_it_was_not_calibrated_on():
+  """Calibrated on ViT-B/16 on 8 A100s (NVIDIA Rosetta); the 8 x H100 run and big_vision's S/16 on
+  a TPU v3-8 are predictions (experiments/patch_size_tradeoff_local/README.md has the table)."""
+  rows = {r["anchor"]: r for r in projection.check_anchors()}
+  assert rows[projection.CALIBRATION_ANCHOR]["error"] == pytest.approx(0, abs=1e-9)
+  held_out = [r for r in rows.values() if r["role"] == "held out"]
+  assert {r["target"] for r in held_out} == {"h100-8x", "tpu-v3-8"}
+  for r in held_out:
+    assert abs(r["error"]) < 0.30, (r["anchor"], r["projected"], r["published"])
+  # The published MFUs the anchors imply (our analytic FLOPs): ~30% on A100, ~16% on H100.
+  assert rows[projection.CALIBRATION_ANCHOR]["published_mfu"] == pytest.approx(0.304, abs=0.005)
+  assert rows["ViT-B/16 Rosetta 8xH100"]["published_mfu"] == pytest.approx(0.155, abs=0.005)
+  table = projection.format_anchor_table(projection.check_anchors())
+  assert "| ViT-S/16 big_vision TPU v3-8 | tpu-v3-8 | 128 | 4,530-5,285" in table
+
+
+def test_a_tiny_model_cannot_project_beyond_its_fixed_costs():
+  """The local study's width-16, depth-2 ViT (patch 14 on 28x28 digits: 5 tokens) at its batch of
+  128 (16 per GPU) was projected to ~103 million img/s on 8 H100s without fixed costs. A step takes
+  at least the host's dispatch (0.5 ms) plus 2 x 50 + 40 kernels of 5 us: 1.2 ms, so 128 images
+  per step cannot exceed ~107,000 img/s, whatever the FLOPs."""
+  shape = projection.ModelShape(tokens=5, width=16, mlp_dim=64, heads=1, depth=2)
+  target = projection.get_target("h100-8x")
+  p = projection.project(_cost(shape, 16), target, train_flops_per_image=0.00027e9)
+  floor_s = projection.HOST_OVERHEAD_S + shape.kernels() * target.kernel_overhead_s
+  assert p["step_s"] >= floor_s and p["img_per_s"] <= 128 / floor_s < 1e6
+  assert p["bound"] == "launches" and p["mfu"] < 1e-3
+
+
+def test_device_table_counts_jax_devices():
+  v3 = projection.get_target("tpu-v3-8")  # 4 chips of 2 TensorCores: 8 JAX devices.
+  assert (v3.chips, v3.peak_flops * v3.chips, v3.hbm_bytes_per_s * v3.chips) == (8, 492e12, 3.6e12)
+  h200 = projection.get_target("h200-8x")
+  assert (h200.peak_flops, h200.hbm_bytes_per_s) == (989e12, 4.8e12)
+  tpu_v3_core = types.SimpleNamespace(device_kind="TPU v3", platform="tpu")
+  assert hardware.peak_flops_per_device(tpu_v3_core).flops == 61.5e12

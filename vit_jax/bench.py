@@ -29,7 +29,9 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (default: config
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image side; skips reading the data.")
 _CHANNELS = flags.DEFINE_integer("channels", 3, "Image channels, with --image_size.")
 _TARGETS = flags.DEFINE_list("targets", [], f"Projection targets: {sorted(projection.TARGETS)}.")
-_MFU = flags.DEFINE_float("assumed_mfu", projection.DEFAULT_MFU, "MFU the projections assume.")
+_MFU = flags.DEFINE_float(
+    "assumed_mfu", projection.DEFAULT_MFU, "Fraction of peak FLOP/s the projections assume large "
+    "matmuls reach (default: the model's calibrated value; see vit_jax.efficiency.projection).")
 
 
 def main(argv: Sequence[str]) -> None:

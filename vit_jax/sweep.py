@@ -26,6 +26,12 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False,
 _SWEEP_DIR = flags.DEFINE_string(
     "sweep_dir", None, "Trials' parent dir (local/slurm). Default: runs/sweeps/<study>.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "local: trials run at once.")
+_ONLY = flags.DEFINE_multi_string(
+    "only", None, "Run only the trials whose name matches one of these regular expressions "
+    "(searched in the name, e.g. --only='patch=14$'; repeat the flag for several).")
+_MAX_TRIALS = flags.DEFINE_integer(
+    "max_trials", None, "Run at most this many trials: the first ones, in the study's order, "
+    "after --only.")
 _TARGETS = flags.DEFINE_list("targets", list(launchers.DEFAULT_TARGETS),
                              "local: hardware each trial is projected onto.")
 _TPU_NAME = flags.DEFINE_list(
@@ -102,7 +108,7 @@ def main(argv: Sequence[str]) -> None:
       raise ValueError(f"expected one study file, got {list(argv[1:])}; usage: python -m "
                        "vit_jax.sweep experiments/<study>.py[:arg] --launcher=local|tpu|slurm "
                        "[--dry_run]")
-    study = sweep.load_study(argv[1])
+    study = sweep.load_study(argv[1], _ONLY.value, _MAX_TRIALS.value)
     launcher = _launcher(study)
     if not _DRY_RUN.value:  # Refuses a sweep dir whose trials ran with other flags.
       sweep.write_manifest(study, _sweep_dir(study))

@@ -141,7 +141,7 @@ def _peak_memory() -> tuple[int, str]:
 
 def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: int, steps: int,
             targets: Sequence[str] = (),
-            assumed_mfu: float = projection.DEFAULT_MFU) -> dict[str, Any]:
+            assumed_mfu: float | None = projection.DEFAULT_MFU) -> dict[str, Any]:
   """The efficiency profile of one model/config (see the module docstring)."""
   program = program_for(config, hwc)
   compiled, compile_s = compile_train_step(program, batch_size)
@@ -195,7 +195,7 @@ def program_costs(config: ml_collections.ConfigDict, hwc: Sequence[int],
 
 def _projections(config: ml_collections.ConfigDict, hwc: Sequence[int], targets: Sequence[str],
                  batch_size: int, train_flops_per_image: float,
-                 assumed_mfu: float) -> list[dict[str, Any]]:
+                 assumed_mfu: float | None) -> list[dict[str, Any]]:
   """Each target's projection from the unscanned step compiled for its per-chip batch."""
   if not targets:
     return []

@@ -21,12 +21,15 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Substring of `device.device_kind` (lower-case) -> dense bf16 peak FLOP/s per device (chip).
-# More specific keys first: the first match wins.
+# Substring of `device.device_kind` (lower-case) -> dense bf16 peak FLOP/s per JAX device.
+# More specific keys first: the first match wins. A JAX device is a GPU or a TPU chip, except on
+# TPU v2/v3, where each of a chip's two TensorCores is a device: a v3 chip's 123 TFLOP/s is two
+# devices of 61.5 (a v3-8 shows 8 devices). v4 and v5p chips (two cores as one "megacore" device),
+# v5e and v6e (one core) are one device per chip.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100 pcie", 756e12),
     ("h100", 989e12),
-    ("h200", 989e12),
+    ("h200", 989e12),  # H200 SXM: the H100's compute, more and faster HBM (141 GB, 4.8 TB/s).
     ("a100", 312e12),
     ("tpu v6 lite", 918e12),  # v6e
     ("tpu v6e", 918e12),
@@ -35,7 +38,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("tpu v5p", 459e12),
     ("tpu v5", 459e12),
     ("tpu v4", 275e12),
-    ("tpu v3", 123e12),
+    ("tpu v3", 123e12 / 2),  # Per TensorCore (= JAX device); 123 per chip.
 )
 
 # cpuinfo flag -> fp32 FLOPs per cycle and core with two FMA units of that width, widest first.

@@ -29,7 +29,8 @@ from vit_jax.study.sweep import Study, Trial
 
 TPU_CHIPS_PER_HOST = 4  # v4, v5e, v5p and v6e hosts each hold 4 chips.
 # Projection targets the local launcher profiles every trial for (vit_jax.efficiency.projection).
-DEFAULT_TARGETS = ("tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x", "h100-8x")
+DEFAULT_TARGETS = ("tpu-v3-8", "tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x", "h100-8x",
+                   "h200-8x")
 
 
 def trial_workdir(root: str, trial: Trial) -> Workdir:

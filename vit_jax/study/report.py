@@ -5,6 +5,11 @@ The library side of `python -m vit_jax.report SWEEP_DIR [--out=DIR] [--metric=va
 GFLOPs per image, accuracy vs measured img/s with the Pareto front, and img/s vs patch size per
 model size. A FlexiViT trial (one model evaluated at several patch sizes) gives one row per
 evaluated patch size.
+
+A partial sweep is reported as one: trials of the manifest that have not finished are named in the
+table's header and the plots' titles, and a warning goes to stdout. Trials that differ only in
+`seed` are one point of a plot (mean, error bars +-1 sample std over the seeds); every plot states
+its data, the seeds per point and what its error bars are.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 import csv
 import math
 import re
+import statistics
 from typing import Any
 
 from etils import epath
@@ -38,10 +44,18 @@ def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
   return candidates[0] if candidates else None
 
 
-def load_rows(sweep_dir: str,
-              metric: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+class Rows(list):
+  """The report's rows (one dict per trial and patch size) and where they come from: the study's
+  name and description (from its manifest) and the sweep dir."""
+  study: str = ""
+  description: str = ""
+  sweep_dir: str = ""
+
+
+def load_rows(sweep_dir: str, metric: str | None = None) -> tuple[Rows, str | None]:
   """Rows of the report in the sweep manifest's order (or the trial dirs' without one), and the
-  metric."""
+  metric. A row's `status` is `done`, `running` (started, no final result) or `missing` (nothing
+  recorded: not launched, e.g. left out by --only / --max_trials)."""
   root = workdir_lib.resolve(sweep_dir)
   if not root.is_dir():
     raise FileNotFoundError(f"sweep dir {sweep_dir!r} does not exist; "
@@ -59,21 +73,28 @@ def load_rows(sweep_dir: str,
   loaded = []
   for name, values in trials:
     trial = workdir_lib.trial_workdir(root, name)
-    loaded.append((name, values, workdir_lib.read_json(trial.bench) or {}, *trial.final_metrics()))
+    final, done = trial.final_metrics()
+    started = done or any(p.exists() for p in (trial.bench, trial.metrics, trial.summary))
+    status = "done" if done else "running" if started else "missing"
+    loaded.append((name, values, workdir_lib.read_json(trial.bench) or {}, final, status))
   metric = metric or _pick_metric([final for *_, final, _ in loaded])
-  rows = [row for name, values, bench, final, done in loaded
-          for row in _trial_rows(name, values, bench, final, done, metric)]
+  rows = Rows(row for name, values, bench, final, status in loaded
+              for row in _trial_rows(name, values, bench, final, status, metric))
+  rows.study = (manifest or {}).get("name", "")
+  rows.description = (manifest or {}).get("description", "")
+  rows.sweep_dir = str(sweep_dir)
   return rows, metric
 
 
 def _trial_rows(name: str, values: dict[str, Any], bench: dict[str, Any], final: dict[str, Any],
-                done: bool, metric: str | None) -> list[dict[str, Any]]:
+                status: str, metric: str | None) -> list[dict[str, Any]]:
   """One row, or one per patch size for a FlexiViT trial (metrics `<metric>@p<patch>`)."""
   flexi = {int(m["patch"]): v for k, v in final.items()
            if metric and (m := _FLEXI_METRIC.match(k)) and m["base"] == metric}
   profiles = {int(p): prof for p, prof in bench.get("per_patch_size", {}).items()}
-  base = {"trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()}, "done": done,
-          "model": bench.get("model_name", ""), "width": bench.get("model", {}).get("width")}
+  base = {"trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()},
+          "done": status == "done", "status": status, "model": bench.get("model_name", ""),
+          "width": bench.get("model", {}).get("width")}
   if not flexi:
     patch = (bench.get("model", {}).get("patch_size") or [None])[0]
     return [{**base, "patch": patch, "accuracy": final.get(metric) if metric else None,
@@ -126,23 +147,55 @@ def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
     writer.writerows(rows)
 
 
+def trial_statuses(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+  """Trial name -> status (`done` / `running` / `missing`), in the rows' order."""
+  return {r["trial"]: r.get("status", "done" if r.get("done") else "running") for r in rows}
+
+
+def partial_note(rows: Sequence[dict[str, Any]]) -> str | None:
+  """One sentence naming the trials without a final result; None when every trial finished."""
+  statuses = trial_statuses(rows)
+  missing = [t for t, s in statuses.items() if s == "missing"]
+  running = [t for t, s in statuses.items() if s == "running"]
+  if not missing and not running:
+    return None
+  done = len(statuses) - len(missing) - len(running)
+  parts = [f"partial sweep: {done} of {len(statuses)} trials finished"]
+  if missing:
+    parts.append(f"missing (no results; not run, or left out by --only / --max_trials): "
+                 f"{', '.join(missing)}")
+  if running:
+    parts.append(f"not finished (latest values shown): {', '.join(running)}")
+  return "; ".join(parts) + "."
+
+
+_ROW_SUFFIX = {"done": "", "running": " (running)", "missing": " (missing)"}
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
-  """The table of every trial; projected throughputs are labelled as projections."""
+  """The table of every trial; projected throughputs are labelled as projections; a partial sweep
+  says so above the table."""
   proj_keys = list(dict.fromkeys(k for row in rows for k in row if k.startswith("proj_img_per_s@")))
   headers = ["trial", "patch", f"{metric or 'accuracy'}", *[h for _, h, _ in _TABLE_COLUMNS],
              *[f"projected img/s {k.split('@', 1)[1]}" for k in proj_keys]]
-  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines = []
+  note = partial_note(rows)
+  if note:
+    lines += [f"**{note[0].upper()}{note[1:]}**", ""]
+  lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  statuses = trial_statuses(rows)
   for row in rows:
-    cells = [row["trial"] + ("" if row["done"] else " (running)"), _format(row["patch"], "{}"),
+    cells = [row["trial"] + _ROW_SUFFIX[statuses[row["trial"]]], _format(row["patch"], "{}"),
              _format(row["accuracy"], "{:.2%}"),
              *[_format(row.get(k), fmt) for k, _, fmt in _TABLE_COLUMNS],
              *[_format(row.get(k), "{:.0f}") for k in proj_keys]]
     lines.append("| " + " | ".join(cells) + " |")
   devices = sorted({str(r["device"]) for r in rows if r.get("device")})
   lines.append("")
-  lines.append(f"Measured on: {', '.join(devices) or 'unknown'}. Projected columns are "
-               f"{projection.LABEL}s, not measurements (see vit_jax/efficiency/projection.py for "
-               "the model).")
+  lines.append(f"Measured on: {', '.join(devices) or 'unknown'}. Plots: {_seed_text(rows)} "
+               f"Projected columns are {projection.LABEL}s, not measurements (see "
+               "vit_jax/efficiency/projection.py for the model and its check against published "
+               "runs).")
   return "\n".join(lines) + "\n"
 
 
@@ -153,75 +206,169 @@ def _size_label(row: dict[str, Any]) -> str:
   return f"{row['model'].split('/')[0] or 'ViT'} (width {row['width']})"
 
 
-def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path,
-                metric: str | None) -> list[str]:
-  """The three trade-off plots as PNG files; returns their names."""
+def _without_seed(trial: str) -> str:
+  """The trial's name without its `seed=` part: what trials pooled over seeds share."""
+  return ",".join(part for part in trial.split(",") if not part.startswith("seed="))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+  if not values:
+    return None, None
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def plot_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One point per trial and patch size, trials that differ only in `seed` pooled: mean and
+  sample std over the seeds of accuracy and img/s, and the seed count."""
+  groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault((_without_seed(row["trial"]), row["patch"]), []).append(row)
+  points = []
+  for (name, patch), members in groups.items():
+    point = {"name": name, "patch": patch, "size": _size_label(members[0]),
+             "seeds": len(members),
+             "train_gflops_per_image": members[0].get("train_gflops_per_image")}
+    for key in ("accuracy", "img_per_s"):
+      point[key], point[f"{key}_std"] = _mean_std(
+          [r[key] for r in members if r.get(key) is not None])
+    points.append(point)
+  return points
+
+
+def _seed_text(rows: Sequence[dict[str, Any]]) -> str:
+  seeds = sorted({p["seeds"] for p in plot_points(rows)}) or [1]
+  if seeds == [1]:
+    return "One seed per point: no error bars."
+  count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+  return (f"{count} seeds per point (trials that differ only in seed): the mean, error bars "
+          "+-1 sample std over the seeds.")
+
+
+def _caption(rows: Sequence[dict[str, Any]]) -> str:
+  """What every plot states: the data, the seeds per point and what the error bars are."""
+  statuses = trial_statuses(rows)
+  done = sum(s == "done" for s in statuses.values())
+  study = getattr(rows, "study", "") or "sweep"
+  where = getattr(rows, "sweep_dir", "")
+  description = getattr(rows, "description", "")
+  devices = sorted({str(r["device"]) for r in rows if r.get("device")})
+  lines = [f"Data: {study}{f' ({where})' if where else ''}: {done} of {len(statuses)} trials "
+           f"finished{' (PARTIAL)' if done < len(statuses) else ''}."
+           + (f" {description}." if description else "")]
+  unfinished = [t for t, s in statuses.items() if s != "done"]
+  if unfinished:
+    more = f" and {len(unfinished) - 4} more" if len(unfinished) > 4 else ""
+    lines.append(f"Not finished: {', '.join(unfinished[:4])}{more} (see results.md).")
+  lines.append(f"{_seed_text(rows)} Speed measured on {', '.join(devices) or 'unknown'}.")
+  return "\n".join(lines)
+
+
+def figures(rows: Sequence[dict[str, Any]], metric: str | None) -> dict[str, Any]:
+  """The three trade-off plots as matplotlib figures, by file name."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  sizes = list(dict.fromkeys(_size_label(r) for r in rows))
+  points = plot_points(rows)
+  sizes = list(dict.fromkeys(p["size"] for p in points))
   colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(sizes)}
   acc_label = f"{metric or 'accuracy'} (%)"
-  written = []
+  statuses = trial_statuses(rows)
+  done = sum(s == "done" for s in statuses.values())
+  partial = f" (partial: {done}/{len(statuses)} trials)" if done < len(statuses) else ""
+  caption = _caption(rows)
+  made = {}
 
-  def scatter(ax, x_key: str):
-    for row in rows:
-      if row.get(x_key) is not None and row["accuracy"] is not None:
-        ax.scatter(row[x_key], 100 * row["accuracy"], color=colors[_size_label(row)])
-        ax.annotate(f"p{row['patch']}", (row[x_key], 100 * row["accuracy"]),
-                    textcoords="offset points", xytext=(4, 3), fontsize=8)
-    for size in sizes:
-      ax.scatter([], [], color=colors[size], label=size)
+  def new_figure(title: str):
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ax.set_title(title + partial, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, caption, fontsize=6.5, va="bottom", ha="left", wrap=True)
+    return fig, ax
+
+  def legend(ax):
+    if ax.get_legend_handles_labels()[0]:  # Nothing plotted: no legend at all.
+      ax.legend(fontsize=8)
+
+  def accuracy_scatter(ax, x_key: str, x_err: bool):
+    plotted = set()
+    for p in points:
+      if p.get(x_key) is None or p["accuracy"] is None:
+        continue
+      label = p["size"] if p["size"] not in plotted else None
+      plotted.add(p["size"])
+      ax.errorbar(p[x_key], 100 * p["accuracy"],
+                  yerr=None if p["accuracy_std"] is None else 100 * p["accuracy_std"],
+                  xerr=p.get(f"{x_key}_std") if x_err else None, fmt="o", capsize=3,
+                  color=colors[p["size"]], label=label)
+      ax.annotate(f"p{p['patch']}", (p[x_key], 100 * p["accuracy"]),
+                  textcoords="offset points", xytext=(4, 3), fontsize=8)
     ax.set_xscale("log")
     ax.set_ylabel(acc_label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
 
-  def save(fig, name: str):
-    fig.tight_layout()
+  def finish(fig, name: str):
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    made[name] = fig
+
+  fig, ax = new_figure("accuracy vs training compute")
+  accuracy_scatter(ax, "train_gflops_per_image", x_err=False)
+  ax.set_xlabel("training GFLOPs per image (analytic, fwd+bwd)")
+  legend(ax)
+  finish(fig, "accuracy_vs_train_gflops.png")
+
+  fig, ax = new_figure("accuracy vs measured speed")
+  accuracy_scatter(ax, "img_per_s", x_err=True)
+  measured = [p for p in points if p.get("img_per_s") and p["accuracy"] is not None]
+  front = pareto_front([(p["img_per_s"], p["accuracy"]) for p in measured])
+  if front:
+    ax.plot([measured[i]["img_per_s"] for i in front],
+            [100 * measured[i]["accuracy"] for i in front], "k--", lw=1, label="Pareto front")
+  ax.set_xlabel("measured training throughput (img/s)")
+  legend(ax)
+  finish(fig, "accuracy_vs_img_per_s.png")
+
+  fig, ax = new_figure("throughput vs patch size")
+  for size in sizes:
+    series = sorted((p["patch"], p["img_per_s"], p["img_per_s_std"]) for p in points
+                    if p["size"] == size and p.get("img_per_s") and p["patch"])
+    if series:
+      patches, speeds, stds = zip(*series)
+      yerr = None if all(s is None for s in stds) else [s or 0.0 for s in stds]
+      ax.errorbar(patches, speeds, yerr=yerr, fmt="o-", capsize=3, color=colors[size],
+                  label=size)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  patches = sorted({p["patch"] for p in points if p.get("img_per_s") and p["patch"]})
+  if patches:  # The sizes run, not powers of two.
+    ax.set_xticks(patches, labels=[str(p) for p in patches])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.set_xlabel("patch size (px)")
+  ax.set_ylabel("measured training throughput (img/s)")
+  legend(ax)
+  finish(fig, "img_per_s_vs_patch_size.png")
+  return made
+
+
+def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path,
+                metric: str | None) -> list[str]:
+  """The three trade-off plots as PNG files; returns their names."""
+  from matplotlib import pyplot as plt
+
+  written = []
+  for name, fig in figures(rows, metric).items():
     with (out_dir / name).open("wb") as f:
       fig.savefig(f, dpi=120)
     plt.close(fig)
     written.append(name)
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  scatter(ax, "train_gflops_per_image")
-  ax.set_xlabel("training GFLOPs per image (analytic, fwd+bwd)")
-  ax.set_title("accuracy vs training compute")
-  save(fig, "accuracy_vs_train_gflops.png")
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  scatter(ax, "img_per_s")
-  measured = [r for r in rows if r.get("img_per_s") and r["accuracy"] is not None]
-  front = pareto_front([(r["img_per_s"], r["accuracy"]) for r in measured])
-  ax.plot([measured[i]["img_per_s"] for i in front], [100 * measured[i]["accuracy"] for i in front],
-          "k--", lw=1, label="Pareto front")
-  ax.legend(fontsize=8)
-  ax.set_xlabel("measured training throughput (img/s)")
-  ax.set_title("accuracy vs measured speed")
-  save(fig, "accuracy_vs_img_per_s.png")
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for size in sizes:
-    points = sorted((r["patch"], r["img_per_s"]) for r in rows
-                    if _size_label(r) == size and r.get("img_per_s") and r["patch"])
-    if points:
-      ax.plot(*zip(*points), "o-", color=colors[size], label=size)
-  ax.set_xscale("log", base=2)
-  ax.set_yscale("log")
-  ax.set_xlabel("patch size (px)")
-  ax.set_ylabel("measured training throughput (img/s)")
-  ax.set_title("throughput vs patch size")
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:  # No trial measured yet: an empty plot, no legend.
-    ax.legend(fontsize=8)
-  save(fig, "img_per_s_vs_patch_size.png")
   return written
 
 
 def write_report(rows: Sequence[dict[str, Any]], metric: str | None, out_dir: str) -> list[str]:
-  """Writes results.csv, results.md and the plots of `load_rows`' rows; returns the file names."""
+  """Writes results.csv, results.md and the plots of `load_rows`' rows; returns the file names.
+  A partial sweep also prints a warning naming the trials without a final result (stdout)."""
+  note = partial_note(rows)
+  if note:
+    print(f"warning: {note}", flush=True)
   out = workdir_lib.resolve(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   write_csv(rows, out / "results.csv")

@@ -11,7 +11,11 @@ with a `config.` prefix, a config field (`config.lr` -> `--config.lr=0.001`), ex
 command line.
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py[:arg] \
-        --launcher=local|tpu|slurm [--dry_run]
+        --launcher=local|tpu|slurm [--dry_run] [--only=REGEX ...] [--max_trials=N]
+
+`--only` (a regular expression searched in each trial name; repeat it for several) and
+`--max_trials` (the first N, in the study's order, after `--only`) run a subset of a study
+(`select`); the manifest still records every trial, so the report names the others as missing.
 
 Launchers (local / TPU / SLURM) are vit_jax.study.launchers; the report is vit_jax.study.report.
 """
@@ -22,6 +26,7 @@ import dataclasses
 import importlib.util
 import itertools
 import os
+import re
 from typing import Any
 
 from vit_jax.checkpoints import workdir
@@ -133,6 +138,8 @@ class Study:
   base_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   env: Mapping[str, str] = dataclasses.field(default_factory=dict)
   description: str = ""
+  # Every trial of the study when `trials` is a selection of them (`select`); empty otherwise.
+  all_trials: Sequence[Trial] = ()
 
   def train_args(self, trial: Trial) -> list[str]:
     """Config flags shared by `vit_jax.train` and `vit_jax.bench` for one trial."""
@@ -142,18 +149,45 @@ class Study:
             *trial.override_flags()]
 
   def to_json(self) -> dict[str, Any]:
+    """The manifest: every trial of the study, selected for this launch or not."""
     return {
         "name": self.name, "config": self.config, "base_args": dict(self.base_args),
         "base_overrides": dict(self.base_overrides), "env": dict(self.env),
         "description": self.description,
         "trials": [{"name": t.name, "config_args": dict(t.config_args),
                     "overrides": dict(t.overrides), "values": t.values(),
-                    "flags": self.train_args(t)} for t in self.trials],
+                    "flags": self.train_args(t)} for t in (self.all_trials or self.trials)],
     }
 
 
-def load_study(spec: str) -> Study:
-  """Loads `path/to/study.py[:arg]` and calls its `get_sweep(arg)`."""
+def select(study: Study, only: Sequence[str] | None = None,
+           max_trials: int | None = None) -> Study:
+  """The study with only the trials whose name matches one of the `only` regular expressions
+  (`re.search`), at most the first `max_trials` of them; `all_trials` keeps the whole study."""
+  if max_trials is not None and max_trials < 1:
+    raise ValueError(f"--max_trials={max_trials}: give at least 1.")
+  chosen = list(study.trials)
+  if only:
+    try:
+      patterns = [re.compile(p) for p in only]
+    except re.error as e:
+      raise ValueError(f"--only={e.pattern!r} is not a regular expression: {e}.") from None
+    chosen = [t for t in chosen if any(p.search(t.name) for p in patterns)]
+    if not chosen:
+      raise ValueError(f"--only={list(only)} matches no trial of {study.name!r}; its trials: "
+                       f"{[t.name for t in study.trials]}.")
+  if max_trials is not None:
+    chosen = chosen[:max_trials]
+  if len(chosen) == len(study.trials):
+    return study
+  return dataclasses.replace(study, trials=chosen,
+                             all_trials=study.all_trials or tuple(study.trials))
+
+
+def load_study(spec: str, only: Sequence[str] | None = None,
+               max_trials: int | None = None) -> Study:
+  """Loads `path/to/study.py[:arg]`, calls its `get_sweep(arg)` and `select`s `only` /
+  `max_trials`."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"study file {path!r} does not exist; pass e.g. "
@@ -168,7 +202,11 @@ def load_study(spec: str) -> Study:
   if not isinstance(study, Study):
     raise ValueError(f"{path}:get_sweep returned {type(study).__name__}, "
                      "expected vit_jax.study.sweep.Study.")
-  return study
+  selected = select(study, only, max_trials)
+  if selected is not study:
+    print(f"selected {len(selected.trials)} of {len(study.trials)} trials of {study.name!r} "
+          f"(--only / --max_trials): {', '.join(t.name for t in selected.trials)}", flush=True)
+  return selected
 
 
 def write_manifest(study: Study, sweep_dir: str) -> None:
