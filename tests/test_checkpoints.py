@@ -153,6 +153,23 @@ def test_new_num_classes_keeps_the_fresh_head(tiny_ckpt):
   np.testing.assert_array_equal(loaded["cls"], params["cls"])
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_plain_checkpoint_fine_tunes_into_a_model_with_new_options(tiny_ckpt, scan):
+  """Registers, QK-norm and LayerScale params the checkpoint lacks start at their init value."""
+  _, params, path = tiny_ckpt
+  model = models.get_model("ViT-Ti/16", num_classes=10, num_registers=2, qk_norm=True,
+                           layerscale_init=1e-4, scan=scan, **TINY)
+  init = flax.linen.unbox(_init(model, 16, seed=9))
+  loaded = npz.to_per_layer(npz.flatten(checkpoints.load_pretrained(init, path)))
+  init = npz.to_per_layer(npz.flatten(init))
+  fresh = {k: v for k, v in init.items() if k not in npz.flatten(params)}
+  assert fresh and all(k.startswith("registers") or "_ln/" in k or "LayerScale" in k
+                       for k in fresh)
+  for key, value in fresh.items():
+    np.testing.assert_array_equal(loaded[key], value)
+  np.testing.assert_array_equal(loaded["cls"], params["cls"])
+
+
 def test_dont_load_keeps_init_values(tiny_ckpt):
   _, params, path = tiny_ckpt
   init = flax.linen.unbox(_init(models.get_model("ViT-Ti/16", num_classes=10, **TINY), 16, seed=9))

@@ -9,7 +9,8 @@ Numerics that must agree with ours: LayerNorm eps 1e-6 (HF's default is 1e-12) a
 tanh-approximate GELU (`nn.gelu`'s default), which is HF's 'gelu_pytorch_tanh' (torch
 `gelu(approximate='tanh')`). HF's ViT classifies from the class token with no pre-logits layer, so
 only classifier='token', posemb='learn', representation_size=None plain (non-hybrid) ViTs map onto
-it.
+it, and none of the architecture options (registers, qk_norm, use_bias=False, parallel_block,
+layerscale_init, posemb='rope2d'): `check_exportable` names each one it meets.
 """
 import json
 from typing import Any, Mapping, Sequence
@@ -25,21 +26,38 @@ HF_HIDDEN_ACT = "gelu_pytorch_tanh"
 LAYER_NORM_EPS = 1e-6
 
 
+# Model options ViTForImageClassification has no counterpart for: field -> (the value it can
+# represent, why not / what to set instead).
+_HF_NEEDS = {
+    "classifier": ("token", "HF's ViT classifies from the class token: train with "
+                   "classifier='token'"),
+    "posemb": ("learn", "HF's ViT has only a learned position embedding (no 'sincos2d', no rotary "
+               "'rope2d')"),
+    "representation_size": (None, "HF's ViT has no pre-logits layer"),
+    "resnet": (None, "HF's ViT has no ResNet stem (hybrids are ViTHybrid)"),
+    "num_registers": (0, "HF's ViT has no register tokens"),
+    "qk_norm": (False, "HF's ViT has no QK-LayerNorm"),
+    "use_bias": (True, "HF's ViT always has q/k/v/out, MLP and LayerNorm biases"),
+    "parallel_block": (False, "HF's ViT blocks are sequential (attention, then MLP)"),
+    "layerscale_init": (None, "HF's ViT has no LayerScale"),
+}
+
+
 def check_exportable(model_kwargs: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the option when a model has no `ViTForImageClassification`
-  equivalent."""
-  unsupported = {
-      "classifier": (model_kwargs["classifier"], "token"),
-      "posemb": (model_kwargs["posemb"], "learn"),
-      "representation_size": (model_kwargs["representation_size"], None),
-      "resnet": (model_kwargs["resnet"], None),
-  }
-  bad = {k: got for k, (got, want) in unsupported.items() if got != want}
+  """Raises ValueError naming every option that `ViTForImageClassification` cannot represent.
+
+  Model kwargs made by `vit_jax.models.model_kwargs` are complete; a field missing here (a hand-made
+  dict) counts as its default.
+  """
+  bad = {k: model_kwargs[k] for k, (want, _) in _HF_NEEDS.items()
+         if k in model_kwargs and model_kwargs[k] != want}
   if bad:
+    reasons = "; ".join(f"{k}={v!r}: {_HF_NEEDS[k][1]} (needs {k}={_HF_NEEDS[k][0]!r})"
+                        for k, v in bad.items())
     raise ValueError(
         f"Hugging Face ViTForImageClassification cannot represent {bad}: "
-        "it needs classifier='token', posemb='learn', representation_size=None and no ResNet stem. "
-        "Export the official .npz only (--formats=npz) for this model.")
+        f"{reasons}. Export the official .npz only (--formats=npz), which holds any of these "
+        "params, or train without these options.")
 
 
 def _image_size(posemb_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int]:

@@ -22,6 +22,9 @@ from vit_jax.models import resize
 _POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
 _PATCH_KERNEL_KEY = "embedding/kernel"
 _HEAD_PREFIX = "head/"
+# Params of architecture options (vit_jax.models.vit) that a checkpoint trained without the option
+# lacks; fine-tuning adds them at their init value (registers, QK-norm scales, LayerScale).
+_OPTION_PARAMS = re.compile(r"(registers|.*/(query_ln|key_ln|LayerScale_attn|LayerScale_mlp)/.*)")
 _SHOWN = 5  # How many offending keys an error message lists.
 
 
@@ -63,7 +66,9 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
 
   Returns:
     A tree like `init_params` (boxes kept) whose loaded leaves are host NumPy arrays. Adaptations: a
-    `head` that is missing or of another shape (new num_classes) keeps its init value; a position
+    `head` that is missing or of another shape (new num_classes) keeps its init value, as do the
+    params of architecture options the checkpoint was trained without (registers, QK-norm,
+    LayerScale); a position
     embedding of another grid is resized (class-token entry kept); a patch kernel of another patch
     size is PI-resized (FlexiViT). Checkpoint params the model lacks (e.g. `pre_logits` when the
     model has no representation layer) are dropped. Anything else that does not fit raises a
@@ -83,7 +88,7 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
       out[key] = init_leaf
       continue
     if key not in ckpt:
-      if key.startswith(_HEAD_PREFIX):
+      if key.startswith(_HEAD_PREFIX) or _OPTION_PARAMS.fullmatch(key):
         logging.info("%s has no %s: keeping its fresh initialisation.", source, key)
         out[key] = init_leaf
       else:

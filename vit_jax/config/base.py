@@ -34,7 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_dim=_unset(int), num_heads=_unset(int), classifier=_unset(str), posemb=_unset(str),
       representation_size=_unset(int), dropout=_unset(float), attention_dropout=_unset(float),
       stoch_depth=_unset(float), dtype=_unset(str), scan=_unset(bool), remat_policy=_unset(str),
-      resnet=_unset(object), attention_impl=_unset(str), head_bias_init=_unset(float)))
+      resnet=_unset(object), attention_impl=_unset(str), head_bias_init=_unset(float),
+      # Architecture options (vit_jax/models/vit.py), off when unset: posemb='rope2d' for RoPE.
+      num_registers=_unset(int), qk_norm=_unset(bool), use_bias=_unset(bool),
+      parallel_block=_unset(bool), layerscale_init=_unset(float)))
   c.num_classes = 1000
   c.init = ""              # .npz or Orbax checkpoint to fine-tune from ('' = random init)
   c.dont_load = ()         # regexes of params kept at init when loading `init`
@@ -62,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
       mu_dtype=_unset(str), grad_clip_norm=1.0, schedule="cosine", end_lr=0.0,
       rsqrt_timescale=_unset(int),
       warmup_steps=_unset(int), warmup_epochs=_unset(float), warmup_examples=_unset(int),
-      lr_mults=(), freeze=()))
+      lr_mults=(), freeze=(),
+      # Layer-wise lr decay (BEiT / timm --layer-decay): block i (1..depth) gets
+      # layer_decay**(depth + 1 - i), the embeddings layer_decay**(depth + 1), the head 1.
+      layer_decay=_unset(float)))
   c.loss = "softmax_xent"  # or 'sigmoid_xent'
   c.label_smoothing = 0.0
   c.ema_decay = _unset(float)

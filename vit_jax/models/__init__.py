@@ -3,6 +3,10 @@
 A model is a variant name plus overrides of any `Model` field. Configs hold exactly that
 (`config.model = dict(variant='S/16', classifier='gap', ...)`), decoded once by `model_kwargs`.
 Loading pretrained weights is vit_jax.checkpoints' job (`checkpoints.load_pretrained`).
+
+Architecture options (registers, QK-LayerNorm, bias-free layers, parallel blocks, LayerScale, 2D
+RoPE via posemb='rope2d') are `Model` fields like any other, off by default, so a study can sweep
+them next to patch size; vit_jax/models/vit.py documents each.
 """
 import dataclasses
 from typing import Any, Optional

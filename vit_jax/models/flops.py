@@ -4,6 +4,12 @@ XLA's `cost_analysis()` counts a scanned layer body once, so MFU must come from 
 formulas. Per encoder layer with N tokens, width D and MLP width M:
 QKV + output projections 8*N*D^2, MLP 4*N*D*M, attention scores and weighted sum 4*N^2*D
 (with M = 4D this is the familiar 24*N*D^2 + 4*N^2*D). Training = 3x forward.
+
+N counts the class token and registers (`num_registers`) besides the patches. The other
+architecture options do not change these counts: a parallel block does the same matmuls, bias-free
+layers only drop additions, and QK-LayerNorm, LayerScale and the rotary embedding ('rope2d') are
+elementwise work of order N*D per layer (under 1% of a layer at ViT sizes), left out like the
+LayerNorms, GELU and softmax.
 """
 from typing import Any, Mapping, Sequence
 
@@ -49,9 +55,12 @@ def forward_flops_per_image(model_kwargs: Mapping[str, Any], image_size: int | S
   flops += 2 * patches * ph * pw * channels * d
   classifier = model_kwargs["classifier"]
   n = patches + (1 if classifier == "token" else 0)
-  flops += depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d)
+  registers = model_kwargs.get("num_registers") or 0
+  n_enc = n + registers
+  flops += depth * (8 * n_enc * d * d + 4 * n_enc * d * m + 4 * n_enc * n_enc * d)
   if classifier == "map":
-    # One probe query: q/out projections on 1 token, k/v on n tokens, scores, MLP on 1 token.
+    # One probe query over the n output tokens (registers are dropped before pooling):
+    # q/out projections on 1 token, k/v on n tokens, scores, MLP on 1 token.
     flops += 4 * d * d + 4 * n * d * d + 4 * n * d + 4 * d * m
   out = d
   if model_kwargs["representation_size"]:

@@ -4,6 +4,28 @@ Module and parameter names follow google-research/vision_transformer, so the off
 trees map 1:1 (see vit_jax/checkpoints). Every parameter carries logical axis names
 ('embed', 'mlp', 'heads', 'kv', 'classes', 'layers') that vit_jax/training/sharding.py maps to mesh
 axes. Attention lives in attention.py; the backend-specific kernels are chosen in kernels.py.
+
+Architecture options (`Model` fields), each off by default so that the default tree is exactly the
+official one, each working scanned or not, with remat and at FlexiViT patch sizes:
+
+* `num_registers=R`: R learned tokens `registers` (1, R, D), init normal(0.02), appended after the
+  patch tokens once the position embedding is added (they get none, as DINOv2's registers, Darcet
+  et al. 2023) and dropped after the encoder, so no classifier ('token', 'gap', 'map') pools them.
+* `qk_norm=True`: LayerNorm (scale only) of queries and keys per head (ViT-22B); see attention.py.
+* `use_bias=False`: no biases in the encoder: q/k/v/out and MLP dense layers and the LayerNorms
+  (LayerNorm_0, LayerNorm_2, encoder_norm) (ViT-22B / PaLM). The LayerNorms still centre (ViT-22B
+  also drops the centring). The patch embedding, MAP head, pre-logits and head keep their biases.
+* `parallel_block=True`: y = x + attn(LN(x)) + mlp(LN(x)) with ONE LayerNorm (`LayerNorm_0`; there
+  is no `LayerNorm_2`), as ViT-22B; stochastic depth drops the sum of both branches.
+* `layerscale_init=v`: a per-channel scale (D,) initialised to v on each residual branch,
+  `LayerScale_attn/scale` and `LayerScale_mlp/scale` (CaiT, Touvron et al. 2021; DeiT-III uses
+  1e-4 to 1e-6 by depth).
+* `posemb='rope2d'`: 2D axial rotary embedding of q and k in every encoder attention instead of a
+  learned/fixed position embedding (no parameters); class token and registers are not rotated.
+
+The official `.npz` format is a flat name -> array map, so it carries every option's params (an
+options model loads back with the same options); the Hugging Face export refuses them by name
+(vit_jax/checkpoints/hf.py `check_exportable`).
 """
 from typing import Any, Optional, Sequence
 
@@ -20,7 +42,7 @@ from vit_jax.models.partitioning import init as _init
 Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map")
-POSEMBS = ("learn", "sincos2d")
+POSEMBS = ("learn", "sincos2d", "rope2d")
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -51,24 +73,27 @@ class MlpBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   kernels: Optional[kernels_lib.Kernels] = None  # None: kernels_lib.select()
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     dot_general = (self.kernels or kernels_lib.select()).dot_general
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", dot_general=dot_general,
+                 use_bias=self.use_bias,
                  kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
                  bias_init=_init(nn.initializers.normal(stddev=1e-6), ("mlp",)))(x)
     x = _constrain(nn.gelu(x), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
     x = nn.Dense(width, dtype=self.dtype, name="Dense_1", dot_general=dot_general,
+                 use_bias=self.use_bias,
                  kernel_init=_init(nn.initializers.xavier_uniform(), ("mlp", "embed")),
                  bias_init=_init(nn.initializers.normal(stddev=1e-6), ("embed",)))(x)
     return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
 
 
-def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name,
+def _layer_norm(name: str, dtype: Dtype, use_bias: bool = True) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name, use_bias=use_bias,
                       scale_init=_init(nn.initializers.ones, ("embed",)),
                       bias_init=_init(nn.initializers.zeros, ("embed",)))
 
@@ -80,9 +105,20 @@ def _drop_path(x: jax.Array, rate: jax.Array, rng: jax.Array) -> jax.Array:
   return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 
+class LayerScale(nn.Module):
+  """Per-channel scale of a residual branch (CaiT / DeiT-III), initialised to `init_value`."""
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", _init(nn.initializers.constant(self.init_value), ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    return x * scale.astype(x.dtype)
+
+
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block. `drop_path_rate` is an argument so `nn.scan` can vary it by
-  layer."""
+  """Pre-norm transformer block (sequential, or ViT-22B's parallel attention + MLP).
+  `drop_path_rate` is an argument so `nn.scan` can vary it by layer."""
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -90,24 +126,41 @@ class EncoderBlock(nn.Module):
   attention_dropout: float = 0.0
   deterministic: bool = True
   kernels: Optional[kernels_lib.Kernels] = None
+  use_bias: bool = True
+  qk_norm: bool = False
+  parallel_block: bool = False
+  layerscale_init: Optional[float] = None
+  rope: Optional[attention.RopeLayout] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, drop_path_rate: jax.Array) -> jax.Array:
     self.sow("intermediates", "drop_path_rate", drop_path_rate)
     x = _constrain(x, ("batch", "length", "embed"))
-    y = _layer_norm("LayerNorm_0", self.dtype)(x)
-    y = attention.MultiHeadDotProductAttention(
+    y = _layer_norm("LayerNorm_0", self.dtype, self.use_bias)(x)
+    a = attention.MultiHeadDotProductAttention(
         self.num_heads, self.dtype, self.attention_dropout, self.deterministic, self.kernels,
+        use_bias=self.use_bias, qk_norm=self.qk_norm, rope=self.rope,
         name="MultiHeadDotProductAttention_1")(y, y)
-    y = nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
-    y = checkpoint_name(y, "attn_out")
-    x = x + self._maybe_drop_path(y, drop_path_rate)
-    y = _layer_norm("LayerNorm_2", self.dtype)(x)
-    y = MlpBlock(self.mlp_dim, self.dtype, self.dropout, self.deterministic, self.kernels,
-                 name="MlpBlock_3")(y)
-    y = checkpoint_name(y, "mlp_out")
-    x = x + self._maybe_drop_path(y, drop_path_rate)
+    a = nn.Dropout(self.dropout)(a, deterministic=self.deterministic)
+    a = self._scale(checkpoint_name(a, "attn_out"), "LayerScale_attn")
+    if self.parallel_block:  # ViT-22B: both branches read the same normalised input.
+      m = self._mlp(y)
+      x = x + self._maybe_drop_path(a + m, drop_path_rate)
+    else:
+      x = x + self._maybe_drop_path(a, drop_path_rate)
+      m = self._mlp(_layer_norm("LayerNorm_2", self.dtype, self.use_bias)(x))
+      x = x + self._maybe_drop_path(m, drop_path_rate)
     return _constrain(x, ("batch", "length", "embed"))
+
+  def _mlp(self, y: jax.Array) -> jax.Array:
+    y = MlpBlock(self.mlp_dim, self.dtype, self.dropout, self.deterministic, self.kernels,
+                 use_bias=self.use_bias, name="MlpBlock_3")(y)
+    return self._scale(checkpoint_name(y, "mlp_out"), "LayerScale_mlp")
+
+  def _scale(self, y: jax.Array, name: str) -> jax.Array:
+    if self.layerscale_init is None:
+      return y
+    return LayerScale(self.layerscale_init, name=name)(y)
 
   def _maybe_drop_path(self, y, rate):
     if self.deterministic or self.is_initializing():
@@ -180,16 +233,31 @@ class Encoder(nn.Module):
   scan: bool = False
   remat_policy: str = "none"
   kernels: Optional[kernels_lib.Kernels] = None
+  use_bias: bool = True
+  qk_norm: bool = False
+  parallel_block: bool = False
+  layerscale_init: Optional[float] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, grid: tuple[int, int], num_prefix_tokens: int,
-               train: bool) -> jax.Array:
+               train: bool, registers: Optional[jax.Array] = None) -> jax.Array:
+    """`x`: prefix tokens then the row-major `grid`; `registers` (1, R, D) are appended after
+    the position embedding, so the output has R more tokens (the last R)."""
     if self.posemb == "learn":
       x = AddPositionEmbs(num_prefix_tokens, grid, name="posembed_input")(x)
+    num_registers = 0
+    if registers is not None:
+      num_registers = registers.shape[1]
+      x = jnp.concatenate([x, jnp.tile(registers.astype(x.dtype), (x.shape[0], 1, 1))], axis=1)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    rope = None
+    if self.posemb == "rope2d":
+      rope = attention.RopeLayout(tuple(int(g) for g in grid), num_prefix_tokens, num_registers)
     block_kwargs = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
                         dropout=self.dropout, attention_dropout=self.attention_dropout,
-                        deterministic=not train, kernels=self.kernels)
+                        deterministic=not train, kernels=self.kernels, use_bias=self.use_bias,
+                        qk_norm=self.qk_norm, parallel_block=self.parallel_block,
+                        layerscale_init=self.layerscale_init, rope=rope)
     # Stochastic depth rate rises linearly from 0 at the first block to `stoch_depth` at the last.
     rates = jnp.linspace(0.0, self.stoch_depth, self.depth) if self.depth > 1 else jnp.full(
         (self.depth,), self.stoch_depth)
@@ -209,7 +277,7 @@ class Encoder(nn.Module):
         block_cls = nn.remat(EncoderBlock, policy=policy)
       for i in range(self.depth):
         x = block_cls(**block_kwargs, name=f"encoderblock_{i}")(x, rates[i])
-    return _layer_norm("encoder_norm", self.dtype)(x)
+    return _layer_norm("encoder_norm", self.dtype, self.use_bias)(x)
 
 
 class MAPHead(nn.Module):
@@ -255,6 +323,12 @@ class Model(nn.Module):
   # Initial head bias. A sigmoid loss over many classes starts near its optimum with a negative
   # bias (big_vision's ImageNet-21k recipe: -10), instead of at ~0.69 nats per class.
   head_bias_init: float = 0.0
+  # Architecture options (module docstring): off by default, the official architecture.
+  num_registers: int = 0
+  qk_norm: bool = False
+  use_bias: bool = True
+  parallel_block: bool = False
+  layerscale_init: Optional[float] = None
 
   def __post_init__(self):
     _validate_fields(self)
@@ -266,8 +340,8 @@ class Model(nn.Module):
     """Logits for NHWC `images`.
 
     `patch_size` (static) runs the model at another patch size than its kernel's (FlexiViT):
-    the patch kernel is PI-resized and a learned position embedding resized to the new grid.
-    """
+    the patch kernel is PI-resized and a learned position embedding resized to the new grid
+    (with posemb='rope2d' the rotations are those of the new grid's positions)."""
     patch_size = tuple(patch_size or self.patch_size)
     self._check_input(images, patch_size)
     kernels = kernels_lib.select(self.attention_impl)
@@ -289,13 +363,22 @@ class Model(nn.Module):
                        jnp.float32)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
     x = _constrain(x, ("batch", "length", "embed"))
+    registers = None
+    if self.num_registers:
+      registers = self.param("registers", _init(nn.initializers.normal(stddev=0.02),
+                                                (None, None, "embed")),
+                             (1, self.num_registers, d), jnp.float32)
 
     encoder = Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, posemb=self.posemb,
         dtype=self.dtype, dropout=self.dropout, attention_dropout=self.attention_dropout,
         stoch_depth=self.stoch_depth, scan=self.scan, remat_policy=self.remat_policy,
-        kernels=kernels, name="Transformer")
-    x = encoder(x, (gh, gw), int(use_cls), train)
+        kernels=kernels, use_bias=self.use_bias, qk_norm=self.qk_norm,
+        parallel_block=self.parallel_block, layerscale_init=self.layerscale_init,
+        name="Transformer")
+    x = encoder(x, (gh, gw), int(use_cls), train, registers)
+    if self.num_registers:  # Registers are never pooled.
+      x = x[:, :x.shape[1] - self.num_registers]
 
     if self.classifier == "token":
       x = x[:, 0]
@@ -360,4 +443,18 @@ def _validate_fields(m: Model) -> None:
   for name in ("dropout", "attention_dropout", "stoch_depth"):
     if not 0.0 <= getattr(m, name) < 1.0:
       raise ValueError(f"{name}={getattr(m, name)} must be in [0, 1).")
+  if isinstance(m.num_registers, bool) or not isinstance(m.num_registers, int) or (
+      m.num_registers < 0):
+    raise ValueError(f"num_registers={m.num_registers!r} must be an int >= 0 (0: no registers).")
+  for name in ("qk_norm", "use_bias", "parallel_block"):
+    if not isinstance(getattr(m, name), bool):
+      raise ValueError(f"{name}={getattr(m, name)!r} must be True or False.")
+  if m.layerscale_init is not None and not (
+      isinstance(m.layerscale_init, (int, float)) and m.layerscale_init > 0):
+    raise ValueError(f"layerscale_init={m.layerscale_init!r} must be a positive float (e.g. 1e-4, "
+                     "as CaiT / DeiT-III) or None for no LayerScale.")
+  if m.posemb == "rope2d" and (m.width // m.num_heads) % 4:
+    raise ValueError(f"posemb='rope2d' needs a head dim (width / num_heads = "
+                     f"{m.width}/{m.num_heads} = {m.width // m.num_heads}) divisible by 4: "
+                     "each of the two axes rotates pairs of channels. Change width or num_heads.")
 

@@ -10,6 +10,12 @@ Config (`config.optim`):
   mu_dtype: None | 'bfloat16'        dtype of the first moment / momentum buffer
   grad_clip_norm: None | float       global-norm clipping of the (trainable) gradients
   lr_mults: ((regex, multiplier), ...)   first matching regex scales that param's update
+  layer_decay: None | float in (0, 1]    layer-wise lr decay for fine-tuning (BEiT, timm
+      `--layer-decay`): a param of layer i gets layer_decay**(depth + 1 - i), where the patch
+      embedding, class token, registers, position embedding and ResNet stem are layer 0, encoder
+      block j (0-based) is layer j + 1, and the encoder_norm, MAP head, pre-logits and head are
+      layer depth + 1 (multiplier 1). Scanned blocks get the multiplier per slice of their stacked
+      layer axis. Multiplies with `lr_mults`.
   freeze: (regex, ...)                   matching params get no update and no optimizer state
   schedule and warmup: see vit_jax.training.schedules.
 """
@@ -21,6 +27,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from vit_jax.training import schedules
@@ -49,6 +56,50 @@ def lr_multipliers(params: Any, lr_mults: Sequence[tuple[str, float]]) -> Any:
     match = _first_match(lr_mults, name)
     return 1.0 if match is None else float(match[1])
   return jax.tree.map(mult, param_names(params))
+
+
+_LAYER = re.compile(r"^Transformer/encoderblock_(\d+)/")
+_SCANNED = re.compile(r"^Transformer/encoderblock/")
+_TOP = re.compile(r"^(Transformer/encoder_norm|MAPHead_0|pre_logits|head)/")
+
+
+def encoder_depth(params: Any) -> int:
+  """Number of encoder blocks in `params`, per-layer (`encoderblock_{i}`) or scanned."""
+  depth = 0
+  for name, leaf in zip(jax.tree.leaves(param_names(params)), jax.tree.leaves(params)):
+    if match := _LAYER.match(name):
+      depth = max(depth, int(match[1]) + 1)
+    elif _SCANNED.match(name):
+      depth = max(depth, int(leaf.shape[0]))
+  return depth
+
+
+def layer_decay_multipliers(params: Any, decay: float) -> Any:
+  """Per-parameter lr multipliers decay**(depth + 1 - layer_id) (BEiT's `get_layer_id_for_vit`).
+
+  Layer ids: encoder block i -> i + 1; encoder_norm, MAP head, pre_logits, head -> depth + 1;
+  everything else (patch embedding, cls, registers, position embedding, ResNet stem) -> 0. A scanned
+  block stack gets an array of shape (depth, 1, ...) that scales each layer's slice.
+  """
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"config.optim.layer_decay={decay} must be in (0, 1] (e.g. 0.65 or 0.75 as "
+                     "BEiT / MAE fine-tuning); None turns it off.")
+  depth = encoder_depth(params)
+  if not depth:
+    raise ValueError("config.optim.layer_decay needs a ViT with encoder blocks "
+                     "('Transformer/encoderblock_{i}' or a scanned 'Transformer/encoderblock'); "
+                     "these params have none.")
+
+  def mult(name, leaf):
+    if match := _LAYER.match(name):
+      return float(decay ** (depth - int(match[1])))
+    if _SCANNED.match(name):
+      per_layer = decay ** (depth - np.arange(leaf.shape[0], dtype=np.float64))
+      return per_layer.reshape((-1,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
+    if _TOP.match(name):
+      return 1.0
+    return float(decay ** (depth + 1))
+  return jax.tree.map(mult, param_names(params), params)
 
 
 def frozen_mask(params: Any, freeze: Sequence[str]) -> Any:
@@ -97,8 +148,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, *, total_steps: 
   if cfg.freeze:
     labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, cfg.freeze))
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
-  if cfg.lr_mults:
-    tx = optax.chain(tx, _scale_updates(lr_multipliers(params, cfg.lr_mults)))
+  layer_decay = cfg.layer_decay
+  if cfg.lr_mults or layer_decay is not None:
+    multipliers = lr_multipliers(params, cfg.lr_mults)
+    if layer_decay is not None:
+      multipliers = jax.tree.map(lambda a, b: a * b, multipliers,
+                                 layer_decay_multipliers(params, layer_decay))
+    tx = optax.chain(tx, _scale_updates(multipliers))
   return tx, schedule
 
 
