@@ -44,14 +44,9 @@ steps, lr, batch (512), train_split, eval_split, data_dir (tfds), root (imagefol
 never for bundled_mnist), runlocal (10 steps of 8 images at 32 px, 16-image evals: the smoke test of
 this recipe on a CPU).
 """
-import re
-
-from etils import epath
-
-from vit_jax import models
-from vit_jax.checkpoints import workdir
+from vit_jax.checkpoints import imports
 from vit_jax.config import base_config, parse_arg, shrink_to_runlocal
-from vit_jax.data import preprocess, sources
+from vit_jax.data import sources
 
 # tfds name: (train split, eval split, steps, warmup steps, lr); 384 px.
 PRESETS = {
@@ -68,23 +63,18 @@ FINETUNE_MODEL = dict(representation_size=None, dropout=0.0, attention_dropout=0
 
 
 def pretrained_model(init: str, variant: str) -> tuple[dict, int]:
-  """The model fields to fine-tune and the image channels it was trained on."""
+  """The model fields to fine-tune and the image channels it was trained on: what the init implies
+  (a run's recorded config, a Hugging Face / timm / big_vision checkpoint, an official file's name;
+  vit_jax.checkpoints.imports), `variant` replacing its dims but keeping its numerics."""
+  fields = imports.model_fields(init) if init else None
+  channels = imports.image_channels(init) if init else 3
   if variant:
-    return {"variant": variant}, 3
-  run = workdir.recorded_config(init) if init else None
-  if run is not None:
-    decode = preprocess.op_arguments(run["input"]["pp"], "decode")
-    return dict(run["model"]), decode["channels"] if decode else 3
-  # Official files are named after the model (ViT-B_16.npz), AugReg ones start with it.
-  stem = re.sub(r"\.npz$", "", epath.Path(init).name) if init else ""
-  for name in (stem, stem.split("-i")[0]):
-    try:
-      models.model_kwargs(name)
-      return {"variant": name}, 3
-    except ValueError:
-      continue
+    return {"variant": variant, **imports.numerics(fields)}, channels
+  if fields:
+    return fields, channels
   raise ValueError(f"Cannot tell the model of init={init or None!r}: it is not in a workdir "
-                   "with a config.json nor named after a model; give variant= (e.g. B/16).")
+                   "with a config.json, not a Hugging Face / timm / big_vision checkpoint, nor "
+                   "named after a model; give variant= (e.g. B/16).")
 
 
 def get_config(arg: str | None = None):

@@ -14,7 +14,7 @@ import transformers
 
 from helpers import abstract_params, final_params, tiny_config
 from vit_jax import checkpoints, models
-from vit_jax.checkpoints import export, hf, manager
+from vit_jax.checkpoints import export, hf, manager, npz
 from vit_jax.training import loop
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
@@ -82,6 +82,24 @@ def test_orbax_scanned_non_square_patches_export(tmp_path):
   np.testing.assert_allclose(_hf_logits(tmp_path / "out", images), ours, atol=1e-5)
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert (config["image_size"], config["patch_size"]) == ([16, 8], [4, 2])
+
+
+@pytest.mark.parametrize("gelu_approximate", [True, False])
+def test_export_then_import_gives_back_the_params_and_the_model(tmp_path, gelu_approximate):
+  """hf.read_params inverts hf.export exactly (non-square patches too); the exact-GELU model
+  exports as hidden_act 'gelu' with our logits and imports back with gelu_approximate=False."""
+  kwargs = dict(TINY, patch_size=(4, 2), gelu_approximate=gelu_approximate)
+  model = models.get_model("ViT-Ti/16", num_classes=3, **kwargs)
+  params = _random_params(model, (16, 8), scale=0.5)
+  hf.export(params, models.model_kwargs("ViT-Ti/16", **kwargs), tmp_path)
+  imported, fields = hf.read_params(tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, npz.unflatten(imported), params)
+  assert models.model_kwargs(**fields) == models.model_kwargs("ViT-Ti/16", **kwargs)
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["hidden_act"] == ("gelu_pytorch_tanh" if gelu_approximate else "gelu")
+  images = jax.random.normal(jax.random.key(3), (2, 16, 8, 3))
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, images))
+  np.testing.assert_allclose(_hf_logits(tmp_path, images), ours, atol=1e-4)
 
 
 def test_preprocessor_maps_uint8_to_the_training_value_range(tmp_path):

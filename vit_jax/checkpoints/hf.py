@@ -1,29 +1,51 @@
-"""Export to Hugging Face transformers: a `ViTForImageClassification` directory.
+"""Hugging Face transformers `ViTForImageClassification` directories: export and import.
 
-Writes `config.json`, `model.safetensors` and `preprocessor_config.json` with NumPy and safetensors
-only (no torch needed to export). Weights use the Hub's ViT names (`vit.encoder.layer.{i}.attention.
-attention.query.weight`, as google/vit-base-patch16-224), which transformers 4.x loads directly and
-5.x renames on load.
+Export writes `config.json`, `model.safetensors` and `preprocessor_config.json` with NumPy and
+safetensors only (no torch needed). Weights use the Hub's ViT names
+(`vit.encoder.layer.{i}.attention.attention.query.weight`, as google/vit-base-patch16-224), which
+transformers 4.x and 5.x load.
 
-Numerics that must agree with ours: LayerNorm eps 1e-6 (HF's default is 1e-12) and the
-tanh-approximate GELU (`nn.gelu`'s default), which is HF's 'gelu_pytorch_tanh' (torch
-`gelu(approximate='tanh')`). HF's ViT classifies from the class token with no pre-logits layer, so
-only classifier='token', posemb='learn', representation_size=None plain (non-hybrid) ViTs map onto
-it, and none of the architecture options (registers, qk_norm, use_bias=False, parallel_block,
-layerscale_init, posemb='rope2d'): `check_exportable` names each one it meets.
+Import (`read_params`) is the inverse mapping: a directory with `config.json` and
+`model.safetensors` (or a sharded `model.safetensors.index.json`, or `pytorch_model.bin`, which
+needs torch) gives our official per-layer params and the `Model` fields its config implies (dims
+and `gelu_approximate`).
+
+Numerics that must agree with ours: HF's `hidden_act` 'gelu' is the exact erf GELU
+(`gelu_approximate=False`); 'gelu_pytorch_tanh' (what we export), 'gelu_new' and 'gelu_fast' are the
+tanh approximation (`gelu_approximate=True`, the official ViT's). LayerNorm eps: ours is 1e-6; the
+Hub's google/vit-* configs say 1e-12 (HF's default). Imports accept any eps <= 1e-5: for a
+LayerNorm input of variance v the output moves by a relative ~(1e-6 - eps) / (2 v), below float32
+noise for trained activations (tests/test_convert_hf.py measures the logits). HF's ViT classifies
+from the class token with no pre-logits layer, so only classifier='token', posemb='learn',
+representation_size=None plain (non-hybrid) ViTs map onto it, and none of the architecture options
+(registers, qk_norm, use_bias=False, parallel_block, layerscale_init, posemb='rope2d'):
+`check_exportable` names each one it meets; an import refuses `qkv_bias=False` (our use_bias=False
+drops every bias, not only q/k/v's).
 """
+import io
 import json
+import re
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 from etils import epath
 import flax
 import jax
+import ml_dtypes
 import numpy as np
 
 from vit_jax.checkpoints import npz
+from vit_jax.models import variants
 
-HF_HIDDEN_ACT = "gelu_pytorch_tanh"
+HF_HIDDEN_ACT = "gelu_pytorch_tanh"  # Exported when gelu_approximate (the official tanh GELU).
+HF_EXACT_GELU = "gelu"  # Exported when gelu_approximate=False (exact erf).
 LAYER_NORM_EPS = 1e-6
+MAX_IMPORT_EPS = 1e-5
+ARCHITECTURE = "ViTForImageClassification"
+# HF hidden_act -> our gelu_approximate.
+HIDDEN_ACTS = {"gelu": False, "gelu_python": False, "gelu_pytorch_tanh": True, "gelu_new": True,
+               "gelu_fast": True}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 # Model options ViTForImageClassification has no counterpart for: field -> (the value it can
@@ -84,7 +106,8 @@ def hf_config(model_kwargs: Mapping[str, Any], image_size: Sequence[int], num_ch
       "num_hidden_layers": model_kwargs["depth"],
       "num_attention_heads": model_kwargs["num_heads"],
       "intermediate_size": model_kwargs["mlp_dim"],
-      "hidden_act": HF_HIDDEN_ACT,
+      "hidden_act": (HF_HIDDEN_ACT if model_kwargs.get("gelu_approximate", True)
+                     else HF_EXACT_GELU),
       "layer_norm_eps": LAYER_NORM_EPS,
       "hidden_dropout_prob": 0.0,
       "attention_probs_dropout_prob": 0.0,
@@ -187,3 +210,245 @@ def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any],
   (output_dir / "preprocessor_config.json").write_text(
       json.dumps(preprocessor_config(image_size, value_range, kernel.shape[1]), indent=2) + "\n")
   return output_dir
+
+
+# --- Import ---------------------------------------------------------------------------------------
+
+# transformers' ViTConfig defaults, for keys a config.json leaves out.
+_HF_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12,
+                    patch_size=16, num_channels=3, qkv_bias=True)
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_config(path: str | epath.PathLike) -> dict[str, Any] | None:
+  """The config.json of the Hugging Face model directory `path` (or of the directory of the weights
+  file `path`), or None if it is not one: no config.json naming a `model_type` or `architectures`
+  (a run's WORKDIR/config.json names neither)."""
+  path = epath.Path(path)
+  directory = path if path.is_dir() else path.parent
+  try:
+    config = json.loads((directory / "config.json").read_text())
+  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+    return None
+  if isinstance(config, dict) and ("model_type" in config or "architectures" in config):
+    return config
+  return None
+
+
+def model_fields(config: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
+  """The `Model` fields of the ViTForImageClassification `config`: dims and `gelu_approximate`.
+
+  Raises ValueError for a config our ViT cannot reproduce (another architecture, activation,
+  qkv_bias=False, a LayerNorm eps above 1e-5).
+  """
+  config = {**_HF_DEFAULTS, **config}
+  archs = list(config.get("architectures") or [])
+  if config.get("model_type") not in ("vit", None) or (archs and ARCHITECTURE not in archs):
+    raise ValueError(
+        f"{source}: model_type={config.get('model_type')!r}, architectures={archs}; only "
+        f"transformers' {ARCHITECTURE} (model_type 'vit') imports as a Hugging Face checkpoint.")
+  act = config["hidden_act"]
+  if act not in HIDDEN_ACTS:
+    raise ValueError(f"{source}: hidden_act={act!r} has no counterpart in our ViT, whose MLP "
+                     f"activation is the exact or tanh GELU ({sorted(HIDDEN_ACTS)}).")
+  eps = float(config["layer_norm_eps"])
+  if eps > MAX_IMPORT_EPS:
+    raise ValueError(f"{source}: layer_norm_eps={eps:g}; our LayerNorms use {LAYER_NORM_EPS:g}, "
+                     f"which reproduces logits only for eps <= {MAX_IMPORT_EPS:g}.")
+  if not config["qkv_bias"]:
+    raise ValueError(f"{source}: qkv_bias=false (no query/key/value biases) has no counterpart: "
+                     "our use_bias=False drops every bias (MLP, LayerNorms, attention output "
+                     "too).")
+  patch = config["patch_size"]
+  patch = int(patch) if isinstance(patch, int) else [int(p) for p in patch]
+  if isinstance(patch, list) and patch[0] == patch[1]:
+    patch = patch[0]
+  return dict(variant=None, patch_size=patch, width=int(config["hidden_size"]),
+              depth=int(config["num_hidden_layers"]), mlp_dim=int(config["intermediate_size"]),
+              num_heads=int(config["num_attention_heads"]),
+              gelu_approximate=HIDDEN_ACTS[act])
+
+
+def num_channels(config: Mapping[str, Any]) -> int:
+  return int(config.get("num_channels", _HF_DEFAULTS["num_channels"]))
+
+
+def read_safetensors(data: bytes, source: str = "safetensors file") -> dict[str, np.ndarray]:
+  """A safetensors file's tensors as NumPy arrays; bfloat16 too (which safetensors.numpy
+  refuses)."""
+  try:
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+      if info["dtype"] not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"tensor {name} has dtype {info['dtype']}")
+      dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+      start, end = info["data_offsets"]
+      if 8 + size + end > len(data):
+        raise ValueError(f"tensor {name} ends past the end of the file")
+      out[name] = np.frombuffer(data, dtype, count=(end - start) // dtype.itemsize,
+                                offset=8 + size + start).reshape(info["shape"])
+  except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{source} is not a readable safetensors file ({type(e).__name__}: {e}); it "
+                     "may be truncated: download it again.") from e
+  return out
+
+
+def read_torch(data: bytes, source: str = "torch file") -> dict[str, np.ndarray]:
+  """A torch state dict (`torch.save`), read with weights_only=True, as NumPy arrays."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional: only .bin / .pth files need it)
+  except ImportError as e:
+    raise ValueError(f"Reading {source} needs torch: pip install torch --index-url "
+                     "https://download.pytorch.org/whl/cpu (or use a .safetensors file).") from e
+  try:
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  (torch raises many kinds on bad files)
+    raise ValueError(f"{source} is not a readable torch checkpoint ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}).") from e
+  if isinstance(state, Mapping) and "state_dict" in state:
+    state = state["state_dict"]
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict of tensors.")
+  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()
+          if isinstance(v, torch.Tensor)}
+
+
+def read_weights(directory: str | epath.PathLike) -> dict[str, np.ndarray]:
+  """The weights of a Hugging Face model directory: model.safetensors, its sharded index, or
+  pytorch_model.bin."""
+  directory = epath.Path(directory)
+  if (directory / "model.safetensors").exists():
+    path = directory / "model.safetensors"
+    return read_safetensors(path.read_bytes(), str(path))
+  if (directory / "model.safetensors.index.json").exists():
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    weights = {}
+    for shard in sorted(set(index["weight_map"].values())):
+      weights.update(read_safetensors((directory / shard).read_bytes(), str(directory / shard)))
+    return weights
+  if (directory / "pytorch_model.bin").exists():
+    path = directory / "pytorch_model.bin"
+    return read_torch(path.read_bytes(), str(path))
+  raise FileNotFoundError(f"{directory} has a config.json but no weights: expected one of "
+                          f"{', '.join(WEIGHT_FILES)}.")
+
+
+# transformers 5.x module names (what `model.state_dict()` gives; save_pretrained writes the Hub
+# names) -> the Hub names.
+_V5_NAMES = [(re.compile(rf"^vit\.layers\.(\d+)\.{v5}\."), rf"vit.encoder.layer.\1.{hub}.")
+             for v5, hub in (("attention.q_proj", "attention.attention.query"),
+                             ("attention.k_proj", "attention.attention.key"),
+                             ("attention.v_proj", "attention.attention.value"),
+                             ("attention.o_proj", "attention.output.dense"),
+                             ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
+                             ("layernorm_before", "layernorm_before"),
+                             ("layernorm_after", "layernorm_after"))]
+
+
+def _hub_name(name: str) -> str:
+  for pattern, hub in _V5_NAMES:
+    if pattern.match(name):
+      return pattern.sub(hub, name)
+  return name
+
+
+def params_from_state_dict(weights: Mapping[str, np.ndarray], *, depth: int, num_heads: int,
+                           source: str = "the checkpoint") -> dict[str, np.ndarray]:
+  """{ViT weight name: array} -> our official per-layer flat params (float32); the inverse of
+  `hf_state_dict`. Names are the Hub's (what save_pretrained writes) or transformers 5.x module
+  names (`vit.layers.{i}.attention.q_proj.weight`, a 5.x `state_dict()`)."""
+  weights = {_hub_name(k): v for k, v in weights.items()}
+
+  def take(key: str) -> np.ndarray:
+    if key not in weights:
+      raise ValueError(f"{source} has no {key!r}: it is not a {depth}-layer {ARCHITECTURE} "
+                       "(config.json's num_hidden_layers).")
+    return np.asarray(weights.pop(key), np.float32)
+
+  out = {}
+
+  def dense(hf: str, ours: str, in_shape: tuple[int, ...] = (), out_shape: tuple[int, ...] = ()):
+    kernel = take(f"{hf}.weight").T  # torch (out, in) -> flax (in, out)
+    out[f"{ours}/kernel"] = kernel.reshape(*(in_shape or kernel.shape[:1]),
+                                           *(out_shape or kernel.shape[1:]))
+    bias = take(f"{hf}.bias")
+    out[f"{ours}/bias"] = bias.reshape(*(out_shape or bias.shape))
+
+  def norm(hf: str, ours: str) -> None:
+    out[f"{ours}/scale"] = take(f"{hf}.weight")
+    out[f"{ours}/bias"] = take(f"{hf}.bias")
+
+  out["cls"] = take("vit.embeddings.cls_token")
+  out["Transformer/posembed_input/pos_embedding"] = take("vit.embeddings.position_embeddings")
+  out["embedding/kernel"] = take(
+      "vit.embeddings.patch_embeddings.projection.weight").transpose(2, 3, 1, 0)
+  out["embedding/bias"] = take("vit.embeddings.patch_embeddings.projection.bias")
+  width = out["embedding/bias"].shape[0]
+  if width % num_heads:
+    raise ValueError(f"{source}: width {width} is not divisible by num_attention_heads="
+                     f"{num_heads}.")
+  heads = (num_heads, width // num_heads)
+  for i in range(depth):
+    hf, ours = f"vit.encoder.layer.{i}", f"Transformer/encoderblock_{i}"
+    attn = f"{ours}/MultiHeadDotProductAttention_1"
+    norm(f"{hf}.layernorm_before", f"{ours}/LayerNorm_0")
+    for proj in ("query", "key", "value"):
+      dense(f"{hf}.attention.attention.{proj}", f"{attn}/{proj}", out_shape=heads)
+    dense(f"{hf}.attention.output.dense", f"{attn}/out", in_shape=heads)
+    norm(f"{hf}.layernorm_after", f"{ours}/LayerNorm_2")
+    dense(f"{hf}.intermediate.dense", f"{ours}/MlpBlock_3/Dense_0")
+    dense(f"{hf}.output.dense", f"{ours}/MlpBlock_3/Dense_1")
+  norm("vit.layernorm", "Transformer/encoder_norm")
+  if "classifier.weight" in weights:
+    dense("classifier", "head")
+  if weights:
+    raise ValueError(f"{source} has weights {sorted(weights)[:5]} that a {depth}-layer "
+                     f"{ARCHITECTURE} does not (config.json's num_hidden_layers), so it cannot "
+                     "be imported faithfully.")
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def read_params(path: str | epath.PathLike,
+                model: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads a `ViTForImageClassification` directory (or its weights file): (our official per-layer
+  flat params, the `Model` fields its config.json implies: dims and `gelu_approximate`).
+
+  `model` (optional, e.g. 'ViT-B/16') must agree with the config's dims; ValueError otherwise.
+  """
+  path = epath.Path(path)
+  directory = path if path.is_dir() else path.parent
+  config = read_config(directory)
+  if config is None:
+    raise ValueError(f"{path} is not a Hugging Face model directory: it has no config.json naming "
+                     f"model_type 'vit' / architectures [{ARCHITECTURE!r}].")
+  fields = model_fields(config, source=str(directory / "config.json"))
+  if model:
+    _check_named_model(model, fields, directory)
+  eps = float(config.get("layer_norm_eps", _HF_DEFAULTS["layer_norm_eps"]))
+  if eps != LAYER_NORM_EPS:
+    logging.info("%s: layer_norm_eps=%g, ours is %g (a relative change of ~%.0e / variance in "
+                 "each LayerNorm: negligible).", directory, eps, LAYER_NORM_EPS,
+                 abs(LAYER_NORM_EPS - eps) / 2)
+  params = params_from_state_dict(read_weights(directory), depth=fields["depth"],
+                                  num_heads=fields["num_heads"], source=str(directory))
+  return params, fields
+
+
+def _check_named_model(model: str, fields: Mapping[str, Any], directory: epath.Path) -> None:
+  named = variants.decode(model)
+  if named.get("resnet"):
+    raise ValueError(f"--model={model} is a hybrid; {ARCHITECTURE} has no ResNet stem.")
+  patch = fields["patch_size"]
+  ours = dict(fields, patch_size=tuple(patch) if isinstance(patch, list) else (patch, patch))
+  diff = [f"{k}={named[k]!r} (config.json: {ours[k]!r})" for k in
+          ("patch_size", "width", "depth", "mlp_dim", "num_heads")
+          if k in named and tuple(np.atleast_1d(named[k])) != tuple(np.atleast_1d(ours[k]))]
+  if diff:
+    raise ValueError(f"--model={model} does not match {directory}/config.json: {', '.join(diff)}. "
+                     "Leave --model out to take the model from config.json.")

@@ -1,7 +1,8 @@
 """Pretrained params into a model: any checkpoint file, adapted to a freshly initialised tree.
 
-`load_pretrained(init_params, path)` is the one loader: it reads an official `.npz` or an Orbax
-train-state checkpoint (`read_params`) and fits it to the model (`merge_pretrained`): partial loads
+`load_pretrained(init_params, path)` is the one loader: it reads an official `.npz`, an Orbax
+train-state checkpoint, a Hugging Face ViT directory, a timm or a big_vision file (`read_params`,
+through vit_jax.checkpoints.imports) and fits it to the model (`merge_pretrained`): partial loads
 (`dont_load`), a new classification head, a resized position-embedding grid, a PI-resized patch
 kernel (FlexiViT), either layer layout (scanned or per-layer). `load_exact` is for evaluation, where
 nothing may change.
@@ -15,7 +16,7 @@ import flax
 import jax
 import numpy as np
 
-from vit_jax.checkpoints import manager, npz
+from vit_jax.checkpoints import imports, npz
 from vit_jax.checkpoints.npz import FlatParams, flatten, unflatten
 from vit_jax.models import resize
 
@@ -28,24 +29,29 @@ _OPTION_PARAMS = re.compile(r"(registers|.*/(query_ln|key_ln|LayerScale_attn|Lay
 _SHOWN = 5  # How many offending keys an error message lists.
 
 
-def read_params(path: str | epath.PathLike) -> FlatParams:
-  """Flat params of an official `.npz` file or of an Orbax train-state checkpoint directory.
+def read_params(path: str | epath.PathLike, *, model_fields: Mapping[str, Any] | None = None,
+                source: str | None = None) -> FlatParams:
+  """Flat params (our names) of a checkpoint of any source (`vit_jax.checkpoints.imports`): an
+  official `.npz`, an Orbax train-state checkpoint directory (a step directory, or a checkpoints
+  root whose latest step is taken), a Hugging Face ViT directory, a timm or big_vision file.
 
-  A directory is read with `vit_jax.checkpoints.manager.load_params` (a step directory, or a
-  checkpoints root whose latest step is taken).
+  With `model_fields` (the model's complete fields, `vit_jax.models.model_kwargs`), a checkpoint
+  whose source computes otherwise (e.g. Hugging Face's exact GELU into a model with
+  gelu_approximate=True) raises ValueError naming the field to set (`imports.check_model`).
   """
-  if epath.Path(path).is_dir():
-    return flatten(manager.load_params(path))
-  return npz.read_npz(path)
+  params, detected = imports.read(path, source)
+  if model_fields is not None:
+    imports.check_model(detected, model_fields, source=str(path))
+  return params
 
 
 def load_pretrained(init_params: Mapping[str, Any], path: str | epath.PathLike, *,
-                    dont_load: Sequence[str] = (),
-                    posemb_method: str = "bilinear") -> dict[str, Any]:
-  """Loads a checkpoint (`read_params`) into params shaped like `init_params`
-  (`merge_pretrained`)."""
-  return merge_pretrained(init_params, read_params(path), dont_load=dont_load,
-                          posemb_method=posemb_method, source=str(path))
+                    dont_load: Sequence[str] = (), posemb_method: str = "bilinear",
+                    model_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Loads a checkpoint (`read_params`, which checks the numerics against `model_fields` if given)
+  into params shaped like `init_params` (`merge_pretrained`)."""
+  return merge_pretrained(init_params, read_params(path, model_fields=model_fields),
+                          dont_load=dont_load, posemb_method=posemb_method, source=str(path))
 
 
 def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, Any], *,

@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
       resnet=_unset(object), attention_impl=_unset(str), head_bias_init=_unset(float),
       # Architecture options (vit_jax/models/vit.py), off when unset: posemb='rope2d' for RoPE.
       num_registers=_unset(int), qk_norm=_unset(bool), use_bias=_unset(bool),
-      parallel_block=_unset(bool), layerscale_init=_unset(float)))
+      parallel_block=_unset(bool), layerscale_init=_unset(float), fc_norm=_unset(bool),
+      # Numerics of other libraries (vit_jax/models/vit.py), official when unset.
+      gelu_approximate=_unset(bool), resnet_numerics=_unset(str)))
   c.num_classes = 1000
   c.init = ""              # .npz or Orbax checkpoint to fine-tune from ('' = random init)
   c.dont_load = ()         # regexes of params kept at init when loading `init`

@@ -6,7 +6,9 @@ Loading pretrained weights is vit_jax.checkpoints' job (`checkpoints.load_pretra
 
 Architecture options (registers, QK-LayerNorm, bias-free layers, parallel blocks, LayerScale, 2D
 RoPE via posemb='rope2d') are `Model` fields like any other, off by default, so a study can sweep
-them next to patch size; vit_jax/models/vit.py documents each.
+them next to patch size; vit_jax/models/vit.py documents each. So are the numerics of other
+libraries (`gelu_approximate`, `resnet_numerics`), official by default, which imported timm / HF
+models set to reproduce their source's logits.
 """
 import dataclasses
 from typing import Any, Optional

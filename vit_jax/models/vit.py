@@ -20,8 +20,23 @@ official one, each working scanned or not, with remat and at FlexiViT patch size
 * `layerscale_init=v`: a per-channel scale (D,) initialised to v on each residual branch,
   `LayerScale_attn/scale` and `LayerScale_mlp/scale` (CaiT, Touvron et al. 2021; DeiT-III uses
   1e-4 to 1e-6 by depth).
+* `fc_norm=True` (classifier='gap' only): the final LayerNorm (`Transformer/encoder_norm`, same
+  params) normalises the average-pooled tokens instead of every token before the pool, as timm's
+  `global_pool='avg'` ViTs (`fc_norm`), MAE and BEiT.
 * `posemb='rope2d'`: 2D axial rotary embedding of q and k in every encoder attention instead of a
   learned/fixed position embedding (no parameters); class token and registers are not rotated.
+
+Numerics of other libraries (`Model` fields), the official ones by default; an imported model sets
+them to reproduce its source's logits (vit_jax/checkpoints/timm.py, hf.py); on real checkpoints
+they move logits by ~5e-4..1e-3 (the design notes' measurement of stock timm vs the original):
+
+* `gelu_approximate=True`: the MLP GELU (encoder blocks and the MAP head) is the tanh approximation,
+  as the official ViT and big_vision (flax `nn.gelu` default); False: the exact erf GELU of timm and
+  Hugging Face (PyTorch `nn.GELU()` default).
+* `resnet_numerics='official'`: the hybrid ResNet stem standardises conv weights as
+  (w - mean) / (std + 1e-5) and its GroupNorms use eps 1e-6 (the official hybrids); 'timm':
+  (w - mean) / sqrt(var + 1e-8) (timm's StdConv2dSame) and GroupNorm eps 1e-5 (timm's
+  GroupNormAct), as timm's `vit_*_r*` hybrids. No parameter changes; see resnet.py.
 
 The official `.npz` format is a flat name -> array map, so it carries every option's params (an
 options model loads back with the same options); the Hugging Face export refuses them by name
@@ -67,13 +82,15 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0,
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU (tanh approximation, as the official models) -> Dense."""
+  """Dense -> GELU -> Dense. GELU is the tanh approximation (the official models) unless
+  `gelu_approximate=False` (exact erf GELU, as timm and Hugging Face)."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   dropout: float = 0.0
   deterministic: bool = True
   kernels: Optional[kernels_lib.Kernels] = None  # None: kernels_lib.select()
   use_bias: bool = True
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,7 +100,7 @@ class MlpBlock(nn.Module):
                  use_bias=self.use_bias,
                  kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
                  bias_init=_init(nn.initializers.normal(stddev=1e-6), ("mlp",)))(x)
-    x = _constrain(nn.gelu(x), ("batch", "length", "mlp"))
+    x = _constrain(nn.gelu(x, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
     x = nn.Dense(width, dtype=self.dtype, name="Dense_1", dot_general=dot_general,
                  use_bias=self.use_bias,
@@ -131,6 +148,7 @@ class EncoderBlock(nn.Module):
   parallel_block: bool = False
   layerscale_init: Optional[float] = None
   rope: Optional[attention.RopeLayout] = None
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, drop_path_rate: jax.Array) -> jax.Array:
@@ -154,7 +172,8 @@ class EncoderBlock(nn.Module):
 
   def _mlp(self, y: jax.Array) -> jax.Array:
     y = MlpBlock(self.mlp_dim, self.dtype, self.dropout, self.deterministic, self.kernels,
-                 use_bias=self.use_bias, name="MlpBlock_3")(y)
+                 use_bias=self.use_bias, gelu_approximate=self.gelu_approximate,
+                 name="MlpBlock_3")(y)
     return self._scale(checkpoint_name(y, "mlp_out"), "LayerScale_mlp")
 
   def _scale(self, y: jax.Array, name: str) -> jax.Array:
@@ -237,6 +256,8 @@ class Encoder(nn.Module):
   qk_norm: bool = False
   parallel_block: bool = False
   layerscale_init: Optional[float] = None
+  gelu_approximate: bool = True
+  fc_norm: bool = False  # Average the tokens (registers excluded), then encoder_norm: (B, 1, D).
 
   @nn.compact
   def __call__(self, x: jax.Array, grid: tuple[int, int], num_prefix_tokens: int,
@@ -257,7 +278,8 @@ class Encoder(nn.Module):
                         dropout=self.dropout, attention_dropout=self.attention_dropout,
                         deterministic=not train, kernels=self.kernels, use_bias=self.use_bias,
                         qk_norm=self.qk_norm, parallel_block=self.parallel_block,
-                        layerscale_init=self.layerscale_init, rope=rope)
+                        layerscale_init=self.layerscale_init, rope=rope,
+                        gelu_approximate=self.gelu_approximate)
     # Stochastic depth rate rises linearly from 0 at the first block to `stoch_depth` at the last.
     rates = jnp.linspace(0.0, self.stoch_depth, self.depth) if self.depth > 1 else jnp.full(
         (self.depth,), self.stoch_depth)
@@ -277,6 +299,8 @@ class Encoder(nn.Module):
         block_cls = nn.remat(EncoderBlock, policy=policy)
       for i in range(self.depth):
         x = block_cls(**block_kwargs, name=f"encoderblock_{i}")(x, rates[i])
+    if self.fc_norm:
+      x = jnp.mean(x[:, :x.shape[1] - num_registers], axis=1, keepdims=True)
     return _layer_norm("encoder_norm", self.dtype, self.use_bias)(x)
 
 
@@ -286,6 +310,7 @@ class MAPHead(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   kernels: Optional[kernels_lib.Kernels] = None
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -296,7 +321,8 @@ class MAPHead(nn.Module):
     x = attention.MultiHeadDotProductAttention(self.num_heads, self.dtype, kernels=self.kernels,
                                                name="MultiHeadDotProductAttention_0")(probe, x)
     y = _layer_norm("LayerNorm_0", self.dtype)(x)
-    x = x + MlpBlock(self.mlp_dim, self.dtype, kernels=self.kernels, name="MlpBlock_0")(y)
+    x = x + MlpBlock(self.mlp_dim, self.dtype, kernels=self.kernels,
+                     gelu_approximate=self.gelu_approximate, name="MlpBlock_0")(y)
     return x[:, 0]
 
 
@@ -329,6 +355,11 @@ class Model(nn.Module):
   use_bias: bool = True
   parallel_block: bool = False
   layerscale_init: Optional[float] = None
+  # Numerics of other libraries (module docstring), the official ones by default: imported timm /
+  # Hugging Face models set them to reproduce their source's logits.
+  gelu_approximate: bool = True
+  resnet_numerics: str = "official"
+  fc_norm: bool = False
 
   def __post_init__(self):
     _validate_fields(self)
@@ -348,7 +379,7 @@ class Model(nn.Module):
     x = images.astype(self.dtype)
     if self.resnet is not None:
       x = resnet.resnet_stem(x, tuple(self.resnet["num_layers"]),
-                             int(self.resnet["width_factor"]), self.dtype)
+                             int(self.resnet["width_factor"]), self.dtype, self.resnet_numerics)
     x = PatchEmbedding(self.width, tuple(self.patch_size), self.dtype, name="embedding")(
         x, patch_size)
     b, gh, gw, d = x.shape
@@ -375,9 +406,9 @@ class Model(nn.Module):
         stoch_depth=self.stoch_depth, scan=self.scan, remat_policy=self.remat_policy,
         kernels=kernels, use_bias=self.use_bias, qk_norm=self.qk_norm,
         parallel_block=self.parallel_block, layerscale_init=self.layerscale_init,
-        name="Transformer")
+        gelu_approximate=self.gelu_approximate, fc_norm=self.fc_norm, name="Transformer")
     x = encoder(x, (gh, gw), int(use_cls), train, registers)
-    if self.num_registers:  # Registers are never pooled.
+    if self.num_registers and not self.fc_norm:  # Registers are never pooled.
       x = x[:, :x.shape[1] - self.num_registers]
 
     if self.classifier == "token":
@@ -385,7 +416,8 @@ class Model(nn.Module):
     elif self.classifier == "gap":
       x = jnp.mean(x, axis=1)
     else:
-      x = MAPHead(self.mlp_dim, self.num_heads, self.dtype, kernels, name="MAPHead_0")(x)
+      x = MAPHead(self.mlp_dim, self.num_heads, self.dtype, kernels, self.gelu_approximate,
+                  name="MAPHead_0")(x)
 
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits",
@@ -446,13 +478,19 @@ def _validate_fields(m: Model) -> None:
   if isinstance(m.num_registers, bool) or not isinstance(m.num_registers, int) or (
       m.num_registers < 0):
     raise ValueError(f"num_registers={m.num_registers!r} must be an int >= 0 (0: no registers).")
-  for name in ("qk_norm", "use_bias", "parallel_block"):
+  for name in ("qk_norm", "use_bias", "parallel_block", "gelu_approximate", "fc_norm"):
     if not isinstance(getattr(m, name), bool):
       raise ValueError(f"{name}={getattr(m, name)!r} must be True or False.")
   if m.layerscale_init is not None and not (
       isinstance(m.layerscale_init, (int, float)) and m.layerscale_init > 0):
     raise ValueError(f"layerscale_init={m.layerscale_init!r} must be a positive float (e.g. 1e-4, "
                      "as CaiT / DeiT-III) or None for no LayerScale.")
+  if m.fc_norm and m.classifier != "gap":
+    raise ValueError(f"fc_norm=True normalises the average-pooled tokens: it needs "
+                     f"classifier='gap', got classifier={m.classifier!r}.")
+  if m.resnet_numerics not in resnet.NUMERICS:
+    raise ValueError(f"resnet_numerics={m.resnet_numerics!r}; choose one of "
+                     f"{tuple(resnet.NUMERICS)}.")
   if m.posemb == "rope2d" and (m.width // m.num_heads) % 4:
     raise ValueError(f"posemb='rope2d' needs a head dim (width / num_heads = "
                      f"{m.width}/{m.num_heads} = {m.width // m.num_heads}) divisible by 4: "

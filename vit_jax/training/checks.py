@@ -13,23 +13,26 @@ from typing import Sequence
 import ml_collections
 
 from vit_jax import config as config_lib
-from vit_jax.checkpoints import workdir
+from vit_jax.checkpoints import imports, workdir
 from vit_jax.data import preprocess
 from vit_jax.training import sharding
 
 
 def check_checkpoint_path(path: str, what: str = "config.init") -> None:
-  """`config.init` (or a checkpoint to evaluate) must name an `.npz` file or an Orbax directory."""
+  """`config.init` (or a checkpoint to evaluate) must name a checkpoint file (.npz, or a timm
+  .safetensors / .pth / .bin) or directory (Orbax, Hugging Face): vit_jax.checkpoints.imports."""
   if not path:
     return
   resolved = workdir.resolve(path)
   if not resolved.exists():
     raise FileNotFoundError(
-        f"{what}={path} does not exist; give the path of an official .npz checkpoint or of an "
-        "Orbax checkpoint directory (e.g. OTHER_WORKDIR/checkpoints).")
-  if not resolved.is_dir() and resolved.suffix != ".npz":
-    raise ValueError(f"{what}={path} is a file but not an .npz checkpoint; give an .npz file or an "
-                     "Orbax checkpoint directory.")
+        f"{what}={path} does not exist; give the path of an official .npz checkpoint, of an "
+        "Orbax checkpoint directory (e.g. OTHER_WORKDIR/checkpoints), of a Hugging Face ViT "
+        "directory or of a timm / big_vision file.")
+  if not resolved.is_dir() and resolved.suffix.lower() not in imports.FILE_SUFFIXES:
+    suffixes = ", ".join(imports.FILE_SUFFIXES)
+    raise ValueError(f"{what}={path} is a file but not a checkpoint ({suffixes}); give such a file "
+                     "or a checkpoint directory (Orbax, Hugging Face).")
 
 
 def check_batch(batch_size: int, *, data_parallel: int, num_processes: int, grad_accum_steps: int,

@@ -140,7 +140,8 @@ class TrainProgram:
     if not self.config.init:
       return None
     checks.check_checkpoint_path(self.config.init)
-    params = pretrained.read_params(self.config.init)
+    # An init whose source computes otherwise (Hugging Face's exact GELU) needs the model so.
+    params = pretrained.read_params(self.config.init, model_fields=self.model_fields)
     # Fitting onto the abstract init raises what fitting the real one would: shapes, missing keys.
     pretrained.merge_pretrained(self.abstract_params, params, dont_load=self.config.dont_load,
                                 source=self.config.init)
