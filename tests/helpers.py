@@ -51,6 +51,19 @@ def abstract_params(model: nn.Module, image_shape: tuple[int, ...], boxed: bool 
   return params if boxed else nn.meta.unbox(params)
 
 
+def random_params(model: nn.Module, image_hw: tuple[int, int], seed: int = 0,
+                  scale: float = 0.05) -> Any:
+  """Params of `model` for RGB images of `image_hw`, drawn so that activations stay O(1) (LayerNorm
+  scales near 1): logits then show numerics differences that a tiny init would hide."""
+  abstract = abstract_params(model, (*image_hw, 3))
+  rng = np.random.default_rng(seed)
+
+  def sample(path, leaf):
+    return (scale * rng.normal(size=leaf.shape) + (path[-1].key == "scale")).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(sample, abstract)
+
+
 def input_config(**fields: Any) -> ml_collections.ConfigDict:
   """`config.input` of the base config with `fields` (and their `data` fields) set."""
   cfg = base_config().input

@@ -15,22 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import abstract_params
+from helpers import abstract_params, random_params
 from vit_jax import models
 from vit_jax.checkpoints import big_vision, npz
 
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=2)
 TOL = 1e-4
-
-
-def _random_params(model, image_hw, seed=0, scale=0.05):
-  abstract = abstract_params(model, (*image_hw, 3))
-  rng = np.random.default_rng(seed)
-
-  def sample(path, leaf):
-    return (scale * rng.normal(size=leaf.shape) + (path[-1].key == "scale")).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(sample, abstract)
 
 
 # Our block module names -> big_vision's Encoder1DBlock ones (nn.LayerNorm() twice, then
@@ -110,7 +100,7 @@ def test_import_matches_our_model(case, tmp_path):
   big_vision's params imply."""
   overrides, scanned, prefix = CASES[case]
   model = models.get_model("Ti/8", num_classes=5, **TINY, **overrides)
-  params = _random_params(model, (32, 32))
+  params = random_params(model, (32, 32))
   path = _save(_to_big_vision(params, overrides["classifier"], scanned, prefix),
                tmp_path / "bv.npz")
   imported, fields = big_vision.read_params(path)
@@ -135,7 +125,7 @@ def test_import_reproduces_timm_loading_the_same_file(case, tmp_path):
   overrides, scanned, prefix = CASES[case]
   classifier = overrides["classifier"]
   model = models.get_model("Ti/8", num_classes=5, **TINY, **overrides)
-  params = _random_params(model, (32, 32), seed=1)
+  params = random_params(model, (32, 32), seed=1)
   flat = _to_big_vision(params, classifier, scanned, prefix)
   path = _save(flat, tmp_path / "bv.npz")
   imported, fields = big_vision.read_params(path)
@@ -186,9 +176,9 @@ def test_big_vision_recipe_checkpoint_loads(tmp_path):
 
 def test_refusals_name_the_problem(tmp_path):
   model = models.get_model("Ti/8", num_classes=5, **TINY)
-  flat = _to_big_vision(_random_params(model, (32, 32)), "token", scanned=False)
+  flat = _to_big_vision(random_params(model, (32, 32)), "token", scanned=False)
   official = _save({f"params/{k}": np.asarray(v) for k, v in
-                    npz.flatten(_random_params(model, (32, 32))).items()}, tmp_path / "o.npz")
+                    npz.flatten(random_params(model, (32, 32))).items()}, tmp_path / "o.npz")
   with pytest.raises(ValueError, match="official vit_jax names"):
     big_vision.read_params(official)
   extra = _save({**flat, "params/Transformer/encoderblock_0/Adapter_0/kernel": np.zeros(2)},

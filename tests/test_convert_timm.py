@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import abstract_params
+from helpers import abstract_params, random_params
 from vit_jax import models
 from vit_jax.checkpoints import npz
 from vit_jax.checkpoints import timm as timm_ckpt
@@ -188,16 +188,6 @@ def test_import_refuses_what_has_no_counterpart(tmp_path):
     timm_ckpt.read_params(str(tmp_path / "m.pth"), model="ViT-S/8")
 
 
-def _random_params(model, image_hw, seed=0, scale=0.05):
-  abstract = abstract_params(model, (*image_hw, 3))
-  rng = np.random.default_rng(seed)
-
-  def sample(path, leaf):
-    return (scale * rng.normal(size=leaf.shape) + (path[-1].key == "scale")).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(sample, abstract)
-
-
 EXPORT_CASES = {
     # name: (variant, Model overrides, image size, output name)
     "token_tanh_gelu": ("Ti/8", {}, 32, "out.safetensors"),
@@ -217,7 +207,7 @@ def test_export_loads_strictly_into_timm_with_our_logits(case, tmp_path):
   variant, overrides, size, output = EXPORT_CASES[case]
   kwargs = models.model_kwargs(variant, **{**TINY, **overrides})
   model = models.Model(num_classes=5, **kwargs)
-  params = _random_params(model, (size, size))
+  params = random_params(model, (size, size))
   images = _images((size, size), seed=1)
   ours = np.asarray(jax.jit(model.apply)({"params": params}, images))
   written = timm_ckpt.export(params, kwargs, 5, str(tmp_path / output), image_size=(size, size))
@@ -238,7 +228,7 @@ def test_export_loads_strictly_into_timm_with_our_logits(case, tmp_path):
 
 def test_export_import_roundtrip_is_exact(tmp_path):
   kwargs = models.model_kwargs("Ti/8", **TINY, num_registers=1, gelu_approximate=False)
-  params = _random_params(models.Model(num_classes=3, **kwargs), (32, 32))
+  params = random_params(models.Model(num_classes=3, **kwargs), (32, 32))
   timm_ckpt.export(params, kwargs, 3, str(tmp_path / "m.safetensors"))
   back, fields = timm_ckpt.read_params(str(tmp_path / "m.safetensors"))
   assert fields["num_registers"] == 1 and fields["gelu_approximate"] is False

@@ -22,7 +22,6 @@ representation_size=None plain (non-hybrid) ViTs map onto it, and none of the ar
 `check_exportable` names each one it meets; an import refuses `qkv_bias=False` (our use_bias=False
 drops every bias, not only q/k/v's).
 """
-import io
 import json
 import re
 from typing import Any, Mapping, Sequence
@@ -31,10 +30,9 @@ from absl import logging
 from etils import epath
 import flax
 import jax
-import ml_dtypes
 import numpy as np
 
-from vit_jax.checkpoints import npz
+from vit_jax.checkpoints import npz, tensor_files
 from vit_jax.models import variants
 
 HF_HIDDEN_ACT = "gelu_pytorch_tanh"  # Exported when gelu_approximate (the official tanh GELU).
@@ -218,11 +216,6 @@ def export(params: Mapping[str, Any], model_kwargs: Mapping[str, Any],
 _HF_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12,
                     patch_size=16, num_channels=3, qkv_bias=True)
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
-                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
 def read_config(path: str | epath.PathLike) -> dict[str, Any] | None:
   """The config.json of the Hugging Face model directory `path` (or of the directory of the weights
   file `path`), or None if it is not one: no config.json naming a `model_type` or `architectures`
@@ -276,65 +269,23 @@ def num_channels(config: Mapping[str, Any]) -> int:
   return int(config.get("num_channels", _HF_DEFAULTS["num_channels"]))
 
 
-def read_safetensors(data: bytes, source: str = "safetensors file") -> dict[str, np.ndarray]:
-  """A safetensors file's tensors as NumPy arrays; bfloat16 too (which safetensors.numpy
-  refuses)."""
-  try:
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, info in header.items():
-      if info["dtype"] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"tensor {name} has dtype {info['dtype']}")
-      dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-      start, end = info["data_offsets"]
-      if 8 + size + end > len(data):
-        raise ValueError(f"tensor {name} ends past the end of the file")
-      out[name] = np.frombuffer(data, dtype, count=(end - start) // dtype.itemsize,
-                                offset=8 + size + start).reshape(info["shape"])
-  except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{source} is not a readable safetensors file ({type(e).__name__}: {e}); it "
-                     "may be truncated: download it again.") from e
-  return out
-
-
-def read_torch(data: bytes, source: str = "torch file") -> dict[str, np.ndarray]:
-  """A torch state dict (`torch.save`), read with weights_only=True, as NumPy arrays."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  (optional: only .bin / .pth files need it)
-  except ImportError as e:
-    raise ValueError(f"Reading {source} needs torch: pip install torch --index-url "
-                     "https://download.pytorch.org/whl/cpu (or use a .safetensors file).") from e
-  try:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  (torch raises many kinds on bad files)
-    raise ValueError(f"{source} is not a readable torch checkpoint ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}).") from e
-  if isinstance(state, Mapping) and "state_dict" in state:
-    state = state["state_dict"]
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict of tensors.")
-  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()
-          if isinstance(v, torch.Tensor)}
-
-
 def read_weights(directory: str | epath.PathLike) -> dict[str, np.ndarray]:
   """The weights of a Hugging Face model directory: model.safetensors, its sharded index, or
   pytorch_model.bin."""
   directory = epath.Path(directory)
   if (directory / "model.safetensors").exists():
     path = directory / "model.safetensors"
-    return read_safetensors(path.read_bytes(), str(path))
+    return tensor_files.read_safetensors(path.read_bytes(), str(path))
   if (directory / "model.safetensors.index.json").exists():
     index = json.loads((directory / "model.safetensors.index.json").read_text())
     weights = {}
     for shard in sorted(set(index["weight_map"].values())):
-      weights.update(read_safetensors((directory / shard).read_bytes(), str(directory / shard)))
+      shard_path = directory / shard
+      weights.update(tensor_files.read_safetensors(shard_path.read_bytes(), str(shard_path)))
     return weights
   if (directory / "pytorch_model.bin").exists():
     path = directory / "pytorch_model.bin"
-    return read_torch(path.read_bytes(), str(path))
+    return tensor_files.read_torch(path.read_bytes(), str(path))
   raise FileNotFoundError(f"{directory} has a config.json but no weights: expected one of "
                           f"{', '.join(WEIGHT_FILES)}.")
 

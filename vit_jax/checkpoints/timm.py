@@ -52,7 +52,7 @@ import flax
 import jax
 import numpy as np
 
-from vit_jax.checkpoints import npz
+from vit_jax.checkpoints import npz, tensor_files
 from vit_jax.models import resnet as resnet_lib
 from vit_jax.models import variants
 
@@ -99,31 +99,8 @@ def read_config(path: str | epath.PathLike) -> Optional[dict[str, Any]]:
   return None
 
 
-def _read_torch(data: bytes, source: str) -> dict[str, np.ndarray]:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  (optional: only .pth / .bin need it)
-  except ImportError as e:
-    raise ValueError(f"Reading {source} needs torch: pip install torch --index-url "
-                     "https://download.pytorch.org/whl/cpu (or use a .safetensors file).") from e
-  try:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  (torch raises many kinds on bad files)
-    raise ValueError(f"{source} is not a readable torch checkpoint ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''}).") from e
-  for key in ("state_dict", "model", "module"):  # timm / DeiT training checkpoints
-    if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-      state = state[key]
-      break
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict of tensors.")
-  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()
-          if isinstance(v, torch.Tensor)}
-
-
 def read_state_dict(path: str | epath.PathLike) -> dict[str, np.ndarray]:
   """The tensors of a timm checkpoint file or Hub directory, as float32 NumPy arrays."""
-  from vit_jax.checkpoints import hf  # pylint: disable=g-import-not-at-top  (shared reader)
-
   path = epath.Path(path)
   if path.is_dir():
     found = [path / name for name in WEIGHT_FILES if (path / name).exists()]
@@ -135,9 +112,9 @@ def read_state_dict(path: str | epath.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"No checkpoint at {path}.")
   data = path.read_bytes()
   if path.name.endswith(".safetensors"):
-    state = hf.read_safetensors(data, str(path))
+    state = tensor_files.read_safetensors(data, str(path))
   else:
-    state = _read_torch(data, str(path))
+    state = tensor_files.read_torch(data, str(path))
   if state and all(k.startswith("module.") for k in state):  # DistributedDataParallel
     state = {k[len("module."):]: v for k, v in state.items()}
   return {k: np.asarray(v, np.float32) for k, v in state.items()}
