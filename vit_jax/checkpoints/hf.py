@@ -22,6 +22,7 @@ representation_size=None plain (non-hybrid) ViTs map onto it, and none of the ar
 `check_exportable` names each one it meets; an import refuses `qkv_bias=False` (our use_bias=False
 drops every bias, not only q/k/v's).
 """
+import functools
 import json
 import re
 from typing import Any, Mapping, Sequence
@@ -324,16 +325,8 @@ def params_from_state_dict(weights: Mapping[str, np.ndarray], *, depth: int, num
 
   out = {}
 
-  def dense(hf: str, ours: str, in_shape: tuple[int, ...] = (), out_shape: tuple[int, ...] = ()):
-    kernel = take(f"{hf}.weight").T  # torch (out, in) -> flax (in, out)
-    out[f"{ours}/kernel"] = kernel.reshape(*(in_shape or kernel.shape[:1]),
-                                           *(out_shape or kernel.shape[1:]))
-    bias = take(f"{hf}.bias")
-    out[f"{ours}/bias"] = bias.reshape(*(out_shape or bias.shape))
-
-  def norm(hf: str, ours: str) -> None:
-    out[f"{ours}/scale"] = take(f"{hf}.weight")
-    out[f"{ours}/bias"] = take(f"{hf}.bias")
+  dense = functools.partial(tensor_files.torch_dense, out, take)
+  norm = functools.partial(tensor_files.torch_norm, out, take)
 
   out["cls"] = take("vit.embeddings.cls_token")
   out["Transformer/posembed_input/pos_embedding"] = take("vit.embeddings.position_embeddings")

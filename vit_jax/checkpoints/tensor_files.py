@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -57,3 +57,21 @@ def read_torch(data: bytes, source: str = "torch file") -> dict[str, np.ndarray]
     raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict of tensors.")
   return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()
           if isinstance(v, torch.Tensor)}
+
+
+def torch_dense(out: dict[str, np.ndarray], take: Callable[[str], np.ndarray], name: str,
+                ours: str, in_shape: Sequence[int] = (), out_shape: Sequence[int] = ()) -> None:
+  """Writes torch Linear `name` (weight (out, in), bias) as flax `ours/kernel` (in, out), reshaped
+  to `in_shape` + `out_shape` where given (attention heads), and `ours/bias`."""
+  kernel = take(f"{name}.weight").T
+  out[f"{ours}/kernel"] = kernel.reshape(*(in_shape or kernel.shape[:1]),
+                                         *(out_shape or kernel.shape[1:]))
+  bias = take(f"{name}.bias")
+  out[f"{ours}/bias"] = bias.reshape(*(out_shape or bias.shape))
+
+
+def torch_norm(out: dict[str, np.ndarray], take: Callable[[str], np.ndarray], name: str,
+               ours: str) -> None:
+  """Writes torch LayerNorm / GroupNorm `name` (weight, bias) as flax `ours/{scale,bias}`."""
+  out[f"{ours}/scale"] = take(f"{name}.weight")
+  out[f"{ours}/bias"] = take(f"{name}.bias")

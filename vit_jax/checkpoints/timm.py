@@ -41,6 +41,7 @@ parallel blocks, bias-free LayerNorms / MLPs (use_bias=False), a pre-logits laye
 or 'map' pooling (timm pools the patches only), DeiT distillation tokens, pre-norms, and any weight
 left over.
 """
+import functools
 import io
 import json
 import math
@@ -215,17 +216,8 @@ def params_from_state_dict(
   take = lambda key: _take(weights, key, source)
   out: FlatParams = {}
 
-  def dense(timm_name: str, ours: str, in_shape: Sequence[int] = (),
-            out_shape: Sequence[int] = ()) -> None:
-    kernel = take(f"{timm_name}.weight").T  # torch (out, in) -> flax (in, out)
-    out[f"{ours}/kernel"] = kernel.reshape(*(in_shape or kernel.shape[:1]),
-                                           *(out_shape or kernel.shape[1:]))
-    bias = take(f"{timm_name}.bias")
-    out[f"{ours}/bias"] = bias.reshape(*(out_shape or bias.shape))
-
-  def norm(timm_name: str, ours: str) -> None:
-    out[f"{ours}/scale"] = take(f"{timm_name}.weight")
-    out[f"{ours}/bias"] = take(f"{timm_name}.bias")
+  dense = functools.partial(tensor_files.torch_dense, out, take)
+  norm = functools.partial(tensor_files.torch_norm, out, take)
 
   for bad, why in (("dist_token", "DeiT's distillation token"), ("norm_pre.weight",
                    "a pre-norm (CLIP's norm_pre)"), ("patch_embed.norm.weight",
