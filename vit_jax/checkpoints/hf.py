@@ -221,15 +221,8 @@ def read_config(path: str | epath.PathLike) -> dict[str, Any] | None:
   """The config.json of the Hugging Face model directory `path` (or of the directory of the weights
   file `path`), or None if it is not one: no config.json naming a `model_type` or `architectures`
   (a run's WORKDIR/config.json names neither)."""
-  path = epath.Path(path)
-  directory = path if path.is_dir() else path.parent
-  try:
-    config = json.loads((directory / "config.json").read_text())
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-    return None
-  if isinstance(config, dict) and ("model_type" in config or "architectures" in config):
-    return config
-  return None
+  config = tensor_files.directory_config(path)
+  return config if config and ("model_type" in config or "architectures" in config) else None
 
 
 def model_fields(config: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:

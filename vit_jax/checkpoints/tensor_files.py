@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from etils import epath
 import ml_dtypes
 import numpy as np
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def directory_config(path: str | epath.PathLike) -> dict[str, Any] | None:
+  """The config.json object of the model directory `path` (or of the directory of the weights file
+  `path`), or None if there is none or it is not a JSON object."""
+  path = epath.Path(path)
+  directory = path if path.is_dir() else path.parent
+  try:
+    config = json.loads((directory / "config.json").read_text())
+  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+    return None
+  return config if isinstance(config, dict) else None
 
 
 def read_safetensors(data: bytes, source: str = "safetensors file") -> dict[str, np.ndarray]:

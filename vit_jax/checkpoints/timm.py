@@ -89,15 +89,8 @@ _ACT_LAYERS = (None, "gelu", *_GELU_TANH)
 def read_config(path: str | epath.PathLike) -> Optional[dict[str, Any]]:
   """The timm Hub `config.json` ({'architecture': ..., 'model_args': ...}) of the directory `path`
   (or of the weights file `path`'s directory), or None if there is none."""
-  path = epath.Path(path)
-  directory = path if path.is_dir() else path.parent
-  try:
-    config = json.loads((directory / "config.json").read_text())
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-    return None
-  if isinstance(config, dict) and isinstance(config.get("architecture"), str):
-    return config
-  return None
+  config = tensor_files.directory_config(path)
+  return config if config and isinstance(config.get("architecture"), str) else None
 
 
 def read_state_dict(path: str | epath.PathLike) -> dict[str, np.ndarray]:
