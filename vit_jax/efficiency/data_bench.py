@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Callable, Iterator
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -86,7 +87,7 @@ def plain_pil(files: list[str], size: int) -> Iterator[int]:
   while True:
     batch = []
     for path in rng.choice(files, _BATCH):
-      with open(path, "rb") as f:
+      with epath.Path(path).open("rb") as f:
         image = Image.open(f).convert("RGB")
       image = crop({"image": image}, rng)["image"]
       if rng.uniform() < 0.5:
