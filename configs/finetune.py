@@ -41,7 +41,9 @@ at 25% MFU.
 
 Args: dataset (cifar10), init (path), variant (from init), res (384 for the presets, else 224),
 steps, lr, batch (512), train_split, eval_split, data_dir (tfds), root (imagefolder), flip (True;
-never for bundled_mnist), runlocal (10 steps of 8 images at 32 px, 16-image evals: the smoke test of
+never for bundled_mnist, which gets resize and 2-px-at-28 shifts instead of crops), classes (a
+subset of the labels, e.g. 5-9, renumbered from 0; evals use the same), per_class (the first N
+training examples of each class: few-shot transfer), runlocal (10 steps of 8 images at 32 px, 16-image evals: the smoke test of
 this recipe on a CPU).
 """
 from vit_jax.checkpoints import imports
@@ -79,10 +81,12 @@ def pretrained_model(init: str, variant: str) -> tuple[dict, int]:
 
 def get_config(arg: str | None = None):
   a = parse_arg(arg, dataset="cifar10", init="", variant="", res=0, steps=0, lr=0.0, batch=512,
-                train_split="", eval_split="", data_dir="", root="", flip=True, runlocal=False)
+                train_split="", eval_split="", data_dir="", root="", flip=True, classes="",
+                per_class=0, runlocal=False)
   train_split, eval_split, steps, warmup, lr = PRESETS.get(a.dataset, OTHER)
   res = a.res or (32 if a.runlocal else 384 if a.dataset in PRESETS else 224)
-  data = dict(name=a.dataset, data_dir=a.data_dir or None, root=a.root or None)
+  data = dict(name=a.dataset, data_dir=a.data_dir or None, root=a.root or None,
+              classes=sources.parse_classes(a.classes))
   num_classes = sources.num_classes(data)
   model, channels = pretrained_model(a.init, a.variant)
 
@@ -93,11 +97,15 @@ def get_config(arg: str | None = None):
   c.dont_load = ("head/.*",)
   c.loss = "softmax_xent"
 
-  c.input.data.update(**data, split=a.train_split or train_split)
+  c.input.data.update(**data, split=a.train_split or train_split, per_class=a.per_class)
   pp_tail = f"|value_range(-1, 1)|onehot({num_classes})"
-  # Mirrored digits are other digits (or none): no flip for the bundled ones.
-  flip = "|flip_lr" if a.flip and a.dataset != "bundled_mnist" else ""
-  c.input.pp = f"decode({channels})|inception_crop({res}){flip}{pp_tail}"
+  if a.dataset == "bundled_mnist":
+    # A 5%-area crop of a digit is no digit, and a mirrored one is another digit (or none): the
+    # quickstart's small shifts instead.
+    augment = f"resize({res})|random_shift({max(1, round(2 * res / 28))})"
+  else:
+    augment = f"inception_crop({res})" + ("|flip_lr" if a.flip else "")
+  c.input.pp = f"decode({channels})|{augment}{pp_tail}"
   c.batch_size = a.batch
   c.total_steps = a.steps or steps
 

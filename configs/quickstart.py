@@ -15,23 +15,42 @@ via --config.seed): 95.2 / 95.8 / 95.4% test top-1 after 844 steps (24 epochs), 
 build, compile, evals included), 3 min 39 s for the whole README command with its install.
 
 Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
-data_dir (where the bundled dataset is built; default ~/tensorflow_datasets).
+data_dir (where the bundled dataset is built; default ~/tensorflow_datasets). For the experiments
+built on this recipe (`experiments/`): steps (train this many steps instead of `epochs`),
+train_images (the first N training digits; 0 = all 4,500), res (images resized to res x res; 28 = as stored), classes
+(a subset of the digits, e.g. 0-4, renumbered from 0; evals use the same classes), per_class (the
+first N training digits of each class), stem (a hybrid: a 7x7/2 convolution and a 3x3/2 max-pool,
+64 channels, before the patches; the patch size then counts stem outputs, so patch=1 keeps the 49
+tokens of patch 4).
 """
 from vit_jax.config import base_config, parse_arg
+from vit_jax.data import bundled_mnist, sources
+
+STEM = dict(num_layers=(), width_factor=1)  # A ResNet's root alone: 64 channels, stride 4.
 
 
 def get_config(arg: str | None = None):
-  a = parse_arg(arg, patch=4, width=64, depth=4, heads=4, epochs=24.0, batch=128, data_dir="")
+  a = parse_arg(arg, patch=4, width=64, depth=4, heads=4, epochs=24.0, batch=128, data_dir="",
+                res=28, classes="", per_class=0, stem=False, steps=0, train_images=0)
   c = base_config()
   # No named variant: a ViT given by its dimensions.
   c.model.update(variant=None, patch_size=a.patch, width=a.width, depth=a.depth, num_heads=a.heads,
-                 mlp_dim=4 * a.width)
-  c.num_classes = 10
+                 mlp_dim=4 * a.width, resnet=STEM if a.stem else None)
+  classes = sources.parse_classes(a.classes)
+  c.num_classes = len(classes) or bundled_mnist.NUM_CLASSES
 
-  c.input.data.update(name="bundled_mnist", split="train", data_dir=a.data_dir or None)
-  c.input.pp = "decode(channels=1)|random_shift(2)|value_range(-1, 1)|onehot(10)"
+  split = f"train[:{a.train_images}]" if a.train_images else "train"
+  c.input.data.update(name="bundled_mnist", split=split, data_dir=a.data_dir or None,
+                      classes=classes, per_class=a.per_class)
+  resize = f"|resize({a.res})" if a.res != 28 else ""
+  shift = max(1, round(2 * a.res / 28))  # 2 px at 28 px.
+  c.input.pp = (f"decode(channels=1){resize}|random_shift({shift})|value_range(-1, 1)|"
+                f"onehot({c.num_classes})")
   c.batch_size = a.batch
-  c.total_epochs = a.epochs
+  if a.steps:
+    c.total_steps = a.steps
+  else:
+    c.total_epochs = a.epochs
 
   c.optim.name = "adamw"
   c.optim.lr = 3e-3
@@ -40,8 +59,9 @@ def get_config(arg: str | None = None):
   c.optim.schedule = "cosine"
   c.optim.grad_clip_norm = 1.0
 
-  c.evals.val = dict(data=dict(name="bundled_mnist", split="test"),  # data_dir: input's
-                     pp="decode(channels=1)|value_range(-1, 1)|onehot(10)", every_steps=250)
+  c.evals.val = dict(data=dict(name="bundled_mnist", split="test"),  # data_dir, classes: input's
+                     pp=f"decode(channels=1){resize}|value_range(-1, 1)|onehot({c.num_classes})",
+                     every_steps=250)
   c.eval_batch_size = 500
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250

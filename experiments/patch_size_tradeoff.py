@@ -25,22 +25,59 @@ ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) 
 
   (drop --dry_run to launch; --launcher=slurm --nodes=2 --gpus_per_node=8 for a GPU cluster.)
 """
+import itertools
+
+from vit_jax import models
 from vit_jax.config import parse_arg
+from vit_jax.models import flops
 from vit_jax.study import sweep
+
+
+SEEDS = (0, 1, 2)
+LOCAL_WIDTHS = sweep.zip_(sweep.axis("width", [16, 32, 64]), sweep.axis("heads", [1, 2, 4]))
+LOCAL_PATCHES = (2, 4, 7, 14)
+LOCAL_DEPTH = 2
+LOCAL_EPOCHS = 20.0
+LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128: 20 evals per trial.
+
+
+BATCH = 128  # The quickstart's.
+DIGITS_TRAIN_IMAGES = 4500
+
+
+def _train_flops(width: int, heads: int, patch: int) -> float:
+  """Analytic training FLOPs per 28x28x1 digit of the local grid's model."""
+  model = models.model_kwargs(None, patch_size=patch, width=width, depth=LOCAL_DEPTH,
+                              num_heads=heads, mlp_dim=4 * width)
+  return flops.train_flops_per_image(model, 28, channels=1, num_classes=10)
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
   a = parse_arg(arg, scale="local", data_dir="")
   if a.scale == "local":
-    widths = sweep.zip_(sweep.axis("width", [16, 32]), sweep.axis("heads", [1, 2]))
-    flexi = [{"width": 32, "heads": 2, "config.flexi.patch_sizes": (4, 7, 14)}]
-    trials = sweep.trials(sweep.product(widths, sweep.axis("patch", [2, 4, 7, 14])) + flexi)
-    return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", trials,
-                       base_args={"depth": 2, "epochs": 2.0},
-                       # The quickstart's 100 warm-up steps would outlast these 70-step runs.
-                       base_overrides={"optim.warmup_steps": 7},
-                       description="ViT depth 2, widths 16/32, patches 2/4/7/14, bundled digits, "
-                       "2 epochs; FlexiViT width 32 at patches 4/7/14")
+    grid = sweep.product(sweep.axis("config.seed", SEEDS), LOCAL_WIDTHS,
+                         sweep.axis("patch", LOCAL_PATCHES))
+    return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", sweep.trials(grid),
+                       base_args={"depth": LOCAL_DEPTH, "epochs": LOCAL_EPOCHS},
+                       base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
+                       description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
+                       f"2/4/7/14, bundled digits, {LOCAL_EPOCHS:g} epochs, seeds 0/1/2")
+  if a.scale == "compute_matched":
+    budget = LOCAL_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
+    points = []
+    for seed, size, patch in itertools.product(SEEDS, LOCAL_WIDTHS, LOCAL_PATCHES):
+      images = budget / _train_flops(size["width"], size["heads"], patch)
+      steps = images / BATCH
+      # Warm-up: the quickstart's 100 steps, or a fifth of a run shorter than 500 steps.
+      points.append({"config.seed": seed, **size, "patch": patch,
+                     "epochs": round(images / DIGITS_TRAIN_IMAGES, 3),
+                     "config.optim.warmup_steps": min(100, max(1, int(steps / 5))),
+                     "config.evals.val.every_steps": max(1, int(steps / 10))})
+    return sweep.Study("patch_size_tradeoff_compute_matched", "configs/quickstart.py",
+                       sweep.trials(points), base_args={"depth": LOCAL_DEPTH},
+                       description=f"The local grid at one training budget of {budget / 1e9:.1f} "
+                       "GFLOP per trial (20 epochs of width 32 / patch 7), steps set from the "
+                       "analytic FLOPs, seeds 0/1/2")
   if a.scale == "imagenet":
     if not a.data_dir:
       raise ValueError("scale=imagenet needs data_dir=<where imagenet2012 is prepared>, e.g. "

@@ -143,7 +143,8 @@ def test_finetune_takes_the_class_count_from_any_dataset_and_the_model_from_init
   digits = load_config("finetune", "dataset=bundled_mnist,init=/ckpt/ViT-B_16.npz")
   assert (digits.num_classes, digits.model.variant, digits.init) == (10, "ViT-B_16",
                                                                       "/ckpt/ViT-B_16.npz")
-  assert "flip_lr" not in digits.input.pp  # A mirrored digit is another digit (or none).
+  # A mirrored digit is another digit (or none); a 5% crop of one is no digit.
+  assert "flip_lr" not in digits.input.pp and "inception_crop" not in digits.input.pp
   augreg = load_config("finetune", "dataset=cifar100,init=/c/S_16-i21k-300ep-lr_0.001-aug_light1-"
                        "wd_0.03-do_0.0-sd_0.0.npz")
   assert augreg.model.variant == "S_16"
@@ -230,7 +231,7 @@ def test_finetune_runlocal_on_the_bundled_digits_from_a_grayscale_run(tmp_path):
   _train(pretrain, tmp_path / "digits")
   config = load_config("finetune", f"dataset=bundled_mnist,init={tmp_path / 'digits'},res=28,"
                        f"data_dir={tmp_path / 'tfds'},runlocal")
-  assert config.input.pp.startswith("decode(1)|inception_crop(28)|value_range")
+  assert config.input.pp.startswith("decode(1)|resize(28)|random_shift(2)|value_range")
   _train(config, tmp_path / "ft_digits")
   recorded = json.loads((tmp_path / "ft_digits" / "config.json").read_text())
   assert recorded["model"]["width"] == pretrain.model.width

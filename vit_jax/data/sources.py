@@ -67,6 +67,62 @@ class TfdsRecords(Sequence):
     return {"image": record["image"], "label": int(record["label"]), "id": example_id}
 
 
+class SelectedRecords(Sequence):
+  """The examples of `records` at `indices`, labels renumbered by `relabel` (old -> new)."""
+
+  def __init__(self, records: Sequence[dict[str, Any]], indices: Sequence[int],
+               relabel: Mapping[int, int]):
+    self._records = records
+    self._indices = list(indices)
+    self._relabel = dict(relabel)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = dict(self._records[self._indices[index]])
+    record["label"] = self._relabel[record["label"]]
+    return record
+
+
+def parse_classes(spec: str) -> tuple[int, ...]:
+  """A config-file arg naming classes: '' (all), '5-9' (a range) or '0+2+4'."""
+  if not spec:
+    return ()
+  try:
+    if "-" in spec:
+      first, last = (int(x) for x in spec.split("-"))
+      return tuple(range(first, last + 1))
+    return tuple(int(x) for x in spec.split("+"))
+  except ValueError:
+    raise ValueError(f"classes={spec!r}: write a range like 5-9 or labels like 0+2+4.") from None
+
+
+def _select(source: Source, classes: Sequence[int], per_class: int) -> Source:
+  """Only the examples of `classes` (renumbered 0..k-1 in the order given), the first
+  `per_class` of each in the source's order; reads every label once."""
+  classes = tuple(classes) or tuple(range(source.num_classes))
+  bad = [c for c in classes if not 0 <= c < source.num_classes]
+  if bad or len(set(classes)) != len(classes):
+    raise ValueError(f"data.classes={classes}: each must be a distinct label in "
+                     f"[0, {source.num_classes}) of {source.description}.")
+  relabel = {c: i for i, c in enumerate(classes)}
+  taken = dict.fromkeys(classes, 0)
+  indices = []
+  for index in range(len(source.records)):
+    label = source.records[index]["label"]
+    if label in taken and (not per_class or taken[label] < per_class):
+      taken[label] += 1
+      indices.append(index)
+  short = {c: n for c, n in taken.items() if per_class and n < per_class}
+  if short:
+    raise ValueError(f"data.per_class={per_class}: {source.description} has fewer examples of "
+                     f"classes {short} (label: count); lower per_class.")
+  what = f"classes {classes}" + (f", {per_class} per class" if per_class else "")
+  return Source(SelectedRecords(source.records, indices, relabel), len(classes),
+                f"{source.description} ({what})")
+
+
 def _imagefolder_classes(root: epath.Path) -> list[str]:
   # The union over all split folders, so that train and test agree on label ids.
   return sorted({d.name for s in root.iterdir() if s.is_dir()
@@ -174,6 +230,8 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
   """The class count of `data_cfg`'s dataset from its metadata alone (nothing is read or built):
   a tfds builder's label feature, or the class folders of an image folder."""
   name = data_cfg["name"]
+  if data_cfg.get("classes"):
+    return len(data_cfg["classes"])
   if name == IMAGEFOLDER:
     root = data_cfg.get("root")
     if not root or not epath.Path(root).expanduser().is_dir():
@@ -199,8 +257,10 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
 
 
 def open_source(data_cfg: Mapping[str, Any]) -> Source:
-  """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root)
-  (`config.input.data`); data_dir (tfds) and root (image folders) say where, if needed.
+  """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root,
+  classes, per_class) (`config.input.data`); data_dir (tfds) and root (image folders) say where,
+  if needed; `classes` (labels kept, renumbered 0..k-1) and `per_class` (the first N examples of
+  each) select a subset, e.g. for few-shot transfer.
 
   Raises FileNotFoundError / ValueError naming the command that prepares missing data.
   """
@@ -212,6 +272,8 @@ def open_source(data_cfg: Mapping[str, Any]) -> Source:
   else:
     data_dir = data_cfg.get("data_dir")
     source = _open_tfds(name, split, os.path.expanduser(data_dir) if data_dir else None)
+  if data_cfg.get("classes") or data_cfg.get("per_class"):
+    source = _select(source, data_cfg.get("classes") or (), data_cfg.get("per_class") or 0)
   if not len(source.records):
     raise ValueError(f"{source.description} has no examples.")
   return source

@@ -25,6 +25,8 @@ official one, each working scanned or not, with remat and at FlexiViT patch size
   `global_pool='avg'` ViTs (`fc_norm`), MAE and BEiT.
 * `posemb='rope2d'`: 2D axial rotary embedding of q and k in every encoder attention instead of a
   learned/fixed position embedding (no parameters); class token and registers are not rotated.
+* `posemb='none'`: no position information at all (a bag of patches; the ablation of the ViT
+  paper's Table 8 / Appendix D.4).
 
 Numerics of other libraries (`Model` fields), the official ones by default; an imported model sets
 them to reproduce its source's logits (vit_jax/checkpoints/timm.py, hf.py); on real checkpoints
@@ -57,7 +59,7 @@ from vit_jax.models.partitioning import init as _init
 Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map")
-POSEMBS = ("learn", "sincos2d", "rope2d")
+POSEMBS = ("learn", "sincos2d", "rope2d", "none")
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,

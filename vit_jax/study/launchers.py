@@ -25,7 +25,7 @@ from etils import epath
 
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.checkpoints.workdir import Workdir
-from vit_jax.study.sweep import Study, Trial
+from vit_jax.study.sweep import Study, Trial, without_seed
 
 TPU_CHIPS_PER_HOST = 4  # v4, v5e, v5p and v6e hosts each hold 4 chips.
 # Projection targets the local launcher profiles every trial for (vit_jax.efficiency.projection).
@@ -137,9 +137,25 @@ class LocalLauncher:
     commands.append([self.python, *train_args(study, trial, workdir)])
     return commands
 
+  def _reuse_seed_sibling_profile(self, study: Study, trial: Trial) -> None:
+    """A trial's program does not depend on its seed: a measured sibling that differs only in
+    `seed` lends its bench.json instead of measuring the same program again."""
+    workdir = trial_workdir(self.sweep_dir, trial)
+    if workdir.bench.exists():
+      return
+    key = without_seed(trial.name)
+    for other in study.trials:
+      source = trial_workdir(self.sweep_dir, other).bench
+      if other.name != trial.name and without_seed(other.name) == key and source.exists():
+        workdir.bench.write_bytes(source.read_bytes())
+        print(f"[{trial.name}] bench: the profile of {other.name} (differs only in seed)",
+              flush=True)
+        return
+
   def _run_trial(self, study: Study, trial: Trial, children: _Children) -> int:
     workdir = trial_workdir(self.sweep_dir, trial)
     workdir.root.mkdir(parents=True, exist_ok=True)
+    self._reuse_seed_sibling_profile(study, trial)
     for command in self.commands(study, trial):
       program = command[2].rsplit(".", 1)[-1]
       print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)

@@ -24,6 +24,7 @@ from etils import epath
 
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.efficiency import projection
+from vit_jax.study import sweep
 
 # Columns of the Markdown table: (row key, header, format).
 _TABLE_COLUMNS = (
@@ -206,11 +207,6 @@ def _size_label(row: dict[str, Any]) -> str:
   return f"{row['model'].split('/')[0] or 'ViT'} (width {row['width']})"
 
 
-def _without_seed(trial: str) -> str:
-  """The trial's name without its `seed=` part: what trials pooled over seeds share."""
-  return ",".join(part for part in trial.split(",") if not part.startswith("seed="))
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
   if not values:
     return None, None
@@ -222,7 +218,7 @@ def plot_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   sample std over the seeds of accuracy and img/s, and the seed count."""
   groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
   for row in rows:
-    groups.setdefault((_without_seed(row["trial"]), row["patch"]), []).append(row)
+    groups.setdefault((sweep.without_seed(row["trial"]), row["patch"]), []).append(row)
   points = []
   for (name, patch), members in groups.items():
     point = {"name": name, "patch": patch, "size": _size_label(members[0]),

@@ -106,6 +106,11 @@ class Trial:
     return {**self.config_args, **{OVERRIDE_PREFIX + k: v for k, v in self.overrides.items()}}
 
 
+def without_seed(trial_name: str) -> str:
+  """The trial's name without its `seed=` part: what trials repeated over seeds share."""
+  return ",".join(part for part in trial_name.split(",") if not part.startswith("seed="))
+
+
 def trials(points: Sequence[Point]) -> list[Trial]:
   """Named trials from sweep points; a name reads like the point, e.g. `variant=Ti,patch=16`."""
   result = []

@@ -1,0 +1,92 @@
+r"""Four claims about ViTs, each tested as a small experiment on the bundled digits (local scale).
+
+    python -m vit_jax.sweep experiments/digits_claims.py:claim=CLAIM --launcher=local --parallel=2
+    python -m vit_jax.report runs/sweeps/CLAIM_local [...] --out=experiments/CLAIM_local
+
+CLAIM is one of:
+* `transfer_pretrain`, then `transfer_finetune` and `transfer_scratch` (report all three
+  sweep dirs together): pre-training helps a small labelled set. Pre-train on digits 0-4 (2,243
+  training images, 28 px, patch 4: a 7x7 grid), fine-tune on digits 5-9 with 10 or 50 labels per
+  class at 56 px and patch 7 (an 8x8 grid: the position embedding is resized and the patch
+  embedding PI-resized on load), against the same model trained from scratch on the same labels
+  for the same steps (each with this project's recipe for its task: configs/finetune.py's SGD for
+  the fine-tunes, the quickstart's AdamW from scratch).
+* `hybrid`: a convolutional stem helps most when data is scarce (the ViT paper's inductive-bias
+  claim). ViT with 4x4 patches against a hybrid (a 7x7/2 convolution and a 3x3/2 max-pool, 64
+  channels, then 1x1 patches: the same 49 tokens) on the first 500 / 1,500 / 4,500 training digits,
+  703 steps each (20 epochs of the full set).
+* `posemb`: position embeddings none / learned / 2-D sin-cos.
+* `pool`: class token against global average pooling.
+
+Every trial is the patch-size study's width-64 model (depth 2, 4 heads, patch 4, the quickstart
+recipe for 20 epochs unless said otherwise), seeds 0 / 1 / 2, evaluated on the 500 test digits (the
+250 of digits 5-9 for transfer) every 35 steps.
+"""
+from vit_jax.config import parse_arg
+from vit_jax.study import sweep
+
+SEEDS = (0, 1, 2)
+MODEL = {"width": 64, "heads": 4, "depth": 2, "patch": 4}
+STEPS = 703  # 20 epochs of the 4,500 training digits at batch 128.
+EVAL_EVERY = 35
+# Few-shot transfer: digits 5-9, 200 steps of 25 images (the 50-image set holds 2 batches), at 56
+# px with 7x7 patches.
+FEWSHOT = {"classes": "5-9", "res": 56, "batch": 25}
+FEWSHOT_STEPS = 200
+FEWSHOT_EVAL_EVERY = 10
+LABELS_PER_CLASS = (10, 50)
+
+
+def _seeded(points: list[dict]) -> list[sweep.Trial]:
+  return sweep.trials(sweep.product(sweep.axis("config.seed", SEEDS), points))
+
+
+def get_sweep(arg: str | None = None) -> sweep.Study:
+  a = parse_arg(arg, claim="", pretrain_dir="runs/sweeps/transfer_pretrain_local")
+  every = {"evals.val.every_steps": EVAL_EVERY}
+  if a.claim == "transfer_pretrain":
+    return sweep.Study("transfer_pretrain_local", "configs/quickstart.py",
+                       _seeded([{}]),
+                       base_args={**MODEL, "classes": "0-4", "epochs": 20.0},
+                       base_overrides=every,
+                       description="ViT width 64, depth 2, patch 4 pre-trained on digits 0-4, "
+                       "28 px, 20 epochs")
+  if a.claim == "transfer_finetune":
+    # Each seed fine-tunes the pre-training of its own seed; the name leaves the path out.
+    trials = [sweep.Trial(f"seed={seed},per_class={n}",
+                          {"per_class": n, "init": f"{a.pretrain_dir}/seed={seed}"},
+                          {"seed": seed})
+              for seed in SEEDS for n in LABELS_PER_CLASS]
+    return sweep.Study("transfer_finetune_local", "configs/finetune.py", trials,
+                       base_args={"dataset": "bundled_mnist", **FEWSHOT, "steps": FEWSHOT_STEPS},
+                       base_overrides={"model.patch_size": 7,
+                                       "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
+                       description="fine-tuned from digits 0-4 on digits 5-9 with 10 / 50 labels "
+                       "per class at 56 px, patch 7, 200 steps")
+  if a.claim == "transfer_scratch":
+    return sweep.Study("transfer_scratch_local", "configs/quickstart.py",
+                       _seeded(sweep.axis("per_class", LABELS_PER_CLASS)),
+                       base_args={**MODEL, **FEWSHOT, "patch": 7, "steps": FEWSHOT_STEPS},
+                       base_overrides={"optim.warmup_steps": FEWSHOT_STEPS // 5,
+                                       "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
+                       description="trained from scratch on digits 5-9 with 10 / 50 labels per "
+                       "class at 56 px, patch 7, 200 steps")
+  if a.claim == "hybrid":
+    points = sweep.product([{"stem": False}, {"stem": True, "patch": 1}],
+                           sweep.axis("train_images", [500, 1500, 4500]))
+    return sweep.Study("hybrid_local", "configs/quickstart.py", _seeded(points),
+                       base_args={**MODEL, "steps": STEPS}, base_overrides=every,
+                       description="ViT patch 4 vs hybrid (conv stem, patch 1) on 500 / 1,500 / "
+                       "4,500 training digits, 703 steps")
+  if a.claim == "posemb":
+    return sweep.Study("posemb_local", "configs/quickstart.py",
+                       _seeded(sweep.axis("config.model.posemb", ["none", "learn", "sincos2d"])),
+                       base_args={**MODEL, "epochs": 20.0}, base_overrides=every,
+                       description="position embedding none / learned / sincos2d, 20 epochs")
+  if a.claim == "pool":
+    return sweep.Study("pool_local", "configs/quickstart.py",
+                       _seeded(sweep.axis("config.model.classifier", ["token", "gap"])),
+                       base_args={**MODEL, "epochs": 20.0}, base_overrides=every,
+                       description="class token vs global average pooling, 20 epochs")
+  raise ValueError(f"claim={a.claim!r}: choose transfer_pretrain, transfer_finetune, "
+                   "transfer_scratch, hybrid, posemb or pool.")

@@ -1,0 +1,30 @@
+r"""FlexiViT at the scale of the bundled digits: one model trained with a random patch size per
+step, against the models trained at one patch size each.
+
+    python -m vit_jax.sweep experiments/flexivit.py --launcher=local --parallel=2
+    python -m vit_jax.report runs/sweeps/flexivit_local --out=experiments/flexivit_local
+
+The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
+depth 2, 2 heads, 20 epochs, the quickstart recipe). Its parameters are those of patch 4; every
+step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
+position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
+runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
+patch-size study's width-32 trials: same model size, steps, batch and seeds. Seeds 0 / 1 / 2.
+"""
+from vit_jax.config import parse_arg
+from vit_jax.study import sweep
+
+SEEDS = (0, 1, 2)
+PATCH_SIZES = (2, 4, 7, 14)
+
+
+def get_sweep(arg: str | None = None) -> sweep.Study:
+  parse_arg(arg)  # No arguments: rejects any.
+  trials = sweep.trials(sweep.product(
+      sweep.axis("config.seed", SEEDS),
+      [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES}]))
+  return sweep.Study("flexivit_local", "configs/quickstart.py", trials,
+                     base_args={"depth": 2, "epochs": 20.0},
+                     base_overrides={"evals.val.every_steps": 35},
+                     description="FlexiViT: ViT width 32, depth 2, patch sizes 2/4/7/14 drawn per "
+                     "step, bundled digits, 20 epochs, seeds 0/1/2")
