@@ -6,10 +6,13 @@ import pytest
 from helpers import config_module, load_config
 from vit_jax import config as config_lib
 from vit_jax import models
+from vit_jax.models import flops
 from vit_jax.training import optimizers
 
 RECIPES = [
     ("quickstart", None), ("quickstart", "patch=7,width=32"),
+    ("quickstart", "stem=True,patch=1,train_images=500,steps=703"),
+    ("quickstart", "classes=5-9,per_class=10,res=56,patch=7,batch=25,steps=200"),
     ("vit_i1k", None), ("vit_i1k", "variant=B/16,epochs=300"), ("vit_i1k", "runlocal"),
     ("vit_i21k", "variant=L/16"), ("vit_i21k", "runlocal"), ("augreg_i21k", None),
     ("augreg_i21k", "variant=S/16,aug=strong2,runlocal"),
@@ -93,3 +96,25 @@ def test_parse_arg_types_and_errors():
     config_lib.parse_arg("epoch=3", epochs=90.0)
   with pytest.raises(ValueError, match="must be of type int"):
     config_lib.parse_arg("batch=lots", batch=1024)
+
+
+def test_quickstart_experiment_args_set_the_data_model_and_length():
+  """The args the local experiments sweep: a class subset renumbered in the head and evals, a
+  resolution in both pp strings, a hybrid stem, a prefix of the training digits, a step count."""
+  c = load_config("quickstart", "classes=5-9,per_class=10,res=56,patch=7,steps=200")
+  assert c.num_classes == 5 and c.input.data.classes == (5, 6, 7, 8, 9)
+  assert c.input.data.per_class == 10 and (c.total_steps, c.total_epochs) == (200, None)
+  assert c.input.pp == "decode(channels=1)|resize(56)|random_shift(4)|value_range(-1, 1)|onehot(5)"
+  [val] = config_lib.resolve_evals(c).values()
+  assert val.data["classes"] == (5, 6, 7, 8, 9) and "|resize(56)|" in val.pp
+  c = load_config("quickstart", "stem=True,patch=1,train_images=500")
+  assert c.input.data.split == "train[:500]" and c.model.resnet == {"num_layers": (),
+                                                                     "width_factor": 1}
+  kwargs = models.model_kwargs(**c.model.to_dict())
+  # The stem (/4) then 1x1 patches: the 49 tokens of patch 4, plus the convolution's FLOPs.
+  stem = 2 * 14 * 14 * 7 * 7 * 64
+  assert flops.forward_flops_per_image(kwargs, 28, 1) - stem == flops.forward_flops_per_image(
+      {**kwargs, "resnet": None, "patch_size": (4, 4)}, 28, 1) - 2 * 49 * 16 * 64 + 2 * 49 * 64 * 64
+  default = load_config("quickstart")
+  assert default.input.pp == "decode(channels=1)|random_shift(2)|value_range(-1, 1)|onehot(10)"
+  assert default.model.resnet is None and default.input.data.split == "train"

@@ -1,4 +1,5 @@
 """Sources and pipeline: real tfds builders built locally, tfds mock_data, real image folders."""
+import io
 import json
 import logging
 
@@ -285,3 +286,29 @@ def test_bundled_mnist(tmp_path):
   assert batch["image"].shape == (16, 28, 28, 1) and batch["label"].shape == (16, 10)
   with pytest.raises(ValueError, match="10 classes but the pp string has onehot\\(5\\)"):
     pipeline.check_ready(input_config(data=data, pp="decode|onehot(5)"))
+
+
+def test_class_subsets_renumber_labels_and_take_the_first_per_class(tmp_path):
+  """data.classes keeps those labels (renumbered in the order given), data.per_class the first N
+  of each; a too-small class or a bad label is one message."""
+  builder = TinyDigits(data_dir=str(tmp_path))
+  builder.download_and_prepare(file_format="array_record")
+  data = {"name": "tiny_digits", "split": "train", "data_dir": str(tmp_path)}
+  full = sources.open_source(data).records
+  source = sources.open_source({**data, "classes": (2, 0), "per_class": 3})
+  assert source.num_classes == 2 and len(source.records) == 6
+  pixel = lambda record: int(np.asarray(Image.open(io.BytesIO(record["image"])))[0, 0, 0])
+  first = {c: [i for i in range(len(full)) if full[i]["label"] == c][:3] for c in (0, 2)}
+  # The first 3 of each class, in the source's order, labels renumbered 2 -> 0 and 0 -> 1.
+  assert [(pixel(r), r["label"]) for r in source.records] == [
+      (pixel(full[i]), {2: 0, 0: 1}[full[i]["label"]]) for i in sorted(first[0] + first[2])]
+  assert sources.num_classes({**data, "classes": (2, 0)}) == 2
+  assert "classes (2, 0), 3 per class" in source.description
+  with pytest.raises(ValueError, match="per_class=5: .* fewer examples of classes"):
+    sources.open_source({**data, "classes": (1,), "per_class": 5})
+  with pytest.raises(ValueError, match=r"data.classes=\(0, 3\)"):
+    sources.open_source({**data, "classes": (0, 3)})
+  assert sources.parse_classes("5-9") == (5, 6, 7, 8, 9)
+  assert sources.parse_classes("0+2") == (0, 2) and sources.parse_classes("") == ()
+  with pytest.raises(ValueError, match="classes='a-b'"):
+    sources.parse_classes("a-b")

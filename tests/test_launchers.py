@@ -215,6 +215,33 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   assert all(workdir.trial_workdir(tmp_path / "sweep", t.name).is_done() for t in study.trials)
 
 
+def test_local_launcher_measures_a_program_once_for_all_its_seeds(tmp_path, monkeypatch):
+  """Trials that differ only in seed run one program: the first seed's bench.json is lent to the
+  others instead of measuring again."""
+  calls = tmp_path / "calls.jsonl"
+  interpreter = tmp_path / "python"
+  interpreter.write_text(RECORDER.format(python=sys.executable) + textwrap.dedent("""\
+      paths = dict(a[2:].split("=", 1) for a in sys.argv
+                   if a.startswith(("--output=", "--workdir=")))
+      if sys.argv[2] == "vit_jax.bench":
+        open(paths["output"], "w").write(json.dumps({"measured_by": paths["output"]}))
+      else:
+        open(os.path.join(paths["workdir"], "summary.json"), "w").write('{"done": true}')
+      """))
+  interpreter.chmod(0o755)
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  study = sweep.Study("t", "configs/x.py", sweep.trials(sweep.product(
+      sweep.axis("config.seed", [0, 1, 2]), sweep.axis("config.model.patch_size", [8, 16]))))
+  root = tmp_path / "sweep"
+  launchers.LocalLauncher(str(root), targets=(), python=str(interpreter)).launch(study)
+  benched = sorted(json.loads(line)[-1].split("/sweep/")[1].split("/")[0]
+                   for line in calls.read_text().splitlines() if "vit_jax.bench" in line)
+  assert benched == ["seed=0,patch_size=16", "seed=0,patch_size=8"]
+  for trial in study.trials:
+    profile = json.loads((root / trial.name / "bench.json").read_text())
+    assert profile["measured_by"].endswith(f"seed=0,{trial.name.split(',')[1]}/bench.json")
+
+
 def test_slurm_sequential_chains_the_jobs(fake_bin, study_file, tmp_path):
   result = _sweep_cli(study_file, "--launcher=slurm", f"--sweep_dir={tmp_path / 's'}",
                       "--sequential")

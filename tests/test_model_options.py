@@ -389,3 +389,25 @@ def test_options_are_config_fields_a_study_can_sweep():
 def test_bad_option_values(bad, message):
   with pytest.raises(ValueError, match=message):
     models.get_model("ViT-mu/4", num_classes=2, **bad)
+
+
+def test_without_a_position_embedding_a_gap_vit_sees_a_bag_of_patches():
+  """posemb='none' has no position parameters; with average pooling, shuffling the image's
+  patches leaves the logits unchanged, which a learned embedding does not."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, IMAGE, IMAGE, 3))
+  g = IMAGE // PATCH
+  blocks = x.reshape(2, g, PATCH, g, PATCH, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, g * g, -1)
+  order = jax.random.permutation(jax.random.PRNGKey(1), g * g)
+  shuffled = (blocks[:, order].reshape(2, g, g, PATCH, PATCH, 3).transpose(0, 1, 3, 2, 4, 5)
+              .reshape(x.shape))
+  for posemb, invariant in (("none", True), ("learn", False)):
+    model = _model(posemb=posemb, classifier="gap")
+    params = model.init(jax.random.PRNGKey(2), x, train=False)["params"]
+    # Random values everywhere: a zero-initialised head would make every logit equal.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+    params = tree.unflatten([p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    assert ("posembed_input" in params["Transformer"]) is not invariant
+    same = np.allclose(model.apply({"params": params}, x, train=False),
+                       model.apply({"params": params}, shuffled, train=False), atol=1e-5)
+    assert same is invariant, posemb

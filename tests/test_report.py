@@ -57,7 +57,8 @@ def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
   rows, metric = report.load_rows(str(sweep_dir))
   written = report.write_report(rows, metric, str(out))
   assert written == ["results.csv", "results.md", "accuracy_vs_train_gflops.png",
-                     "accuracy_vs_img_per_s.png", "img_per_s_vs_patch_size.png"]
+                     "accuracy_vs_img_per_s.png", "img_per_s_vs_patch_size.png",
+                     "accuracy_vs_train_compute.png", "accuracy_by_setting.png"]
   rows = list(csv.DictReader((out / "results.csv").open()))
   assert [(r["trial"], r["patch"], r["accuracy"]) for r in rows] == [
       ("width=32,patch_size=4", "4", "0.95"), ("width=32,patch_size=7", "7", "0.9"),
@@ -89,7 +90,8 @@ def _finished_trial(root, name, width, patch, acc, img_per_s):
   (root / name).mkdir()
   (root / name / "bench.json").write_text(json.dumps(_bench(width, patch, img_per_s)))
   (root / name / "summary.json").write_text(json.dumps({"done": True,
-                                                        "final": {"val/prec@1": acc}}))
+                                                        "final": {"val/prec@1": acc, "step": 100}}))
+  (root / name / "config.json").write_text(json.dumps({"batch_size": 10}))
 
 
 def _legend(ax):
@@ -182,3 +184,82 @@ def test_seeds_are_pooled_into_mean_and_std_with_error_bars(tmp_path):
   finally:
     _close_all()
   assert "3 seeds per point" in report.markdown_table(rows, metric)
+
+
+def test_last_quarter_change_is_the_trend_of_the_last_quarter():
+  flat_tail = [(0, 0.1), (50, 0.6), (75, 0.9), (80, 0.9), (90, 0.9), (100, 0.9)]
+  assert report.last_quarter_change(flat_tail) == pytest.approx(0.0)
+  rising = [(s, 0.5 + 0.001 * s) for s in range(0, 101, 10)]  # 0.1 per 100 steps.
+  assert report.last_quarter_change(rising) == pytest.approx(0.025)
+  assert report.last_quarter_change([(0, 0.1), (100, 0.9)]) is None  # One eval in the quarter.
+
+
+def _trial_with_curve(root, name, width, patch, curve, batch=10):
+  _finished_trial(root, name, width, patch, curve[-1][1], 1000)
+  (root / name / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": step, "val/prec@1": acc}) + "\n" for step, acc in curve))
+  (root / name / "summary.json").write_text(json.dumps(
+      {"done": True, "final": {"val/prec@1": curve[-1][1], "step": curve[-1][0]}}))
+  (root / name / "config.json").write_text(json.dumps({"batch_size": batch}))
+
+
+def test_pooled_table_checks_convergence_on_the_seed_mean(tmp_path):
+  """A setting converges when its seeds' mean accuracy moved < 0.3 points over the last quarter;
+  the table gives mean +- std over finished seeds and one run's training compute."""
+  trials = sweep.trials(sweep.product(sweep.axis("config.seed", [0, 1, 2]),
+                                      sweep.axis("config.model.patch_size", [4, 7])))
+  sweep.write_manifest(sweep.Study("conv", "configs/x.py", trials), str(tmp_path))
+  for t in trials:
+    seed, patch = t.overrides["seed"], t.overrides["model.patch_size"]
+    if patch == 4:  # Flat at the end, noisy per seed: +-0.4 points around 0.90 + seed / 100.
+      curve = [(s, 0.90 + seed / 100 + (0.004 if (s // 10 + seed) % 2 else -0.004))
+               for s in range(10, 101, 10)]
+    elif seed == 2:
+      continue  # Not run: the setting has 2 finished seeds.
+    else:  # Still rising by 1 point per quarter.
+      curve = [(s, 0.80 + 0.0004 * s) for s in range(10, 101, 10)]
+    _trial_with_curve(tmp_path, t.name, 32, patch, curve)
+  rows, metric = report.load_rows(str(tmp_path))
+  table = report.markdown_table(rows, metric)
+  pooled = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()
+            if line.startswith("| patch_size=")}
+  # Final accuracies 0.896, 0.914 and 0.916.
+  assert pooled["patch_size=4"][2:6] == ["3", "90.87 ± 1.10", "+0.00", "yes"]
+  assert pooled["patch_size=7"][2:6] == ["2", "84.00 ± 0.00", "+1.00", "**no**"]
+  assert pooled["patch_size=7"][8] == "14"  # GFLOPs per run: 3 x 32e-3 / 7 per image x 10 x 100.
+  assert "(missing)" in table and "seed=2,patch_size=7" in table
+
+
+def test_several_sweeps_report_together_with_a_frontier_and_the_setting_axis(tmp_path):
+  """A study and its baseline in one report (--only picking trials), each point naming its
+  study; the compute plot marks the frontier, the setting plot draws the last swept key."""
+  for study, widths in (("base", [32, 64]), ("other", [32])):
+    trials = sweep.trials(sweep.product(sweep.axis("config.model.width", widths),
+                                        sweep.axis("config.model.patch_size", [4, 8])))
+    root = tmp_path / study
+    sweep.write_manifest(sweep.Study(study, "configs/x.py", trials), str(root))
+    for t in trials:
+      width, patch = t.overrides["model.width"], t.overrides["model.patch_size"]
+      accuracy = 0.5 + width / 200 - patch / 100 + (0.01 if study == "other" else 0.0)
+      _trial_with_curve(root, t.name, width, patch, [(50, accuracy), (100, accuracy)])
+  rows, metric = report.load_rows([str(tmp_path / "base"), str(tmp_path / "other")],
+                                  only=["width=32"])
+  assert [(r["study"], r["trial"]) for r in rows] == [
+      ("base", "width=32,patch_size=4"), ("base", "width=32,patch_size=8"),
+      ("other", "width=32,patch_size=4"), ("other", "width=32,patch_size=8")]
+  assert "| study | setting |" in report.markdown_table(rows, metric)
+  figures = report.figures(rows, metric)
+  try:
+    ax = figures["accuracy_by_setting.png"].axes[0]
+    assert ax.get_xlabel() == "patch_size" and _legend(ax) == ["base", "other"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8"]
+    ax = figures["accuracy_vs_train_compute.png"].axes[0]
+    assert "compute-optimal frontier" in _legend(ax)
+    [frontier] = [line for line in ax.get_lines() if line.get_label() == "compute-optimal frontier"]
+    # Patch 8 costs half of patch 4; "other" beats "base" at each: its two points are the front.
+    assert list(frontier.get_ydata()) == pytest.approx([100 * (0.5 + 0.16 - 0.08 + 0.01),
+                                                         100 * (0.5 + 0.16 - 0.04 + 0.01)])
+  finally:
+    _close_all()
+  with pytest.raises(ValueError, match="matches no trial"):
+    report.load_rows(str(tmp_path / "base"), only=["width=99"])

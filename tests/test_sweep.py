@@ -101,8 +101,49 @@ def test_cli_only_and_max_trials_launch_a_subset(tmp_path):
   result = subprocess.run([*command, "--only=patch=14$", "--max_trials=1"], cwd=REPO,
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "selected 1 of 9 trials of 'patch_size_tradeoff_local'" in result.stdout
-  assert "1 trials" in result.stdout and "width=16,heads=1,patch=14" in result.stdout
+  assert "selected 1 of 36 trials of 'patch_size_tradeoff_local'" in result.stdout
+  assert "1 trials" in result.stdout and "seed=0,width=16,heads=1,patch=14" in result.stdout
   assert "patch=2" not in result.stdout and "width=32" not in result.stdout
   result = subprocess.run([*command, "--only=patch=3"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and "matches no trial" in result.stderr
+
+
+STUDIES = {  # study spec: (name, trials)
+    "experiments/patch_size_tradeoff.py": ("patch_size_tradeoff_local", 36),
+    "experiments/patch_size_tradeoff.py:scale=compute_matched":
+        ("patch_size_tradeoff_compute_matched", 36),
+    "experiments/flexivit.py": ("flexivit_local", 3),
+    "experiments/digits_claims.py:claim=transfer_pretrain": ("transfer_pretrain_local", 3),
+    "experiments/digits_claims.py:claim=transfer_finetune": ("transfer_finetune_local", 6),
+    "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 6),
+    "experiments/digits_claims.py:claim=hybrid": ("hybrid_local", 18),
+    "experiments/digits_claims.py:claim=posemb": ("posemb_local", 9),
+    "experiments/digits_claims.py:claim=pool": ("pool_local", 6),
+}
+
+
+@pytest.mark.parametrize("spec", STUDIES)
+def test_committed_studies_repeat_every_setting_over_three_seeds(spec):
+  study = sweep.load_study(f"{REPO}/{spec}")
+  assert (study.name, len(study.trials)) == STUDIES[spec]
+  settings = {}
+  for trial in study.trials:
+    seed = trial.overrides["seed"]
+    settings.setdefault(sweep.without_seed(trial.name), set()).add(seed)
+  assert all(seeds == {0, 1, 2} for seeds in settings.values()), settings
+
+
+def test_compute_matched_trials_spend_one_training_budget():
+  """Steps come from the analytic FLOPs: every trial's epochs x images x FLOPs/img is the budget
+  (20 epochs of width 32 / patch 7), within the rounding of its epoch count."""
+  from vit_jax import models
+  from vit_jax.models import flops
+  study = sweep.load_study(f"{REPO}/experiments/patch_size_tradeoff.py:scale=compute_matched")
+  budgets = []
+  for trial in study.trials:
+    a = {**study.base_args, **trial.config_args}
+    model = models.model_kwargs(None, patch_size=a["patch"], width=a["width"], depth=a["depth"],
+                                num_heads=a["heads"], mlp_dim=4 * a["width"])
+    budgets.append(a["epochs"] * 4500 * flops.train_flops_per_image(model, 28, 1, 10))
+  assert max(budgets) / min(budgets) < 1.002
+  assert budgets[0] == pytest.approx(20 * 4500 * 2.881152e6, rel=2e-3)

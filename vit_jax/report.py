@@ -1,9 +1,11 @@
 r"""Sweep report: one row per trial, with its accuracy, efficiency profile and projections.
 
-    python -m vit_jax.report SWEEP_DIR [--out=DIR] [--metric=val/prec@1]
+    python -m vit_jax.report SWEEP_DIR [SWEEP_DIR ...] [--out=DIR] [--metric=val/prec@1]
+        [--only=REGEX ...]
 
-Writes `results.csv`, `results.md` and three plots into `--out` (default: SWEEP_DIR); both may be
-local or gs:// (vit_jax.study.report).
+Writes `results.csv`, `results.md` and five plots into `--out` (default: the first SWEEP_DIR); all
+may be local or gs:// (vit_jax.study.report). Several sweep dirs are reported together: a study
+and its baselines (e.g. FlexiViT and the per-size models), each row naming its study.
 """
 from typing import Sequence
 
@@ -15,16 +17,18 @@ from vit_jax.study import report
 
 _OUT = flags.DEFINE_string("out", None,
                            "Directory for the CSV, Markdown table and plots (default: SWEEP_DIR).")
+_ONLY = flags.DEFINE_multi_string(
+    "only", None, "Report only the trials whose name matches one of these regular expressions.")
 _METRIC = flags.DEFINE_string(
     "metric", None, "Accuracy metric key (default: the first `*prec@1` eval metric).")
 
 
 def main(argv: Sequence[str]) -> None:
   with bad_input():
-    if len(argv) != 2:
-      raise ValueError(f"expected one sweep dir, got {list(argv[1:])}; usage: python -m "
-                       "vit_jax.report SWEEP_DIR [--out=DIR] [--metric=val/prec@1]")
-    rows, metric = report.load_rows(argv[1], _METRIC.value)
+    if len(argv) < 2:
+      raise ValueError("expected at least one sweep dir; usage: python -m vit_jax.report "
+                       "SWEEP_DIR [SWEEP_DIR ...] [--out=DIR] [--metric=val/prec@1]")
+    rows, metric = report.load_rows(argv[1:], _METRIC.value, _ONLY.value or ())
   written = report.write_report(rows, metric, _OUT.value or argv[1])
   print(f"wrote {', '.join(written)} to {_OUT.value or argv[1]}")
 

@@ -1,10 +1,16 @@
 """Sweep report: one row per trial (swept values, final metrics, efficiency profile, projections).
 
-The library side of `python -m vit_jax.report SWEEP_DIR [--out=DIR] [--metric=val/prec@1]`. Writes
-`results.csv`, `results.md` and three plots into `--out` (default: SWEEP_DIR): accuracy vs training
-GFLOPs per image, accuracy vs measured img/s with the Pareto front, and img/s vs patch size per
-model size. A FlexiViT trial (one model evaluated at several patch sizes) gives one row per
-evaluated patch size.
+The library side of `python -m vit_jax.report SWEEP_DIR [SWEEP_DIR ...] [--out=DIR] [--only=RE]`.
+Writes `results.csv`, `results.md` and five plots into `--out` (default: the first SWEEP_DIR):
+accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s vs
+patch size per model size, accuracy vs each trial's total training compute with the
+compute-optimal frontier, and accuracy against the study's last swept setting. A FlexiViT trial
+(one model evaluated at several patch sizes) gives one row per evaluated patch size. Several sweep
+dirs are reported together (e.g. a study and its baselines), each row naming its study.
+
+Convergence: a trial's `last_quarter_change` is the change of its accuracy over the last quarter of
+its training, the least-squares trend of the evals there times the quarter's length; it counts as
+converged when that is under 0.3 points (`CONVERGED_CHANGE`).
 
 A partial sweep is reported as one: trials of the manifest that have not finished are named in the
 table's header and the plots' titles, and a warning goes to stdout. Trials that differ only in
@@ -36,6 +42,7 @@ _TABLE_COLUMNS = (
     ("peak_memory_mb", "peak mem (MB)", "{:.0f}"),
 )
 _FLEXI_METRIC = re.compile(r"^(?P<base>.+)@p(?P<patch>\d+)$")
+CONVERGED_CHANGE = 0.003  # 0.3 points of accuracy over the last quarter of training.
 
 
 def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
@@ -46,17 +53,60 @@ def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
 
 
 class Rows(list):
-  """The report's rows (one dict per trial and patch size) and where they come from: the study's
-  name and description (from its manifest) and the sweep dir."""
+  """The report's rows (one dict per trial and patch size) and where they come from: the studies'
+  names and descriptions (from their manifests), the sweep dirs, and the swept keys (short names,
+  `seed` excluded) in the order the studies sweep them."""
   study: str = ""
   description: str = ""
   sweep_dir: str = ""
+  swept: tuple[str, ...] = ()
 
 
-def load_rows(sweep_dir: str, metric: str | None = None) -> tuple[Rows, str | None]:
-  """Rows of the report in the sweep manifest's order (or the trial dirs' without one), and the
-  metric. A row's `status` is `done`, `running` (started, no final result) or `missing` (nothing
-  recorded: not launched, e.g. left out by --only / --max_trials)."""
+def last_quarter_change(history: Sequence[tuple[int, float]]) -> float | None:
+  """How much the metric moved over the last quarter of training: the least-squares slope of the
+  evals at steps >= 3/4 of the last one, times the quarter's length. None with < 2 such evals."""
+  if not history:
+    return None
+  last = max(step for step, _ in history)
+  tail = [(step, value) for step, value in history if step >= 0.75 * last]
+  if len(tail) < 2:
+    return None
+  steps, values = zip(*tail)
+  mean_step, mean_value = statistics.fmean(steps), statistics.fmean(values)
+  spread = sum((x - mean_step) ** 2 for x in steps)
+  if not spread:
+    return None
+  slope = sum((x - mean_step) * (y - mean_value) for x, y in tail) / spread
+  return slope * 0.25 * last
+
+
+def load_rows(sweep_dirs: str | Sequence[str], metric: str | None = None,
+              only: Sequence[str] = ()) -> tuple[Rows, str | None]:
+  """Rows of the report, sweep by sweep in each manifest's order (or the trial dirs' without one),
+  and the metric. `only`: regular expressions, one of which a trial name must contain. A row's
+  `status` is `done`, `running` (started, no final result) or `missing` (nothing recorded: not
+  launched, e.g. left out by --only / --max_trials)."""
+  dirs = [sweep_dirs] if isinstance(sweep_dirs, str) else list(sweep_dirs)
+  loaded, studies = [], []
+  for sweep_dir in dirs:
+    trials, study = _load_sweep(sweep_dir)
+    studies.append((study, sweep_dir))
+    loaded += [t for t in trials if not only or any(re.search(p, t[1]) for p in only)]
+  if not loaded:
+    raise ValueError(f"--only={list(only)} matches no trial of {dirs}.")
+  metric = metric or _pick_metric([t[4] for t in loaded])
+  rows = Rows(row for trial in loaded for row in _trial_rows(*trial, metric))
+  rows.study = " + ".join(m.get("name", "") or "sweep" for m, _ in studies)
+  rows.description = " | ".join(m["description"] for m, _ in studies if m.get("description"))
+  rows.sweep_dir = ", ".join(str(d) for d in dirs)
+  rows.swept = tuple(dict.fromkeys(
+      k.rsplit(".", 1)[-1] for m, _ in studies for t in m.get("trials", ())
+      for k in t["values"] if k.rsplit(".", 1)[-1] != "seed"))
+  return rows, metric
+
+
+def _load_sweep(sweep_dir: str) -> tuple[list[tuple], dict[str, Any]]:
+  """(study, name, values, bench, final, status, history, batch) per trial, and the manifest."""
   root = workdir_lib.resolve(sweep_dir)
   if not root.is_dir():
     raise FileNotFoundError(f"sweep dir {sweep_dir!r} does not exist; "
@@ -71,36 +121,49 @@ def load_rows(sweep_dir: str, metric: str | None = None) -> tuple[Rows, str | No
   if not trials:
     raise ValueError(f"{sweep_dir} holds no trials (no sweep.json, no trial dir with bench.json or "
                      "summary.json).")
+  manifest = manifest or {}
   loaded = []
   for name, values in trials:
     trial = workdir_lib.trial_workdir(root, name)
     final, done = trial.final_metrics()
     started = done or any(p.exists() for p in (trial.bench, trial.metrics, trial.summary))
     status = "done" if done else "running" if started else "missing"
-    loaded.append((name, values, workdir_lib.read_json(trial.bench) or {}, final, status))
-  metric = metric or _pick_metric([final for *_, final, _ in loaded])
-  rows = Rows(row for name, values, bench, final, status in loaded
-              for row in _trial_rows(name, values, bench, final, status, metric))
-  rows.study = (manifest or {}).get("name", "")
-  rows.description = (manifest or {}).get("description", "")
-  rows.sweep_dir = str(sweep_dir)
-  return rows, metric
+    config = workdir_lib.read_json(trial.config) or {}
+    loaded.append((manifest.get("name", ""), name, values,
+                   workdir_lib.read_json(trial.bench) or {}, final, status, trial.metric_rows(),
+                   config.get("batch_size")))
+  return loaded, manifest
 
 
-def _trial_rows(name: str, values: dict[str, Any], bench: dict[str, Any], final: dict[str, Any],
-                status: str, metric: str | None) -> list[dict[str, Any]]:
+def _trial_rows(study: str, name: str, values: dict[str, Any], bench: dict[str, Any],
+                final: dict[str, Any], status: str, history: Sequence[dict[str, Any]],
+                batch: int | None, metric: str | None) -> list[dict[str, Any]]:
   """One row, or one per patch size for a FlexiViT trial (metrics `<metric>@p<patch>`)."""
   flexi = {int(m["patch"]): v for k, v in final.items()
            if metric and (m := _FLEXI_METRIC.match(k)) and m["base"] == metric}
   profiles = {int(p): prof for p, prof in bench.get("per_patch_size", {}).items()}
-  base = {"trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()},
+  # A FlexiViT step costs the mean over the patch sizes it draws from.
+  per_image = ([p.get("train_gflops_per_image") for p in profiles.values()] if profiles
+               else [bench.get("train_gflops_per_image")])
+  steps = final.get("step")
+  total = (statistics.fmean(per_image) * batch * steps
+           if None not in per_image and batch and steps else None)
+  base = {"study": study, "trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()},
           "done": status == "done", "status": status, "model": bench.get("model_name", ""),
-          "width": bench.get("model", {}).get("width")}
+          "width": bench.get("model", {}).get("width"), "steps": steps,
+          "total_train_gflops": total}
+
+  def convergence(key: str) -> dict[str, Any]:
+    curve = {h["step"]: h[key] for h in history if key in h}  # The last eval of a step counts.
+    change = last_quarter_change(sorted(curve.items()))
+    return {"last_quarter_change": change, "_curve": curve}
+
   if not flexi:
     patch = (bench.get("model", {}).get("patch_size") or [None])[0]
     return [{**base, "patch": patch, "accuracy": final.get(metric) if metric else None,
-             **_efficiency(bench)}]
-  return [{**base, "patch": patch, "accuracy": accuracy, **_efficiency(profiles.get(patch, {}))}
+             **convergence(metric), **_efficiency(bench)}]
+  return [{**base, "patch": patch, "flexi": True, "accuracy": accuracy,
+           **convergence(f"{metric}@p{patch}"), **_efficiency(profiles.get(patch, {}))}
           for patch, accuracy in sorted(flexi.items())]
 
 
@@ -141,9 +204,9 @@ def _format(value: Any, fmt: str) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
-  columns = list(dict.fromkeys(k for row in rows for k in row))
+  columns = list(dict.fromkeys(k for row in rows for k in row if not k.startswith("_")))
   with path.open("w") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
 
@@ -177,7 +240,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
   """The table of every trial; projected throughputs are labelled as projections; a partial sweep
   says so above the table."""
   proj_keys = list(dict.fromkeys(k for row in rows for k in row if k.startswith("proj_img_per_s@")))
-  headers = ["trial", "patch", f"{metric or 'accuracy'}", *[h for _, h, _ in _TABLE_COLUMNS],
+  headers = ["trial", "patch", f"{metric or 'accuracy'}", "change over last 1/4 (pts)",
+             *[h for _, h, _ in _TABLE_COLUMNS],
              *[f"projected img/s {k.split('@', 1)[1]}" for k in proj_keys]]
   lines = []
   note = partial_note(rows)
@@ -187,10 +251,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
   statuses = trial_statuses(rows)
   for row in rows:
     cells = [row["trial"] + _ROW_SUFFIX[statuses[row["trial"]]], _format(row["patch"], "{}"),
-             _format(row["accuracy"], "{:.2%}"),
+             _format(row["accuracy"], "{:.2%}"), _points(row.get("last_quarter_change")),
              *[_format(row.get(k), fmt) for k, _, fmt in _TABLE_COLUMNS],
              *[_format(row.get(k), "{:.0f}") for k in proj_keys]]
     lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", *pooled_table(rows, metric)]
   devices = sorted({str(r["device"]) for r in rows if r.get("device")})
   lines.append("")
   lines.append(f"Measured on: {', '.join(devices) or 'unknown'}. Plots: {_seed_text(rows)} "
@@ -198,6 +263,36 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
                "vit_jax/efficiency/projection.py for the model and its check against published "
                "runs).")
   return "\n".join(lines) + "\n"
+
+
+def _points(change: float | None) -> str:
+  return "–" if change is None else f"{100 * change:+.2f}"
+
+
+def pooled_table(rows: Sequence[dict[str, Any]], metric: str | None) -> list[str]:
+  """The table of settings, seeds pooled: accuracy as mean +- sample std, the convergence check,
+  the cost of one training run."""
+  points = plot_points(rows)
+  multi_study = len({p["study"] for p in points}) > 1
+  headers = [*(["study"] if multi_study else []), "setting", "patch", "seeds",
+             f"{metric or 'accuracy'} mean ± std", "change over last 1/4 (pts)", "converged",
+             "params (M)", "train GFLOPs/img", "train GFLOPs per run", "img/s"]
+  lines = ["Mean over seeds (finished trials that differ only in seed). Change over the last "
+           "quarter: the least-squares trend of the seeds' mean accuracy over the evals in the "
+           "last quarter of training, times its length; converged when under "
+           f"{100 * CONVERGED_CHANGE:.1f} points.", "",
+           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  for p in points:
+    accuracy = ("–" if p["accuracy"] is None else f"{100 * p['accuracy']:.2f}" +
+                ("" if p["accuracy_std"] is None else f" ± {100 * p['accuracy_std']:.2f}"))
+    cells = [*([p["study"]] if multi_study else []), p["name"], _format(p["patch"], "{}"),
+             str(p["seeds"]), accuracy, _points(p["last_quarter_change"]),
+             {True: "yes", False: "**no**", None: "–"}[p["converged"]],
+             _format(p["params_m"], "{:.3g}"),
+             _format(p["train_gflops_per_image"], "{:.3g}"),
+             _format(p["total_train_gflops"], "{:,.0f}"), _format(p["img_per_s"], "{:,.0f}")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
 
 
 def _size_label(row: dict[str, Any]) -> str:
@@ -214,25 +309,48 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def plot_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One point per trial and patch size, trials that differ only in `seed` pooled: mean and
-  sample std over the seeds of accuracy and img/s, and the seed count."""
-  groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-  for row in rows:
-    groups.setdefault((sweep.without_seed(row["trial"]), row["patch"]), []).append(row)
+  """One point per study, trial and patch size, trials that differ only in `seed` pooled: mean and
+  sample std over the seeds of accuracy and img/s, the seed count, the largest last-quarter change
+  and how many seeds converged."""
+  groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+  for row in rows:  # A FlexiViT trial's rows are one point per patch size.
+    key = (row.get("study", ""), sweep.without_seed(row["trial"]),
+           row["patch"] if row.get("flexi") else None)
+    groups.setdefault(key, []).append(row)
+  multi_study = len({study for study, _, _ in groups}) > 1
   points = []
-  for (name, patch), members in groups.items():
-    point = {"name": name, "patch": patch, "size": _size_label(members[0]),
-             "seeds": len(members),
+  for (study, name, _), trials in groups.items():
+    size = _size_label(trials[0])
+    patch = next((r["patch"] for r in trials if r["patch"] is not None), None)
+    # Finished seeds only; a setting none of whose seeds finished shows its latest values.
+    members = [r for r in trials if r.get("done")] or trials
+    point = {"study": study, "name": name, "patch": patch, "flexi": bool(trials[0].get("flexi")),
+             "size": f"{study}: {size}" if multi_study else size,
+             "seeds": sum(bool(r.get("done")) for r in trials),
+             "params_m": members[0].get("params_m"),
              "train_gflops_per_image": members[0].get("train_gflops_per_image")}
-    for key in ("accuracy", "img_per_s"):
+    for key in ("accuracy", "img_per_s", "total_train_gflops"):
       point[key], point[f"{key}_std"] = _mean_std(
           [r[key] for r in members if r.get(key) is not None])
+    point["last_quarter_change"] = last_quarter_change(_mean_curve(
+        [r["_curve"] for r in members if r.get("done") and r.get("_curve")]))
+    point["converged"] = (None if point["last_quarter_change"] is None
+                          else abs(point["last_quarter_change"]) < CONVERGED_CHANGE)
+    point["setting"] = {k: trials[0].get(k) for k in getattr(rows, "swept", ()) if k != "patch"}
     points.append(point)
   return points
 
 
+def _mean_curve(curves: Sequence[dict[int, float]]) -> list[tuple[int, float]]:
+  """The mean over seeds at the steps every seed evaluated."""
+  if not curves:
+    return []
+  steps = sorted(set.intersection(*(set(c) for c in curves)))
+  return [(step, statistics.fmean(c[step] for c in curves)) for step in steps]
+
+
 def _seed_text(rows: Sequence[dict[str, Any]]) -> str:
-  seeds = sorted({p["seeds"] for p in plot_points(rows)}) or [1]
+  seeds = sorted({p["seeds"] for p in plot_points(rows) if p["seeds"]}) or [1]
   if seeds == [1]:
     return "One seed per point: no error bars."
   count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
@@ -342,7 +460,69 @@ def figures(rows: Sequence[dict[str, Any]], metric: str | None) -> dict[str, Any
   ax.set_ylabel("measured training throughput (img/s)")
   legend(ax)
   finish(fig, "img_per_s_vs_patch_size.png")
+
+  fig, ax = new_figure("accuracy vs compute per training run")
+  accuracy_scatter(ax, "total_train_gflops", x_err=False)
+  costed = [p for p in points if p.get("total_train_gflops") and p["accuracy"] is not None]
+  front = pareto_front([(-p["total_train_gflops"], p["accuracy"]) for p in costed])[::-1]
+  if front:
+    ax.plot([costed[i]["total_train_gflops"] for i in front],
+            [100 * costed[i]["accuracy"] for i in front], "k--", lw=1,
+            label="compute-optimal frontier")
+  ax.set_xlabel("training compute per run (GFLOPs, analytic: steps x batch x GFLOPs/img)")
+  legend(ax)
+  finish(fig, "accuracy_vs_train_compute.png")
+
+  x_key, series_keys = _setting_axes(rows, points)
+  fig, ax = new_figure(f"accuracy vs {x_key}")
+  series: dict[str, list[dict[str, Any]]] = {}
+  for p in points:
+    if p["accuracy"] is not None:
+      label = ", ".join([*([p["study"]] if len({q["study"] for q in points}) > 1 else []),
+                         *(f"{k}={_setting_value(p, k)}" for k in series_keys)]) or "all"
+      series.setdefault(label, []).append(p)
+  xs = list(dict.fromkeys(_setting_value(p, x_key) for members in series.values()
+                          for p in members))
+  numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+  position = (lambda x: x) if numeric else {x: i for i, x in enumerate(xs)}.get
+  offsets = {label: 0.0 if numeric else 0.08 * (i - (len(series) - 1) / 2)
+             for i, label in enumerate(series)}
+  for i, (label, members) in enumerate(series.items()):
+    members = sorted(members, key=lambda p: position(_setting_value(p, x_key)))
+    ax.errorbar([position(_setting_value(p, x_key)) + offsets[label] for p in members],
+                [100 * p["accuracy"] for p in members],
+                yerr=[100 * (p["accuracy_std"] or 0.0) for p in members], fmt="o-",
+                capsize=3, color=plt.cm.tab10(i % 10), label=label)
+  if numeric and xs and max(xs) / max(min(xs), 1e-9) >= 8:
+    ax.set_xscale("log", base=2 if x_key == "patch" else 10)
+  ticks = sorted(xs) if numeric else xs
+  ax.set_xticks([position(x) for x in ticks], labels=[str(x) for x in ticks])
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.set_xlabel(x_key + (" (px)" if x_key == "patch" else ""))
+  ax.set_ylabel(acc_label)
+  legend(ax)
+  finish(fig, "accuracy_by_setting.png")
   return made
+
+
+def _setting_value(point: dict[str, Any], key: str) -> Any:
+  value = point["patch"] if key == "patch" else point["setting"].get(key)
+  return _format(value, "{}") if isinstance(value, (list, tuple)) or value is None else value
+
+
+def _setting_axes(rows: Sequence[dict[str, Any]],
+                  points: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+  """The x axis of the by-setting plot (the last swept key whose value varies, or the patch) and
+  the keys telling its series apart (the other varying ones)."""
+  # The patch of a FlexiViT point is its eval's, not a swept value.
+  flexi = ("patch",) if any(p["flexi"] for p in points) else ()
+  keys = [k for k in (*getattr(rows, "swept", ()), *flexi)
+          if len({str(_setting_value(p, k)) for p in points}) > 1]
+  keys = list(dict.fromkeys(keys))
+  if not keys:
+    return "patch", []
+  x_key = "patch" if "patch" in keys and "patch_sizes" in keys else keys[-1]
+  return x_key, [k for k in keys if k != x_key]
 
 
 def write_plots(rows: Sequence[dict[str, Any]], out_dir: epath.Path,
