@@ -43,8 +43,8 @@ Args: dataset (cifar10), init (path), variant (from init), res (384 for the pres
 steps, lr, batch (512), train_split, eval_split, data_dir (tfds), root (imagefolder), flip (True;
 never for bundled_mnist, which gets resize and 2-px-at-28 shifts instead of crops), classes (a
 subset of the labels, e.g. 5-9, renumbered from 0; evals use the same), per_class (the first N
-training examples of each class: few-shot transfer), runlocal (10 steps of 8 images at 32 px, 16-image evals: the smoke test of
-this recipe on a CPU).
+training examples of each class: few-shot transfer), runlocal (10 steps of 8 images at 32 px,
+16-image evals: the smoke test of this recipe on a CPU).
 """
 from vit_jax.checkpoints import imports
 from vit_jax.config import base_config, parse_arg, shrink_to_runlocal

@@ -17,9 +17,9 @@ build, compile, evals included), 3 min 39 s for the whole README command with it
 Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
 data_dir (where the bundled dataset is built; default ~/tensorflow_datasets). For the experiments
 built on this recipe (`experiments/`): steps (train this many steps instead of `epochs`),
-train_images (the first N training digits; 0 = all 4,500), res (images resized to res x res; 28 = as stored), classes
-(a subset of the digits, e.g. 0-4, renumbered from 0; evals use the same classes), per_class (the
-first N training digits of each class), stem (a hybrid: a 7x7/2 convolution and a 3x3/2 max-pool,
+train_images (the first N training digits; 0 = all 4,500), res (images resized to res x res;
+28 = as stored), classes (a subset of the digits, e.g. 0-4, renumbered from 0; evals use the same
+classes), per_class (the first N training digits of each class), stem (a hybrid: a 7x7/2 convolution and a 3x3/2 max-pool,
 64 channels, before the patches; the patch size then counts stem outputs, so patch=1 keeps the 49
 tokens of patch 4).
 """

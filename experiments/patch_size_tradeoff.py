@@ -32,7 +32,6 @@ from vit_jax.config import parse_arg
 from vit_jax.models import flops
 from vit_jax.study import sweep
 
-
 SEEDS = (0, 1, 2)
 LOCAL_WIDTHS = sweep.zip_(sweep.axis("width", [16, 32, 64]), sweep.axis("heads", [1, 2, 4]))
 LOCAL_PATCHES = (2, 4, 7, 14)
