@@ -19,9 +19,9 @@ data_dir (where the bundled dataset is built; default ~/tensorflow_datasets). Fo
 built on this recipe (`experiments/`): steps (train this many steps instead of `epochs`),
 train_images (the first N training digits; 0 = all 4,500), res (images resized to res x res;
 28 = as stored), classes (a subset of the digits, e.g. 0-4, renumbered from 0; evals use the same
-classes), per_class (the first N training digits of each class), stem (a hybrid: a 7x7/2 convolution and a 3x3/2 max-pool,
-64 channels, before the patches; the patch size then counts stem outputs, so patch=1 keeps the 49
-tokens of patch 4).
+classes), per_class (the first N training digits of each class), stem (a hybrid: a 7x7/2
+convolution and a 3x3/2 max-pool, 64 channels, before the patches; the patch size then counts stem
+outputs, so patch=1 keeps the 49 tokens of patch 4).
 """
 from vit_jax.config import base_config, parse_arg
 from vit_jax.data import bundled_mnist, sources
