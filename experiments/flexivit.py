@@ -5,11 +5,13 @@ step, against the models trained at one patch size each.
     python -m vit_jax.report runs/sweeps/flexivit_local --out=experiments/flexivit_local
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
-depth 2, 2 heads, 20 epochs, the quickstart recipe). Its parameters are those of patch 4; every
+depth 2, 2 heads, 40 epochs, the quickstart recipe). Its parameters are those of patch 4; every
 step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
-patch-size study's width-32 trials: same model size, steps, batch and seeds. Seeds 0 / 1 / 2.
+patch-size study's width-32 trials: same model size, batch, seeds and 40 epochs, except patch 2,
+trained 20 epochs there (so FlexiViT had twice its budget at that size, a quarter of it at patch 2).
+Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
 from vit_jax.study import sweep
@@ -24,7 +26,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
       sweep.axis("config.seed", SEEDS),
       [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES}]))
   return sweep.Study("flexivit_local", "configs/quickstart.py", trials,
-                     base_args={"depth": 2, "epochs": 20.0},
+                     base_args={"depth": 2, "epochs": 40.0},
                      base_overrides={"evals.val.every_steps": 35},
                      description="FlexiViT: ViT width 32, depth 2, patch sizes 2/4/7/14 drawn per "
-                     "step, bundled digits, 20 epochs, seeds 0/1/2")
+                     "step, bundled digits, 40 epochs, seeds 0/1/2")

@@ -153,6 +153,8 @@ class LocalLauncher:
         return
 
   def _run_trial(self, study: Study, trial: Trial, children: _Children) -> int:
+    if children.signal_name:  # Stopping: leave a trial that never started untouched.
+      return 0
     workdir = trial_workdir(self.sweep_dir, trial)
     workdir.root.mkdir(parents=True, exist_ok=True)
     self._reuse_seed_sibling_profile(study, trial)
