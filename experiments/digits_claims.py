@@ -63,21 +63,24 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_args={"dataset": "bundled_mnist", **FEWSHOT, "steps": FEWSHOT_STEPS},
                        base_overrides={"model.patch_size": 7,
                                        "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
-                       description="ViT width 32 fine-tuned from digits 0-4 on digits 5-9 with 10 / 50 labels "
-                       "per class at 56 px, patch 7, 200 steps")
+                       plot_x="per_class",
+                       description="ViT width 32 fine-tuned from digits 0-4 on digits 5-9 with "
+                       "10 / 50 labels per class at 56 px, patch 7, 200 steps")
   if a.claim == "transfer_scratch":
     return sweep.Study("transfer_scratch_local", "configs/quickstart.py",
                        _seeded(sweep.axis("per_class", LABELS_PER_CLASS)),
                        base_args={**MODEL, **FEWSHOT, "patch": 7, "steps": FEWSHOT_STEPS},
                        base_overrides={"optim.warmup_steps": FEWSHOT_STEPS // 5,
                                        "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
-                       description="ViT width 32 trained from scratch on digits 5-9 with 10 / 50 labels per "
-                       "class at 56 px, patch 7, 200 steps")
+                       plot_x="per_class",
+                       description="ViT width 32 trained from scratch on digits 5-9 with 10 / 50 "
+                       "labels per class at 56 px, patch 7, 200 steps")
   if a.claim == "hybrid":
     points = sweep.product([{"stem": False}, {"stem": True, "patch": 1}],
                            sweep.axis("train_images", [500, 1500, 4500]))
     return sweep.Study("hybrid_local", "configs/quickstart.py", _seeded(points),
                        base_args={**MODEL, "steps": STEPS}, base_overrides=every,
+                       plot_x="train_images", plot_series=("stem",),
                        description="ViT width 32, patch 4 vs hybrid (conv stem, patch 1) on 500 / "
                        "1,500 / 4,500 training digits, 703 steps")
   if a.claim == "posemb":

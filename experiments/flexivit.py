@@ -27,6 +27,6 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
       [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES}]))
   return sweep.Study("flexivit_local", "configs/quickstart.py", trials,
                      base_args={"depth": 2, "epochs": 40.0},
-                     base_overrides={"evals.val.every_steps": 35},
+                     base_overrides={"evals.val.every_steps": 35}, plot_x="patch",
                      description="FlexiViT: ViT width 32, depth 2, patch sizes 2/4/7/14 drawn per "
                      "step, bundled digits, 40 epochs, seeds 0/1/2")

@@ -1,19 +1,27 @@
-r"""Patch size x model size: accuracy against measured and projected cost, in one table and three
-plots.
+r"""Patch size x model size: accuracy against measured, counted and projected cost.
 
-Local scale (default; a CPU, bundled digits; ~20 minutes for the whole study on a shared 2-core
-box):
+Local scale, at convergence (default; a CPU, the bundled digits; results and cost in
+experiments/patch_size_tradeoff_local/README.md):
 
-    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local --parallel=2
     python -m vit_jax.report runs/sweeps/patch_size_tradeoff_local \
         --out=experiments/patch_size_tradeoff_local
 
-  ViTs of depth 2 at widths 16 and 32 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28 digits
-  (196, 49, 16 and 4 patch tokens), 2 epochs each (70 steps of batch 128, 7 warm-up steps), the
-  quickstart recipe otherwise. Small on purpose: every trial fits in a couple of minutes on a shared
-  CPU. Plus one FlexiViT trial: the width-32 model (its own patch 4) trained with a patch size of 4,
-  7 or 14 drawn per step and evaluated at each, so one run gives its own accuracy-vs-patch-size
-  curve.
+  ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
+  digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
+  cosine, batch 128), 40 epochs (20 for patch 2), seeds 0 / 1 / 2, evaluated every epoch.
+
+Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
+
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=compute_matched \
+        --launcher=local --parallel=2
+    python -m vit_jax.report runs/sweeps/patch_size_tradeoff_compute_matched \
+        runs/sweeps/patch_size_tradeoff_local --out=experiments/patch_size_tradeoff_compute_matched
+
+  The same 12 models, each given one training budget of 259 GFLOPs (20 epochs of width 32 / patch
+  7): the epochs come from the analytic training FLOPs per image, so patch 14 at width 16 trains
+  213 epochs and patch 2 at width 64 a third of one. Warm-up: 100 steps, or a fifth of a shorter
+  run.
 
 ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) on a TPU pod slice:
 
@@ -64,6 +72,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
     return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", sweep.trials(grid),
                        base_args={"depth": LOCAL_DEPTH, "epochs": LOCAL_EPOCHS},
                        base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
+                       plot_x="patch", plot_series=("width",),
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
                        f"2/4/7/14, bundled digits, {LOCAL_EPOCHS:g} epochs (patch 2) or "
                        f"{LONG_EPOCHS:g} (patches 4/7/14), seeds 0/1/2")
@@ -80,6 +89,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                      "config.evals.val.every_steps": max(1, int(steps / 10))})
     return sweep.Study("patch_size_tradeoff_compute_matched", "configs/quickstart.py",
                        sweep.trials(points), base_args={"depth": LOCAL_DEPTH},
+                       plot_x="patch", plot_series=("width",),
                        description=f"The local grid at one training budget of {budget / 1e9:.1f} "
                        "GFLOP per trial (20 epochs of width 32 / patch 7), steps set from the "
                        "analytic FLOPs, seeds 0/1/2")

@@ -98,11 +98,11 @@ def test_select_picks_trials_by_name_pattern_and_count():
 def test_cli_only_and_max_trials_launch_a_subset(tmp_path):
   command = [sys.executable, "-m", "vit_jax.sweep", "experiments/patch_size_tradeoff.py",
              "--dry_run", f"--sweep_dir={tmp_path}"]
-  result = subprocess.run([*command, "--only=patch=14$", "--max_trials=1"], cwd=REPO,
+  result = subprocess.run([*command, "--only=patch=14,", "--max_trials=1"], cwd=REPO,
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "selected 1 of 36 trials of 'patch_size_tradeoff_local'" in result.stdout
-  assert "1 trials" in result.stdout and "seed=0,width=16,heads=1,patch=14" in result.stdout
+  assert "1 trials" in result.stdout and "seed=0,width=16,heads=1,patch=14,epochs" in result.stdout
   assert "patch=2" not in result.stdout and "width=32" not in result.stdout
   result = subprocess.run([*command, "--only=patch=3"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and "matches no trial" in result.stderr

@@ -4,7 +4,8 @@ The library side of `python -m vit_jax.report SWEEP_DIR [SWEEP_DIR ...] [--out=D
 Writes `results.csv`, `results.md` and five plots into `--out` (default: the first SWEEP_DIR):
 accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s vs
 patch size per model size, accuracy vs each trial's total training compute with the
-compute-optimal frontier, and accuracy against the study's last swept setting. A FlexiViT trial
+compute-optimal frontier, and accuracy by setting (the study's `plot_x` / `plot_series`, else its
+last swept key). A FlexiViT trial
 (one model evaluated at several patch sizes) gives one row per evaluated patch size. Several sweep
 dirs are reported together (e.g. a study and its baselines), each row naming its study.
 
@@ -60,6 +61,8 @@ class Rows(list):
   description: str = ""
   sweep_dir: str = ""
   swept: tuple[str, ...] = ()
+  plot_x: str = ""
+  plot_series: tuple[str, ...] = ()
 
 
 def last_quarter_change(history: Sequence[tuple[int, float]]) -> float | None:
@@ -99,6 +102,9 @@ def load_rows(sweep_dirs: str | Sequence[str], metric: str | None = None,
   rows.study = " + ".join(m.get("name", "") or "sweep" for m, _ in studies)
   rows.description = " | ".join(m["description"] for m, _ in studies if m.get("description"))
   rows.sweep_dir = ", ".join(str(d) for d in dirs)
+  rows.plot_x = next((m["plot_x"] for m, _ in studies if m.get("plot_x")), "")
+  rows.plot_series = next((tuple(m["plot_series"]) for m, _ in studies if m.get("plot_series")),
+                          ())
   rows.swept = tuple(dict.fromkeys(
       k.rsplit(".", 1)[-1] for m, _ in studies for t in m.get("trials", ())
       for k in t["values"] if k.rsplit(".", 1)[-1] != "seed"))
@@ -519,6 +525,8 @@ def _setting_axes(rows: Sequence[dict[str, Any]],
   keys = [k for k in (*getattr(rows, "swept", ()), *flexi)
           if len({str(_setting_value(p, k)) for p in points}) > 1]
   keys = list(dict.fromkeys(keys))
+  if getattr(rows, "plot_x", ""):  # The study's choice.
+    return rows.plot_x, [k for k in rows.plot_series if k in keys and k != rows.plot_x]
   if not keys:
     return "patch", []
   x_key = "patch" if "patch" in keys and "patch_sizes" in keys else keys[-1]

@@ -143,6 +143,10 @@ class Study:
   base_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   env: Mapping[str, str] = dataclasses.field(default_factory=dict)
   description: str = ""
+  # The report's accuracy-by-setting plot: its x axis and the keys naming its lines (short names,
+  # e.g. "patch" and ("width",)); by default the last swept key that varies, and the others.
+  plot_x: str = ""
+  plot_series: Sequence[str] = ()
   # Every trial of the study when `trials` is a selection of them (`select`); empty otherwise.
   all_trials: Sequence[Trial] = ()
 
@@ -158,7 +162,8 @@ class Study:
     return {
         "name": self.name, "config": self.config, "base_args": dict(self.base_args),
         "base_overrides": dict(self.base_overrides), "env": dict(self.env),
-        "description": self.description,
+        "description": self.description, "plot_x": self.plot_x,
+        "plot_series": list(self.plot_series),
         "trials": [{"name": t.name, "config_args": dict(t.config_args),
                     "overrides": dict(t.overrides), "values": t.values(),
                     "flags": self.train_args(t)} for t in (self.all_trials or self.trials)],
