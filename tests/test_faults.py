@@ -210,8 +210,9 @@ def test_a_stopped_sweep_stops_its_trial_resumably_without_orphans(data_root, tm
   study = tmp_path / "study.py"
   study.write_text("from vit_jax.study import sweep\n\n"
                    "def get_sweep():\n"
-                   f"  return sweep.Study('s', {config_file!r}, sweep.trials([{{}}]))\n")
-  trial = tmp_path / "sweep" / "default"
+                   f"  return sweep.Study('s', {config_file!r}, "
+                   "sweep.trials(sweep.axis('config.seed', [0, 1])))\n")
+  trial = tmp_path / "sweep" / "seed=0"
   launcher = subprocess.Popen(
       [sys.executable, "-m", "vit_jax.sweep", str(study), f"--sweep_dir={tmp_path / 'sweep'}",
        "--targets="], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -224,3 +225,4 @@ def test_a_stopped_sweep_stops_its_trial_resumably_without_orphans(data_root, tm
   with pytest.raises(ProcessLookupError):  # The trial was stopped and waited for, not orphaned.
     os.kill(trainer_pid, 0)
   assert _saved_steps(trial) and not (trial / "summary.json").exists()
+  assert not (tmp_path / "sweep" / "seed=1").exists()  # The next trial was never started.
