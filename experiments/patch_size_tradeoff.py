@@ -11,6 +11,15 @@ experiments/patch_size_tradeoff_local/README.md):
   digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
   cosine, batch 128), 40 epochs (20 for patch 2), seeds 0 / 1 / 2, evaluated every epoch.
 
+Convergence check (`:scale=longer`): widths 32 / 64 at patches 7 / 14 trained 80 epochs, seeds
+0 / 1 / 2, reported with the 40-epoch trials:
+
+    python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=longer --launcher=local \
+        --parallel=2
+    python -m vit_jax.report runs/sweeps/patch_size_tradeoff_longer \
+        runs/sweeps/patch_size_tradeoff_local --only='width=(32|64),heads=.,patch=(7|14)(,|$)' \
+        --out=experiments/patch_size_tradeoff_local/longer
+
 Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=compute_matched \
@@ -50,6 +59,7 @@ LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128.
 # 2 at 40 epochs (~70 CPU-minutes for 3 seeds of widths 32 and 64) did not fit the study's budget.
 LONG_PATCHES = (4, 7, 14)
 LONG_EPOCHS = 40.0
+CHECK_EPOCHS = 80.0  # scale=longer: do the cheapest converged-looking models gain from twice 40?
 
 
 BATCH = 128  # The quickstart's.
@@ -76,6 +86,15 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
                        f"2/4/7/14, bundled digits, {LOCAL_EPOCHS:g} epochs (patch 2) or "
                        f"{LONG_EPOCHS:g} (patches 4/7/14), seeds 0/1/2")
+  if a.scale == "longer":
+    grid = sweep.product(sweep.axis("config.seed", SEEDS), LOCAL_WIDTHS[1:],
+                         sweep.axis("patch", (7, 14)))
+    return sweep.Study("patch_size_tradeoff_longer", "configs/quickstart.py", sweep.trials(grid),
+                       base_args={"depth": LOCAL_DEPTH, "epochs": CHECK_EPOCHS},
+                       base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
+                       plot_x="patch", plot_series=("width",),
+                       description=f"Convergence check: widths 32/64 at patches 7/14 trained "
+                       f"{CHECK_EPOCHS:g} epochs, seeds 0/1/2")
   if a.scale == "compute_matched":
     budget = LOCAL_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
     points = []
