@@ -164,25 +164,32 @@ def test_slurm_dry_run_writes_nothing(fake_bin, study_file, tmp_path):
   assert result.stdout.count("#SBATCH --gpus-per-node=8") == 4
 
 
-def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
-  """The interpreter is a recording program: bench writes bench.json; training of patch 16 fails
-  once."""
+def _fake_interpreter(tmp_path, monkeypatch, body):
+  """A recording `python` program; `body` runs with the --output / --workdir values in `paths`."""
   calls = tmp_path / "calls.jsonl"
   interpreter = tmp_path / "python"
   interpreter.write_text(RECORDER.format(python=sys.executable) + textwrap.dedent("""\
       paths = dict(a[2:].split("=", 1) for a in sys.argv
                    if a.startswith(("--output=", "--workdir=")))
+      """) + textwrap.dedent(body))
+  interpreter.chmod(0o755)
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  return interpreter, calls
+
+
+def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
+  """The interpreter is a recording program: bench writes bench.json; training of patch 16 fails
+  once."""
+  interpreter, calls = _fake_interpreter(tmp_path, monkeypatch, """\
       if sys.argv[2] == "vit_jax.bench":
         open(paths["output"], "w").write("{}")
       elif "patch_size=16" in paths["workdir"] and os.path.exists(os.environ["FAIL_PATCH_16"]):
         sys.exit(3)
       else:
         open(os.path.join(paths["workdir"], "summary.json"), "w").write('{"done": true}')
-      """))
-  interpreter.chmod(0o755)
+      """)
   fail_marker = tmp_path / "fail"
   fail_marker.touch()
-  monkeypatch.setenv("FAKE_CALLS", str(calls))
   monkeypatch.setenv("FAIL_PATCH_16", str(fail_marker))
   points = sweep.product(sweep.axis("variant", ["Ti", "S"]),
                          sweep.axis("config.model.patch_size", [8, 16]))
@@ -218,18 +225,12 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
 def test_local_launcher_measures_a_program_once_for_all_its_seeds(tmp_path, monkeypatch):
   """Trials that differ only in seed run one program: the first seed's bench.json is lent to the
   others instead of measuring again."""
-  calls = tmp_path / "calls.jsonl"
-  interpreter = tmp_path / "python"
-  interpreter.write_text(RECORDER.format(python=sys.executable) + textwrap.dedent("""\
-      paths = dict(a[2:].split("=", 1) for a in sys.argv
-                   if a.startswith(("--output=", "--workdir=")))
+  interpreter, calls = _fake_interpreter(tmp_path, monkeypatch, """\
       if sys.argv[2] == "vit_jax.bench":
         open(paths["output"], "w").write(json.dumps({"measured_by": paths["output"]}))
       else:
         open(os.path.join(paths["workdir"], "summary.json"), "w").write('{"done": true}')
-      """))
-  interpreter.chmod(0o755)
-  monkeypatch.setenv("FAKE_CALLS", str(calls))
+      """)
   study = sweep.Study("t", "configs/x.py", sweep.trials(sweep.product(
       sweep.axis("config.seed", [0, 1, 2]), sweep.axis("config.model.patch_size", [8, 16]))))
   root = tmp_path / "sweep"
