@@ -33,9 +33,9 @@ STEPS = 703  # 20 epochs of the 4,500 training digits at batch 128.
 EPOCHS = 40.0  # Pre-training.
 OPTION_EPOCHS = 20.0  # Position embeddings and pooling: 40 would not fit the two hours.
 EVAL_EVERY = 35
-# Few-shot transfer: digits 5-9, 200 steps of 25 images (the 50-image set holds 2 batches), at 56
+# Few-shot transfer: digits 5-9, 200 steps of 24 images (the 50-image set holds 2 batches), at 56
 # px with 7x7 patches.
-FEWSHOT = {"classes": "5-9", "res": 56, "batch": 25}
+FEWSHOT = {"classes": "5-9", "res": 56, "batch": 24}
 FEWSHOT_STEPS = 200
 FEWSHOT_EVAL_EVERY = 10
 LABELS_PER_CLASS = (10, 50)
