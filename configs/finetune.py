@@ -48,7 +48,7 @@ training examples of each class: few-shot transfer), runlocal (10 steps of 8 ima
 """
 from vit_jax.checkpoints import imports
 from vit_jax.config import base_config, parse_arg, shrink_to_runlocal
-from vit_jax.data import sources
+from vit_jax.data import bundled_mnist, sources
 
 # tfds name: (train split, eval split, steps, warmup steps, lr); 384 px.
 PRESETS = {
@@ -102,7 +102,7 @@ def get_config(arg: str | None = None):
   if a.dataset == "bundled_mnist":
     # A 5%-area crop of a digit is no digit, and a mirrored one is another digit (or none): the
     # quickstart's small shifts instead.
-    augment = f"resize({res})|random_shift({max(1, round(2 * res / 28))})"
+    augment = f"resize({res})|random_shift({bundled_mnist.max_shift(res)})"
   else:
     augment = f"inception_crop({res})" + ("|flip_lr" if a.flip else "")
   c.input.pp = f"decode({channels})|{augment}{pp_tail}"

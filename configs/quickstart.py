@@ -42,10 +42,9 @@ def get_config(arg: str | None = None):
   split = f"train[:{a.train_images}]" if a.train_images else "train"
   c.input.data.update(name="bundled_mnist", split=split, data_dir=a.data_dir or None,
                       classes=classes, per_class=a.per_class)
-  resize = f"|resize({a.res})" if a.res != 28 else ""
-  shift = max(1, round(2 * a.res / 28))  # 2 px at 28 px.
-  c.input.pp = (f"decode(channels=1){resize}|random_shift({shift})|value_range(-1, 1)|"
-                f"onehot({c.num_classes})")
+  resize = f"|resize({a.res})" if a.res != bundled_mnist.IMAGE_SIZE else ""
+  c.input.pp = (f"decode(channels=1){resize}|random_shift({bundled_mnist.max_shift(a.res)})|"
+                f"value_range(-1, 1)|onehot({c.num_classes})")
   c.batch_size = a.batch
   if a.steps:
     c.total_steps = a.steps

