@@ -5,12 +5,12 @@ step, against the models trained at one patch size each.
     python -m vit_jax.report runs/sweeps/flexivit_local --out=experiments/flexivit_local
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
-depth 2, 2 heads, 40 epochs, the quickstart recipe). Its parameters are those of patch 4; every
+depth 2, 2 heads, 80 epochs, the quickstart recipe). Its parameters are those of patch 4; every
 step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
-patch-size study's width-32 trials: same model size, batch, seeds and 40 epochs, except patch 2,
-trained 20 epochs there (so FlexiViT had twice its budget at that size, a quarter of it at patch 2).
+patch-size study's width-32 trials: same model size, batch, seeds and 80 epochs, except patch 2,
+trained 40 epochs there (so FlexiViT had twice its budget at that size, a quarter of it at patch 2).
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
@@ -18,15 +18,17 @@ from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 PATCH_SIZES = (2, 4, 7, 14)
+EPOCHS = 80.0  # The per-size models' (experiments/patch_size_tradeoff.py, patches 4 / 7 / 14).
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
   parse_arg(arg)  # No arguments: rejects any.
   trials = sweep.trials(sweep.product(
       sweep.axis("config.seed", SEEDS),
-      [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES}]))
+      [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES,
+        "epochs": EPOCHS}]))
   return sweep.Study("flexivit_local", "configs/quickstart.py", trials,
-                     base_args={"depth": 2, "epochs": 40.0},
+                     base_args={"depth": 2},
                      base_overrides={"evals.val.every_steps": 35}, plot_x="patch",
                      description="FlexiViT: ViT width 32, depth 2, patch sizes 2/4/7/14 drawn per "
-                     "step, bundled digits, 40 epochs, seeds 0/1/2")
+                     f"step, bundled digits, {EPOCHS:g} epochs, seeds 0/1/2")

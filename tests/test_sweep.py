@@ -75,6 +75,15 @@ def test_manifest_refuses_a_sweep_dir_whose_trials_ran_with_other_flags(tmp_path
                          str(tmp_path))
 
 
+def test_without_seed_names_the_setting_seeds_share():
+  names = [t.name for t in sweep.trials(sweep.product(sweep.axis("config.seed", [0, 1]),
+                                                      sweep.axis("patch", [4])))]
+  assert names == ["seed=0,patch=4", "seed=1,patch=4"]
+  assert {sweep.without_seed(n) for n in names} == {"patch=4"}
+  # A study whose only axis is the seed: its one setting is named as `trials` names an empty point.
+  assert sweep.without_seed("seed=2") == sweep.trials([{}])[0].name == "default"
+
+
 def test_select_picks_trials_by_name_pattern_and_count():
   points = sweep.product(sweep.axis("w", [1, 2]), sweep.axis("p", [4, 14]))
   study = sweep.Study("s", "configs/x.py", sweep.trials(points))

@@ -107,8 +107,10 @@ class Trial:
 
 
 def without_seed(trial_name: str) -> str:
-  """The trial's name without its `seed=` part: what trials repeated over seeds share."""
-  return ",".join(part for part in trial_name.split(",") if not part.startswith("seed="))
+  """The trial's name without its `seed=` part: what trials repeated over seeds share ('default'
+  when the seed is all there is, as `trials` names an empty point)."""
+  setting = ",".join(part for part in trial_name.split(",") if not part.startswith("seed="))
+  return setting or "default"
 
 
 def trials(points: Sequence[Point]) -> list[Trial]:
