@@ -10,7 +10,7 @@ step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding an
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
 patch-size study's width-32 trials: same model size, batch, seeds and 80 epochs, except patch 2,
-trained 40 epochs there (so FlexiViT had twice its budget at that size, a quarter of it at patch 2).
+trained 20 epochs there (so FlexiViT had 4x its budget at that size, a quarter of it at patch 2).
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg

@@ -75,6 +75,22 @@ def test_manifest_refuses_a_sweep_dir_whose_trials_ran_with_other_flags(tmp_path
                          str(tmp_path))
 
 
+def test_manifest_accepts_the_same_config_args_in_another_order(tmp_path):
+  """A trial that sets `epochs` itself ran as `depth=2,patch=4,epochs=8.0`; the study, given the
+  base `epochs` its other trials use, now writes `depth=2,epochs=8.0,patch=4`: the same run."""
+  [long] = sweep.trials([{"patch": 4, "epochs": 8.0}])
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", [long], base_args={"depth": 2}),
+                       str(tmp_path))
+  [short] = sweep.trials([{"patch": 2}])
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", [long, short],
+                                   base_args={"depth": 2, "epochs": 2.0}), str(tmp_path))
+  [longer] = sweep.trials([{"patch": 4, "epochs": 9.0}])
+  with pytest.raises(ValueError, match="patch=4,epochs=8.0 ran with"):
+    sweep.write_manifest(sweep.Study("s", "configs/x.py", [sweep.Trial(long.name,
+                                                                       longer.config_args, {})],
+                                     base_args={"depth": 2}), str(tmp_path))
+
+
 def test_without_seed_names_the_setting_seeds_share():
   names = [t.name for t in sweep.trials(sweep.product(sweep.axis("config.seed", [0, 1]),
                                                       sweep.axis("patch", [4])))]

@@ -221,6 +221,15 @@ def load_study(spec: str, only: Sequence[str] | None = None,
   return selected
 
 
+def _same_run(flags: Sequence[str]) -> tuple[frozenset[str], ...]:
+  """What makes two trials' flags the same run: each flag, and each `file:a=1,b=2` config arg,
+  whatever their order (a base arg a trial overrides moves, e.g. when a study's default changes)."""
+  config = [f for f in flags if f.startswith("--config=")]
+  args = [arg for flag in config for arg in flag.partition(":")[2].split(",") if arg]
+  files = [flag.partition(":")[0] for flag in config]
+  return frozenset(f for f in flags if f not in config), frozenset(files), frozenset(args)
+
+
 def write_manifest(study: Study, sweep_dir: str) -> None:
   """Records the study next to its trials so the report can label every row.
 
@@ -233,7 +242,8 @@ def write_manifest(study: Study, sweep_dir: str) -> None:
   if old:
     old_flags = {t["name"]: t.get("flags") for t in old["trials"]}
     for trial in new["trials"]:
-      if old_flags.get(trial["name"]) not in (None, trial["flags"]):
+      ran = old_flags.get(trial["name"])
+      if ran is not None and _same_run(ran) != _same_run(trial["flags"]):
         raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, "
                          f"the study now says {trial['flags']}; "
                          "use another --sweep_dir or delete that trial's dir.")
