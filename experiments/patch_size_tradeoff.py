@@ -1,6 +1,6 @@
 r"""Patch size x model size: accuracy against measured, counted and projected cost.
 
-Local scale, at convergence (default; a CPU, the bundled digits; results and cost in
+Local scale, 80 epochs (default; a CPU, the bundled digits; results and cost in
 experiments/patch_size_tradeoff_local/README.md):
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local --parallel=2
