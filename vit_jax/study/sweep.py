@@ -106,11 +106,14 @@ class Trial:
     return {**self.config_args, **{OVERRIDE_PREFIX + k: v for k, v in self.overrides.items()}}
 
 
+EMPTY_POINT_NAME = "default"  # A trial that sets nothing (the study's base config as is).
+
+
 def without_seed(trial_name: str) -> str:
-  """The trial's name without its `seed=` part: what trials repeated over seeds share ('default'
-  when the seed is all there is, as `trials` names an empty point)."""
+  """The trial's name without its `seed=` part: what trials repeated over seeds share (the empty
+  point's name when the seed is all there is)."""
   setting = ",".join(part for part in trial_name.split(",") if not part.startswith("seed="))
-  return setting or "default"
+  return setting or EMPTY_POINT_NAME
 
 
 def trials(points: Sequence[Point]) -> list[Trial]:
@@ -120,7 +123,8 @@ def trials(points: Sequence[Point]) -> list[Trial]:
     config_args = {k: v for k, v in point.items() if not k.startswith(OVERRIDE_PREFIX)}
     overrides = {k[len(OVERRIDE_PREFIX):]: v for k, v in point.items()
                  if k.startswith(OVERRIDE_PREFIX)}
-    name = ",".join(f"{k.rsplit('.', 1)[-1]}={_slug(v)}" for k, v in point.items()) or "default"
+    name = (",".join(f"{k.rsplit('.', 1)[-1]}={_slug(v)}" for k, v in point.items())
+            or EMPTY_POINT_NAME)
     result.append(Trial(name, config_args, overrides))
   names = [t.name for t in result]
   duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -244,7 +248,7 @@ def write_manifest(study: Study, sweep_dir: str) -> None:
     for trial in new["trials"]:
       ran = old_flags.get(trial["name"])
       if ran is not None and _same_run(ran) != _same_run(trial["flags"]):
-        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {old_flags[trial['name']]}, "
+        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {ran}, "
                          f"the study now says {trial['flags']}; "
                          "use another --sweep_dir or delete that trial's dir.")
   manifest.parent.mkdir(parents=True, exist_ok=True)
