@@ -135,6 +135,21 @@ def test_train_stream_is_deterministic_given_seed(folder):
   assert epoch1 == epoch2 == list(range(40))  # Each epoch is a permutation of the split.
 
 
+def test_cache_raw_reads_each_file_once_and_keeps_the_stream(folder):
+  pp = "decode|random_shift(2)|value_range(0, 255)"
+  cfg = _cfg(folder, pp=pp)
+  cfg.data.cache_raw = True
+  cached = iter(pipeline.train_dataset(cfg, 8, 3))
+  first_epoch = [next(cached) for _ in range(5)]
+  expected = _take(pipeline.train_dataset(_cfg(folder, pp=pp), 8, 3), 15)
+  for path in (folder / "train").rglob("*.png"):
+    path.unlink()  # Later epochs must come from memory.
+  later_epochs = [next(cached) for _ in range(10)]
+  for x, y in zip(first_epoch + later_epochs, expected):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+
+
 @pytest.mark.parametrize("threads,prefetch", [(0, 0), (4, 2)])
 def test_exact_mid_epoch_resume(folder, threads, prefetch):
   cfg = _cfg(folder, pp="decode|random_shift(1)|value_range(0, 255)|onehot(2)", threads=threads,

@@ -244,8 +244,8 @@ def random_shift(max_shift: int, fill: int = 0) -> Op:
   def op(example: Example, rng: np.random.Generator) -> Example:
     image = to_array(to_pil(example["image"]))
     h, w = image.shape[:2]
-    padded = np.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)),
-                    constant_values=fill)
+    padded = np.full((h + 2 * max_shift, w + 2 * max_shift) + image.shape[2:], fill, image.dtype)
+    padded[max_shift:max_shift + h, max_shift:max_shift + w] = image  # np.pad is 10x slower.
     top, left = rng.integers(0, 2 * max_shift + 1, size=2)
     return _with_image(example, padded[top:top + h, left:left + w])
   return op

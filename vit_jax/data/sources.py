@@ -85,6 +85,24 @@ class SelectedRecords(Sequence):
     return record
 
 
+class CachedRecords(Sequence):
+  """`records`, each kept in host memory from its first read on (data.cache_raw, as big_vision's
+  cache_raw): later epochs skip the file / ArrayRecord read and parse. For data that fits in RAM."""
+
+  def __init__(self, records: Sequence[dict[str, Any]]):
+    self._records = records
+    self._cache: list[dict[str, Any] | None] = [None] * len(records)
+
+  def __len__(self) -> int:
+    return len(self._cache)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self._cache[index]
+    if record is None:  # Two threads may both read it: the same record, stored twice.
+      record = self._cache[index] = self._records[index]
+    return record
+
+
 def parse_classes(spec: str) -> tuple[int, ...]:
   """A config-file arg naming classes: '' (all), '5-9' (a range) or '0+2+4'."""
   if not spec:
@@ -258,9 +276,10 @@ def num_classes(data_cfg: Mapping[str, Any]) -> int:
 
 def open_source(data_cfg: Mapping[str, Any]) -> Source:
   """Opens `data_cfg` = dict(name=<tfds name>|'bundled_mnist'|'imagefolder', split, data_dir, root,
-  classes, per_class) (`config.input.data`); data_dir (tfds) and root (image folders) say where,
-  if needed; `classes` (labels kept, renumbered 0..k-1) and `per_class` (the first N examples of
-  each) select a subset, e.g. for few-shot transfer.
+  classes, per_class, cache_raw) (`config.input.data`); data_dir (tfds) and root (image folders)
+  say where, if needed; `classes` (labels kept, renumbered 0..k-1) and `per_class` (the first N
+  examples of each) select a subset, e.g. for few-shot transfer; `cache_raw` keeps the encoded
+  examples in host memory once read.
 
   Raises FileNotFoundError / ValueError naming the command that prepares missing data.
   """
@@ -276,4 +295,6 @@ def open_source(data_cfg: Mapping[str, Any]) -> Source:
     source = _select(source, data_cfg.get("classes") or (), data_cfg.get("per_class") or 0)
   if not len(source.records):
     raise ValueError(f"{source.description} has no examples.")
+  if data_cfg.get("cache_raw"):
+    source = dataclasses.replace(source, records=CachedRecords(source.records))
   return source
