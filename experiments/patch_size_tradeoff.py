@@ -1,6 +1,6 @@
 r"""Patch size x model size: accuracy against measured, counted and projected cost.
 
-Local scale, 80 epochs (default; a CPU, the bundled digits; results and cost in
+Local scale (default; a CPU, the bundled digits; results and cost in
 experiments/patch_size_tradeoff_local/README.md):
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local --parallel=2
@@ -9,7 +9,8 @@ experiments/patch_size_tradeoff_local/README.md):
 
   ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
   digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
-  cosine, batch 128), 80 epochs (40 for patch 2), seeds 0 / 1 / 2, evaluated every epoch.
+  cosine, batch 128), 40-160 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
+  epoch.
 
 Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
 
@@ -18,10 +19,10 @@ Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute
     python -m vit_jax.report runs/sweeps/patch_size_tradeoff_compute_matched \
         runs/sweeps/patch_size_tradeoff_local --out=experiments/patch_size_tradeoff_compute_matched
 
-  The widths-32 / 64 models, each given one training budget of 259 GFLOPs (20 epochs of width 32
-  / patch 7): the epochs come from the analytic training FLOPs per image, so patch 14 at width 32
-  trains 63 epochs and patch 2 at width 64 a third of one. Warm-up: 100 steps, or a fifth of a
-  shorter run. (Width 16 would need 71-213 epochs at patches 7 / 14.)
+  The same 12 models, each given one training budget of 259 GFLOPs (20 epochs of width 32 / patch
+  7): the epochs come from the analytic training FLOPs per image, so patch 14 trains 213 / 63 / 17.5
+  epochs at widths 16 / 32 / 64 and patch 2 at width 64 a third of one. Warm-up: 100 steps, or a
+  fifth of a shorter run.
 
 ImageNet scale (Ti/S/B x patch 8/16/32, big_vision's 90-epoch plain-ViT recipe) on a TPU pod slice:
 
@@ -44,9 +45,12 @@ SEEDS = (0, 1, 2)
 LOCAL_WIDTHS = sweep.zip_(sweep.axis("width", [16, 32, 64]), sweep.axis("heads", [1, 2, 4]))
 LOCAL_PATCHES = (2, 4, 7, 14)
 LOCAL_DEPTH = 2
-# At 20 and then 40 epochs (patch 2: 20) the seed means still rose by ~1 point over the last
-# quarter: the schedules were doubled. Patch 2 costs 4-8x more per epoch than patch 4.
-LOCAL_EPOCHS = {2: 40.0, 4: 80.0, 7: 80.0, 14: 80.0}
+# Epochs per (width, patch): a setting's schedule is doubled (from 20) until its seed mean moves
+# < 0.3 points over the last quarter (history in experiments/patch_size_tradeoff_local/README.md).
+# Patch 2 costs 4-8x more per epoch than patch 4; width 64 / patch 2 is still at 40.
+LOCAL_EPOCHS = {(16, 2): 80.0, (16, 4): 160.0, (16, 7): 160.0, (16, 14): 160.0,
+                (32, 2): 80.0, (32, 4): 80.0, (32, 7): 160.0, (32, 14): 80.0,
+                (64, 2): 40.0, (64, 4): 80.0, (64, 7): 80.0, (64, 14): 80.0}
 LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128.
 BUDGET_EPOCHS = 20.0  # The compute-matched budget: this many epochs of width 32 / patch 7.
 
@@ -65,7 +69,7 @@ def _train_flops(width: int, heads: int, patch: int) -> float:
 def get_sweep(arg: str | None = None) -> sweep.Study:
   a = parse_arg(arg, scale="local", data_dir="")
   if a.scale == "local":
-    grid = [{**point, "epochs": LOCAL_EPOCHS[point["patch"]]}
+    grid = [{**point, "epochs": LOCAL_EPOCHS[point["width"], point["patch"]]}
             for point in sweep.product(sweep.axis("config.seed", SEEDS), LOCAL_WIDTHS,
                                        sweep.axis("patch", LOCAL_PATCHES))]
     return sweep.Study("patch_size_tradeoff_local", "configs/quickstart.py", sweep.trials(grid),
@@ -73,14 +77,12 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
                        plot_x="patch", plot_series=("width",),
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
-                       f"2/4/7/14, bundled digits, {LOCAL_EPOCHS[2]:g} epochs (patch 2) or "
-                       f"{LOCAL_EPOCHS[4]:g} (patches 4/7/14), seeds 0/1/2")
+                       "2/4/7/14, bundled digits, 40-160 epochs (each setting's in its trial "
+                       "name), seeds 0/1/2")
   if a.scale == "compute_matched":
     budget = BUDGET_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
     points = []
-    # Width 16 left out: its patches 7 / 14 would train 71 / 213 epochs, 11 minutes per seed on
-    # this CPU's input pipeline (~2,000 img/s), more than the rest of the grid together.
-    for seed, size, patch in itertools.product(SEEDS, LOCAL_WIDTHS[1:], LOCAL_PATCHES):
+    for seed, size, patch in itertools.product(SEEDS, LOCAL_WIDTHS, LOCAL_PATCHES):
       images = budget / _train_flops(size["width"], size["heads"], patch)
       steps = images / BATCH
       # Warm-up: the quickstart's 100 steps, or a fifth of a run shorter than 500 steps.
@@ -92,7 +94,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        sweep.trials(points), base_args={"depth": LOCAL_DEPTH},
                        plot_x="patch", plot_series=("width",),
                        description=f"The local grid at one training budget of {budget / 1e9:.1f} "
-                       "GFLOP per trial (20 epochs of width 32 / patch 7), widths 32/64, steps set "
+                       "GFLOP per trial (20 epochs of width 32 / patch 7), widths 16/32/64, steps set "
                        "from the "
                        "analytic FLOPs, seeds 0/1/2")
   if a.scale == "imagenet":

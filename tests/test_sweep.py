@@ -136,7 +136,7 @@ def test_cli_only_and_max_trials_launch_a_subset(tmp_path):
 STUDIES = {  # study spec: (name, trials)
     "experiments/patch_size_tradeoff.py": ("patch_size_tradeoff_local", 36),
     "experiments/patch_size_tradeoff.py:scale=compute_matched":
-        ("patch_size_tradeoff_compute_matched", 24),
+        ("patch_size_tradeoff_compute_matched", 36),
     "experiments/flexivit.py": ("flexivit_local", 3),
     "experiments/digits_claims.py:claim=transfer_pretrain": ("transfer_pretrain_local", 3),
     "experiments/digits_claims.py:claim=transfer_finetune": ("transfer_finetune_local", 6),
