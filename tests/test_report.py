@@ -263,3 +263,24 @@ def test_several_sweeps_report_together_with_a_frontier_and_the_setting_axis(tmp
     _close_all()
   with pytest.raises(ValueError, match="matches no trial"):
     report.load_rows(str(tmp_path / "base"), only=["width=99"])
+
+
+def test_a_long_caption_gets_its_own_band_below_the_x_label(tmp_path):
+  """A long description and many unfinished trials make a caption of many lines; it must not
+  cover the axis label."""
+  trials = sweep.trials(sweep.product(sweep.axis("config.model.width", list(range(32, 64))),
+                                      sweep.axis("config.model.patch_size", [4])))
+  description = "A study described at length, " * 20
+  sweep.write_manifest(sweep.Study("t", "configs/x.py", trials, description=description),
+                       str(tmp_path / "sweep"))
+  _finished_trial(tmp_path / "sweep", "width=32,patch_size=4", 32, 4, 0.9, 1000)
+  figures = report.figures(*report.load_rows(str(tmp_path / "sweep")))
+  try:
+    for fig in figures.values():
+      renderer = fig.canvas.get_renderer()
+      caption = fig.texts[0]
+      label = fig.axes[0].xaxis.get_tightbbox(renderer)
+      assert caption.get_window_extent(renderer).y1 < label.y0
+      assert caption.get_window_extent(renderer).y0 >= 0
+  finally:
+    _close_all()

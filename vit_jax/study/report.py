@@ -25,6 +25,7 @@ import csv
 import math
 import re
 import statistics
+import textwrap
 from typing import Any
 
 from etils import epath
@@ -383,6 +384,10 @@ def _caption(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+_CAPTION_CHARS = 118  # Characters per caption line at 6.5 pt across a 6.4-inch figure.
+_CAPTION_LINE_INCHES = 0.115
+
+
 def figures(rows: Sequence[dict[str, Any]], metric: str | None) -> dict[str, Any]:
   """The three trade-off plots as matplotlib figures, by file name."""
   import matplotlib
@@ -399,11 +404,18 @@ def figures(rows: Sequence[dict[str, Any]], metric: str | None) -> dict[str, Any
   caption = _caption(rows)
   made = {}
 
+  # The caption gets its own band under the axes, so that no length of it covers the x label.
+  caption_lines = [line for paragraph in caption.split("\n")
+                   for line in textwrap.wrap(paragraph, _CAPTION_CHARS) or [""]]
+  caption_height = _CAPTION_LINE_INCHES * len(caption_lines) + 0.1
+  height = 5.0 + caption_height
+
   def new_figure(title: str):
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    fig, ax = plt.subplots(figsize=(6.4, height))
     ax.set_title(title + partial, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, caption, fontsize=6.5, va="bottom", ha="left", wrap=True)
+    fig.text(0.01, 0.05 / height, "\n".join(caption_lines), fontsize=6.5, va="bottom",
+             ha="left")
     return fig, ax
 
   def legend(ax):
@@ -427,7 +439,7 @@ def figures(rows: Sequence[dict[str, Any]], metric: str | None) -> dict[str, Any
     ax.set_ylabel(acc_label)
 
   def finish(fig, name: str):
-    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    fig.tight_layout(rect=(0, caption_height / height, 1, 1))
     made[name] = fig
 
   fig, ax = new_figure("accuracy vs training compute")
