@@ -9,9 +9,9 @@ depth 2, 2 heads, 80 epochs, the quickstart recipe). Its parameters are those of
 step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
-patch-size study's width-32 trials: same model size, batch, seeds and 80 epochs (patch 2: 40).
-FlexiViT's 80 epochs are shared by the four sizes, so each size gets about a quarter of the steps
-of its per-size model (patch 2: half).
+patch-size study's width-32 trials: same model size, batch, seeds and 80 epochs (patch 7: 160,
+where 80 had not converged). FlexiViT's 80 epochs are shared by the four sizes, so each size gets
+about a quarter of the steps of its per-size model.
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
@@ -19,7 +19,7 @@ from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 PATCH_SIZES = (2, 4, 7, 14)
-EPOCHS = 80.0  # The per-size models' (experiments/patch_size_tradeoff.py, patches 4 / 7 / 14).
+EPOCHS = 80.0  # The per-size models' (experiments/patch_size_tradeoff.py, width 32).
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
