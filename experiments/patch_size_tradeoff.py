@@ -9,7 +9,7 @@ experiments/patch_size_tradeoff_local/README.md):
 
   ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
   digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
-  cosine, batch 128), 40-160 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
+  cosine, batch 128), 40-320 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
   epoch.
 
 Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
@@ -77,7 +77,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
                        plot_x="patch", plot_series=("width",),
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
-                       "2/4/7/14, bundled digits, 40-160 epochs (each setting's in its trial "
+                       "2/4/7/14, bundled digits, 40-320 epochs (each setting's in its trial "
                        "name), seeds 0/1/2")
   if a.scale == "compute_matched":
     budget = BUDGET_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
@@ -94,9 +94,8 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        sweep.trials(points), base_args={"depth": LOCAL_DEPTH},
                        plot_x="patch", plot_series=("width",),
                        description=f"The local grid at one training budget of {budget / 1e9:.1f} "
-                       "GFLOP per trial (20 epochs of width 32 / patch 7), widths 16/32/64, steps set "
-                       "from the "
-                       "analytic FLOPs, seeds 0/1/2")
+                       "GFLOP per trial (20 epochs of width 32 / patch 7), widths 16/32/64, "
+                       "steps set from the analytic FLOPs, seeds 0/1/2")
   if a.scale == "imagenet":
     if not a.data_dir:
       raise ValueError("scale=imagenet needs data_dir=<where imagenet2012 is prepared>, e.g. "
