@@ -150,6 +150,20 @@ def test_cache_raw_reads_each_file_once_and_keeps_the_stream(folder):
     np.testing.assert_array_equal(x["label"], y["label"])
 
 
+def test_cache_raw_serves_later_evals_from_memory(folder):
+  cfg = _cfg(folder, split="test", pp="decode|onehot(2)")
+  cfg.data.cache_raw = True
+  evals = pipeline.make_eval_iterable(cfg, 16)
+  first = list(evals)
+  for path in (folder / "test").rglob("*.png"):
+    path.unlink()  # The second eval must come from memory.
+  second = list(evals)
+  assert len(first) == len(second) == 3
+  for x, y in zip(first, second):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(x[key], y[key])
+
+
 @pytest.mark.parametrize("threads,prefetch", [(0, 0), (4, 2)])
 def test_exact_mid_epoch_resume(folder, threads, prefetch):
   cfg = _cfg(folder, pp="decode|random_shift(1)|value_range(0, 255)|onehot(2)", threads=threads,

@@ -254,13 +254,16 @@ def train_dataset(cfg: Mapping[str, Any], local_batch_size: int, seed: int, shar
 
 
 def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int = 0,
-                 shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 shard_count: int = 1, source: sources.Source | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a data shard as numpy batches with a 0/1 "mask".
 
   Every shard yields the same number of batches (ceil(ceil(N / shards) / batch)); the last ones
   are padded with zero images and mask 0, so collective eval steps never wait on a host.
+  `source` is cfg's data as `check_ready` opened it (opened here if None); passing the same one
+  to every pass lets data.cache_raw serve later passes from memory.
   """
-  source = _open_checked(cfg)
+  source = source or _open_checked(cfg)
   num_examples = len(source.records)
   if num_examples < shard_count:
     raise ValueError(f"{source.description} has {num_examples} examples, fewer than the "
@@ -445,11 +448,11 @@ class EvalIterable:
     self._shard_index, self._shard_count, self._local_batch_size = data_shard(
         sharding, global_batch_size)
     self._depth = int(cfg["prefetch"])
-    check_ready(cfg)
+    self._source = check_ready(cfg)  # Opened once: with data.cache_raw, later evals read memory.
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     host_batches = eval_batches(self._cfg, self._local_batch_size, self._shard_index,
-                                self._shard_count)
+                                self._shard_count, self._source)
     return _DevicePrefetch(host_batches, self._sharding, self._depth)
 
 
