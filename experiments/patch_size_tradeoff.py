@@ -9,7 +9,7 @@ experiments/patch_size_tradeoff_local/README.md):
 
   ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
   digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
-  cosine, batch 128), 40-320 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
+  cosine, batch 128), 80-640 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
   epoch.
 
 Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
@@ -47,10 +47,10 @@ LOCAL_PATCHES = (2, 4, 7, 14)
 LOCAL_DEPTH = 2
 # Epochs per (width, patch): a setting's schedule is doubled (from 20) until its seed mean moves
 # < 0.3 points over the last quarter (history in experiments/patch_size_tradeoff_local/README.md).
-# Patch 2 costs 4-8x more per epoch than patch 4; width 64 / patch 2 is still at 40.
-LOCAL_EPOCHS = {(16, 2): 80.0, (16, 4): 320.0, (16, 7): 320.0, (16, 14): 160.0,
+# Patch 2 costs 4-8x more per epoch than patch 4; width 32 / patch 2 is still at 80.
+LOCAL_EPOCHS = {(16, 2): 160.0, (16, 4): 320.0, (16, 7): 640.0, (16, 14): 160.0,
                 (32, 2): 80.0, (32, 4): 80.0, (32, 7): 160.0, (32, 14): 80.0,
-                (64, 2): 40.0, (64, 4): 80.0, (64, 7): 80.0, (64, 14): 80.0}
+                (64, 2): 80.0, (64, 4): 80.0, (64, 7): 80.0, (64, 14): 80.0}
 LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128.
 BUDGET_EPOCHS = 20.0  # The compute-matched budget: this many epochs of width 32 / patch 7.
 
@@ -77,7 +77,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
                        plot_x="patch", plot_series=("width",),
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
-                       "2/4/7/14, bundled digits, 40-320 epochs (each setting's in its trial "
+                       "2/4/7/14, bundled digits, 80-640 epochs (each setting's in its trial "
                        "name), seeds 0/1/2")
   if a.scale == "compute_matched":
     budget = BUDGET_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
