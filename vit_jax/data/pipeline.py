@@ -263,7 +263,8 @@ def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int
   `source` is cfg's data as `check_ready` opened it (opened here if None); passing the same one
   to every pass lets data.cache_raw serve later passes from memory.
   """
-  source = source or _open_checked(cfg)
+  if source is None:
+    source = _open_checked(cfg)
   num_examples = len(source.records)
   if num_examples < shard_count:
     raise ValueError(f"{source.description} has {num_examples} examples, fewer than the "
