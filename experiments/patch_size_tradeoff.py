@@ -47,9 +47,8 @@ LOCAL_PATCHES = (2, 4, 7, 14)
 LOCAL_DEPTH = 2
 # Epochs per (width, patch): a setting's schedule is doubled (from 20) until its seed mean moves
 # < 0.3 points over the last quarter (history in experiments/patch_size_tradeoff_local/README.md).
-# Patch 2 costs 4-8x more per epoch than patch 4; width 32 / patch 2 is still at 80.
 LOCAL_EPOCHS = {(16, 2): 160.0, (16, 4): 320.0, (16, 7): 640.0, (16, 14): 160.0,
-                (32, 2): 80.0, (32, 4): 80.0, (32, 7): 160.0, (32, 14): 80.0,
+                (32, 2): 160.0, (32, 4): 80.0, (32, 7): 160.0, (32, 14): 80.0,
                 (64, 2): 80.0, (64, 4): 80.0, (64, 7): 80.0, (64, 14): 80.0}
 LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128.
 BUDGET_EPOCHS = 20.0  # The compute-matched budget: this many epochs of width 32 / patch 7.
