@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import textwrap
 
 from PIL import Image
 import pytest
@@ -284,3 +285,45 @@ def test_a_long_caption_gets_its_own_band_below_the_x_label(tmp_path):
       assert caption.get_window_extent(renderer).y0 >= 0
   finally:
     _close_all()
+
+
+def test_a_study_file_reports_its_trials_and_prior_rows_fill_the_ones_run_elsewhere(
+    tmp_path, monkeypatch):
+  """The study file defines the trials; a trial not finished here takes its rows from an earlier
+  report's results.csv, a trial finished here keeps its own; the prior's other trials stay out."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "study.py").write_text(textwrap.dedent("""
+      from vit_jax.study import sweep
+      def get_sweep():
+        return sweep.Study("demo", "configs/x.py", sweep.trials(sweep.product(
+            sweep.axis("config.seed", [0, 1]), sweep.axis("config.model.patch_size", [4, 7]))))
+      """))
+  study = sweep.load_study("study.py")
+  elsewhere = tmp_path / "elsewhere"
+  sweep.write_manifest(sweep.Study("demo", "configs/x.py", study.trials + sweep.trials(
+      [{"config.seed": 0, "config.model.patch_size": 14}])), str(elsewhere))
+  for t in [*study.trials, sweep.trials([{"config.seed": 0, "config.model.patch_size": 14}])[0]]:
+    patch = t.overrides["model.patch_size"]
+    _trial_with_curve(elsewhere, t.name, 32, patch, [(50, 0.5), (75, 0.6), (100, 0.7)])
+  report.write_report(*report.load_rows(str(elsewhere)), str(tmp_path / "earlier"))
+
+  here = tmp_path / sweep.default_sweep_dir("demo")
+  here.mkdir(parents=True)
+  for t in study.trials[:3]:  # seed=1,patch_size=7 was not run in this checkout.
+    _trial_with_curve(here, t.name, 32, t.overrides["model.patch_size"],
+                      [(50, 0.8), (75, 0.8), (100, 0.9)])
+  rows, metric = report.load_rows("study.py", prior=[str(tmp_path / "earlier" / "results.csv")])
+  assert [(r["trial"], r["status"], r["accuracy"]) for r in rows] == [
+      ("seed=0,patch_size=4", "done", 0.9), ("seed=0,patch_size=7", "done", 0.9),
+      ("seed=1,patch_size=4", "done", 0.9), ("seed=1,patch_size=7", "done", 0.7)]
+  assert rows[3]["last_quarter_change"] == pytest.approx(0.1) and rows[3]["img_per_s"] == 1000
+  assert rows.home == str(here) and report.partial_note(rows) is None
+  points = report.plot_points(rows)
+  assert [(p["name"], p["seeds"]) for p in points] == [("patch_size=4", 2), ("patch_size=7", 2)]
+  assert points[1]["accuracy"] == pytest.approx(0.8)
+  assert points[1]["last_quarter_change"] == pytest.approx((0.1 + 0.1) / 2)
+
+  result = subprocess.run([sys.executable, "-m", "vit_jax.report", "study.py",
+                           "--prior=nope/results.csv"], capture_output=True, text=True)
+  assert result.returncode == 2 and "--prior=nope/results.csv" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -76,7 +76,7 @@ def _sweep_dir(study: sweep.Study) -> str:
   """Where the trials' workdirs and the manifest go."""
   if _LAUNCHER.value == "tpu":
     return _WORKDIR_ROOT.value or ""
-  return _SWEEP_DIR.value or os.path.join("runs", "sweeps", study.name)
+  return _SWEEP_DIR.value or sweep.default_sweep_dir(study.name)
 
 
 def _launcher(study: sweep.Study):

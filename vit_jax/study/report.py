@@ -1,7 +1,11 @@
 """Sweep report: one row per trial (swept values, final metrics, efficiency profile, projections).
 
-The library side of `python -m vit_jax.report SWEEP_DIR [SWEEP_DIR ...] [--out=DIR] [--only=RE]`.
-Writes `results.csv`, `results.md` and five plots into `--out` (default: the first SWEEP_DIR):
+The library side of `python -m vit_jax.report SOURCE [SOURCE ...] [--out=DIR] [--only=RE]
+[--prior=CSV]`. A source is a sweep dir (its `sweep.json` lists the trials) or a study file
+(`experiments/<study>.py[:arg]`: the trials it defines now, in its sweep dir `runs/sweeps/<name>`).
+`--prior`: the `results.csv` of earlier reports; a trial without a final result here takes its rows
+from the first of them that has it finished (trials run in another checkout or on another machine).
+Writes `results.csv`, `results.md` and five plots into `--out` (default: the first source):
 accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s vs
 patch size per model size, accuracy vs each trial's total training compute with the
 compute-optimal frontier, and accuracy by setting (the study's `plot_x` / `plot_series`, else its
@@ -10,8 +14,9 @@ last swept key). A FlexiViT trial
 dirs are reported together (e.g. a study and its baselines), each row naming its study.
 
 Convergence: a trial's `last_quarter_change` is the change of its accuracy over the last quarter of
-its training, the least-squares trend of the evals there times the quarter's length; it counts as
-converged when that is under 0.3 points (`CONVERGED_CHANGE`).
+its training, the least-squares trend of the evals there times the quarter's length; a setting
+counts as converged when the mean of its seeds' changes (the change of their mean curve, as seeds
+evaluate at the same steps) is under 0.3 points (`CONVERGED_CHANGE`).
 
 A partial sweep is reported as one: trials of the manifest that have not finished are named in the
 table's header and the plots' titles, and a warning goes to stdout. Trials that differ only in
@@ -56,11 +61,13 @@ def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
 
 class Rows(list):
   """The report's rows (one dict per trial and patch size) and where they come from: the studies'
-  names and descriptions (from their manifests), the sweep dirs, and the swept keys (short names,
-  `seed` excluded) in the order the studies sweep them."""
+  names and descriptions (from their manifests), the sources, the first source's sweep dir (the
+  report's default home) and the swept keys (short names, `seed` excluded) in the order the studies
+  sweep them."""
   study: str = ""
   description: str = ""
   sweep_dir: str = ""
+  home: str = ""
   swept: tuple[str, ...] = ()
   plot_x: str = ""
   plot_series: tuple[str, ...] = ()
@@ -84,41 +91,57 @@ def last_quarter_change(history: Sequence[tuple[int, float]]) -> float | None:
   return slope * 0.25 * last
 
 
-def load_rows(sweep_dirs: str | Sequence[str], metric: str | None = None,
-              only: Sequence[str] = ()) -> tuple[Rows, str | None]:
-  """Rows of the report, sweep by sweep in each manifest's order (or the trial dirs' without one),
-  and the metric. `only`: regular expressions, one of which a trial name must contain. A row's
-  `status` is `done`, `running` (started, no final result) or `missing` (nothing recorded: not
-  launched, e.g. left out by --only / --max_trials)."""
-  dirs = [sweep_dirs] if isinstance(sweep_dirs, str) else list(sweep_dirs)
+def load_rows(sources: str | Sequence[str], metric: str | None = None,
+              only: Sequence[str] = (), prior: Sequence[str] = ()) -> tuple[Rows, str | None]:
+  """Rows of the report, source by source in each study's order (or the trial dirs' without a
+  manifest), and the metric. `sources`: sweep dirs or study files; `only`: regular expressions, one
+  of which a trial name must contain; `prior`: results.csv files of earlier reports, whose finished
+  rows stand in for the trials without a final result here. A row's `status` is `done`, `running`
+  (started, no final result) or `missing` (nothing recorded: not launched, e.g. left out by --only /
+  --max_trials)."""
+  sources = [sources] if isinstance(sources, str) else list(sources)
   loaded, studies = [], []
-  for sweep_dir in dirs:
-    trials, study = _load_sweep(sweep_dir)
-    studies.append((study, sweep_dir))
+  for source in sources:
+    trials, study = _load_source(source)
+    studies.append(study)
     loaded += [t for t in trials if not only or any(re.search(p, t[1]) for p in only)]
   if not loaded:
-    raise ValueError(f"--only={list(only)} matches no trial of {dirs}.")
+    raise ValueError(f"--only={list(only)} matches no trial of {sources}.")
   metric = metric or _pick_metric([t[4] for t in loaded])
-  rows = Rows(row for trial in loaded for row in _trial_rows(*trial, metric))
-  rows.study = " + ".join(m.get("name", "") or "sweep" for m, _ in studies)
-  rows.description = " | ".join(m["description"] for m, _ in studies if m.get("description"))
-  rows.sweep_dir = ", ".join(str(d) for d in dirs)
-  rows.plot_x = next((m["plot_x"] for m, _ in studies if m.get("plot_x")), "")
-  rows.plot_series = next((tuple(m["plot_series"]) for m, _ in studies if m.get("plot_series")),
-                          ())
+  recorded = read_prior(prior)
+  rows = Rows()
+  for trial in loaded:
+    earlier = recorded.get((trial[0], trial[1]))
+    rows += earlier if earlier and trial[5] != "done" else _trial_rows(*trial, metric)
+  rows.study = " + ".join(m.get("name", "") or "sweep" for m in studies)
+  rows.description = " | ".join(m["description"] for m in studies if m.get("description"))
+  rows.sweep_dir = ", ".join(str(m["_dir"]) for m in studies)
+  rows.home = str(studies[0]["_root"])
+  rows.plot_x = next((m["plot_x"] for m in studies if m.get("plot_x")), "")
+  rows.plot_series = next((tuple(m["plot_series"]) for m in studies if m.get("plot_series")), ())
   rows.swept = tuple(dict.fromkeys(
-      k.rsplit(".", 1)[-1] for m, _ in studies for t in m.get("trials", ())
+      k.rsplit(".", 1)[-1] for m in studies for t in m.get("trials", ())
       for k in t["values"] if k.rsplit(".", 1)[-1] != "seed"))
   return rows, metric
 
 
-def _load_sweep(sweep_dir: str) -> tuple[list[tuple], dict[str, Any]]:
-  """(study, name, values, bench, final, status, history, batch) per trial, and the manifest."""
-  root = workdir_lib.resolve(sweep_dir)
-  if not root.is_dir():
-    raise FileNotFoundError(f"sweep dir {sweep_dir!r} does not exist; "
-                            "pass the --sweep_dir of the launch (default runs/sweeps/<study>).")
-  manifest = workdir_lib.read_json(workdir_lib.sweep_manifest(root))
+def _is_study_file(source: str) -> bool:
+  return source.partition(":")[0].endswith(".py")
+
+
+def _load_source(source: str) -> tuple[list[tuple], dict[str, Any]]:
+  """(study, name, values, bench, final, status, history, batch) per trial, and the manifest (a
+  study file's `to_json`) with the source under `_dir` and its sweep dir under `_root`."""
+  if _is_study_file(source):  # Its trials as defined now; a trial not run yet is missing.
+    study = sweep.load_study(source)
+    manifest = study.to_json()
+    root = workdir_lib.resolve(sweep.default_sweep_dir(study.name))
+  else:
+    root = workdir_lib.resolve(source)
+    if not root.is_dir():
+      raise FileNotFoundError(f"sweep dir {source!r} does not exist; pass the --sweep_dir of the "
+                              "launch (default runs/sweeps/<study>), or the study file.")
+    manifest = workdir_lib.read_json(workdir_lib.sweep_manifest(root))
   if manifest:
     trials = [(t["name"], t["values"]) for t in manifest["trials"]]
   else:
@@ -126,9 +149,9 @@ def _load_sweep(sweep_dir: str) -> tuple[list[tuple], dict[str, Any]]:
               if p.is_dir() and (workdir_lib.Workdir(p).bench.exists() or
                                  workdir_lib.Workdir(p).summary.exists())]
   if not trials:
-    raise ValueError(f"{sweep_dir} holds no trials (no sweep.json, no trial dir with bench.json or "
+    raise ValueError(f"{source} holds no trials (no sweep.json, no trial dir with bench.json or "
                      "summary.json).")
-  manifest = manifest or {}
+  manifest = {**(manifest or {}), "_dir": source, "_root": root}
   loaded = []
   for name, values in trials:
     trial = workdir_lib.trial_workdir(root, name)
@@ -140,6 +163,38 @@ def _load_sweep(sweep_dir: str) -> tuple[list[tuple], dict[str, Any]]:
                    workdir_lib.read_json(trial.bench) or {}, final, status, trial.metric_rows(),
                    config.get("batch_size")))
   return loaded, manifest
+
+
+def read_prior(paths: Sequence[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+  """(study, trial) -> its finished rows in the first of these earlier reports' results.csv that
+  has them, the cells parsed back into numbers and booleans."""
+  recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for path in paths:
+    file = workdir_lib.resolve(path)
+    if not file.is_file():
+      raise FileNotFoundError(f"--prior={path}: no such file; pass the results.csv of an "
+                              "earlier report.")
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with file.open() as f:
+      for cells in csv.DictReader(f):
+        row = {k: _parse_cell(v) for k, v in cells.items()}
+        if row.get("status") == "done":
+          found.setdefault((row["study"], row["trial"]), []).append(row)
+    recorded = {**found, **recorded}  # The first file that has a trial wins.
+  return recorded
+
+
+def _parse_cell(text: str) -> Any:
+  if text == "":
+    return None
+  if text in ("True", "False"):
+    return text == "True"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
 
 
 def _trial_rows(study: str, name: str, values: dict[str, Any], bench: dict[str, Any],
@@ -162,8 +217,7 @@ def _trial_rows(study: str, name: str, values: dict[str, Any], bench: dict[str, 
 
   def convergence(key: str) -> dict[str, Any]:
     curve = {h["step"]: h[key] for h in history if key in h}  # The last eval of a step counts.
-    change = last_quarter_change(sorted(curve.items()))
-    return {"last_quarter_change": change, "_curve": curve}
+    return {"last_quarter_change": last_quarter_change(sorted(curve.items()))}
 
   if not flexi:
     patch = (bench.get("model", {}).get("patch_size") or [None])[0]
@@ -339,21 +393,15 @@ def plot_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for key in ("accuracy", "img_per_s", "total_train_gflops"):
       point[key], point[f"{key}_std"] = _mean_std(
           [r[key] for r in members if r.get(key) is not None])
-    point["last_quarter_change"] = last_quarter_change(_mean_curve(
-        [r["_curve"] for r in members if r.get("done") and r.get("_curve")]))
+    # Linear in the accuracies: the mean of the seeds' changes is the change of their mean curve.
+    point["last_quarter_change"], _ = _mean_std(
+        [r["last_quarter_change"] for r in members
+         if r.get("done") and r.get("last_quarter_change") is not None])
     point["converged"] = (None if point["last_quarter_change"] is None
                           else abs(point["last_quarter_change"]) < CONVERGED_CHANGE)
     point["setting"] = {k: trials[0].get(k) for k in getattr(rows, "swept", ()) if k != "patch"}
     points.append(point)
   return points
-
-
-def _mean_curve(curves: Sequence[dict[int, float]]) -> list[tuple[int, float]]:
-  """The mean over seeds at the steps every seed evaluated."""
-  if not curves:
-    return []
-  steps = sorted(set.intersection(*(set(c) for c in curves)))
-  return [(step, statistics.fmean(c[step] for c in curves)) for step in steps]
 
 
 def _seed_text(rows: Sequence[dict[str, Any]]) -> str:

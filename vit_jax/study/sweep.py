@@ -234,6 +234,11 @@ def _same_run(flags: Sequence[str]) -> tuple[frozenset[str], ...]:
   return frozenset(f for f in flags if f not in config), frozenset(files), frozenset(args)
 
 
+def default_sweep_dir(study_name: str) -> str:
+  """Where a local or Slurm launch puts a study's trials unless told otherwise."""
+  return os.path.join("runs", "sweeps", study_name)
+
+
 def write_manifest(study: Study, sweep_dir: str) -> None:
   """Records the study next to its trials so the report can label every row.
 
