@@ -2,7 +2,8 @@ r"""FlexiViT at the scale of the bundled digits: one model trained with a random
 step, against the models trained at one patch size each.
 
     python -m vit_jax.sweep experiments/flexivit.py --launcher=local --parallel=2
-    python -m vit_jax.report runs/sweeps/flexivit_local --out=experiments/flexivit_local
+    python -m vit_jax.report experiments/flexivit.py experiments/patch_size_tradeoff.py \
+        --only=width=32 --out=experiments/flexivit_local
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
 depth 2, 2 heads, the quickstart recipe), trained 160 epochs. Its parameters are those of patch 4;

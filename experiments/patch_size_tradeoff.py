@@ -4,7 +4,7 @@ Local scale (default; a CPU, the bundled digits; results and cost in
 experiments/patch_size_tradeoff_local/README.md):
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py --launcher=local --parallel=2
-    python -m vit_jax.report runs/sweeps/patch_size_tradeoff_local \
+    python -m vit_jax.report experiments/patch_size_tradeoff.py \
         --out=experiments/patch_size_tradeoff_local
 
   ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
@@ -16,8 +16,8 @@ Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute
 
     python -m vit_jax.sweep experiments/patch_size_tradeoff.py:scale=compute_matched \
         --launcher=local --parallel=2
-    python -m vit_jax.report runs/sweeps/patch_size_tradeoff_compute_matched \
-        runs/sweeps/patch_size_tradeoff_local --out=experiments/patch_size_tradeoff_compute_matched
+    python -m vit_jax.report experiments/patch_size_tradeoff.py:scale=compute_matched \
+        experiments/patch_size_tradeoff.py --out=experiments/patch_size_tradeoff_compute_matched
 
   The same 12 models, each given one training budget of 259 GFLOPs (20 epochs of width 32 / patch
   7): the epochs come from the analytic training FLOPs per image, so patch 14 trains 213 / 63 / 17.5
