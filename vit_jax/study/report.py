@@ -5,7 +5,8 @@ The library side of `python -m vit_jax.report SOURCE [SOURCE ...] [--out=DIR] [-
 (`experiments/<study>.py[:arg]`: the trials it defines now, in its sweep dir `runs/sweeps/<name>`).
 `--prior`: the `results.csv` of earlier reports; a trial without a final result here takes its rows
 from the first of them that has it finished (trials run in another checkout or on another machine).
-Writes `results.csv`, `results.md` and five plots into `--out` (default: the first source):
+Writes `results.csv`, `results.md` and five plots into `--out` (default: the first source's sweep
+dir):
 accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s vs
 patch size per model size, accuracy vs each trial's total training compute with the
 compute-optimal frontier, and accuracy by setting (the study's `plot_x` / `plot_series`, else its
