@@ -6,13 +6,12 @@ The library side of `python -m vit_jax.report SOURCE [SOURCE ...] [--out=DIR] [-
 `--prior`: the `results.csv` of earlier reports; a trial without a final result here takes its rows
 from the first of them that has it finished (trials run in another checkout or on another machine).
 Writes `results.csv`, `results.md` and five plots into `--out` (default: the first source's sweep
-dir):
-accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s vs
-patch size per model size, accuracy vs each trial's total training compute with the
+dir): accuracy vs training GFLOPs per image, accuracy vs measured img/s with the Pareto front, img/s
+vs patch size per model size, accuracy vs each trial's total training compute with the
 compute-optimal frontier, and accuracy by setting (the study's `plot_x` / `plot_series`, else its
-last swept key). A FlexiViT trial
-(one model evaluated at several patch sizes) gives one row per evaluated patch size. Several sweep
-dirs are reported together (e.g. a study and its baselines), each row naming its study.
+last swept key). A FlexiViT trial (one model evaluated at several patch sizes) gives one row per
+evaluated patch size. Several sweep dirs are reported together (e.g. a study and its baselines),
+each row naming its study.
 
 Convergence: a trial's `last_quarter_change` is the change of its accuracy over the last quarter of
 its training, the least-squares trend of the evals there times the quarter's length; a setting
