@@ -100,10 +100,11 @@ def load_rows(sources: str | Sequence[str], metric: str | None = None,
   (started, no final result) or `missing` (nothing recorded: not launched, e.g. left out by --only /
   --max_trials)."""
   sources = [sources] if isinstance(sources, str) else list(sources)
-  loaded, studies = [], []
+  loaded, studies, roots = [], [], []
   for source in sources:
-    trials, study = _load_source(source)
+    trials, study, root = _load_source(source)
     studies.append(study)
+    roots.append(root)
     loaded += [t for t in trials if not only or any(re.search(p, t[1]) for p in only)]
   if not loaded:
     raise ValueError(f"--only={list(only)} matches no trial of {sources}.")
@@ -115,8 +116,8 @@ def load_rows(sources: str | Sequence[str], metric: str | None = None,
     rows += earlier if earlier and trial[5] != "done" else _trial_rows(*trial, metric)
   rows.study = " + ".join(m.get("name", "") or "sweep" for m in studies)
   rows.description = " | ".join(m["description"] for m in studies if m.get("description"))
-  rows.sweep_dir = ", ".join(str(m["_dir"]) for m in studies)
-  rows.home = str(studies[0]["_root"])
+  rows.sweep_dir = ", ".join(sources)
+  rows.home = str(roots[0])
   rows.plot_x = next((m["plot_x"] for m in studies if m.get("plot_x")), "")
   rows.plot_series = next((tuple(m["plot_series"]) for m in studies if m.get("plot_series")), ())
   rows.swept = tuple(dict.fromkeys(
@@ -129,9 +130,9 @@ def _is_study_file(source: str) -> bool:
   return source.partition(":")[0].endswith(".py")
 
 
-def _load_source(source: str) -> tuple[list[tuple], dict[str, Any]]:
-  """(study, name, values, bench, final, status, history, batch) per trial, and the manifest (a
-  study file's `to_json`) with the source under `_dir` and its sweep dir under `_root`."""
+def _load_source(source: str) -> tuple[list[tuple], dict[str, Any], epath.Path]:
+  """(study, name, values, bench, final, status, history, batch) per trial, the manifest (a study
+  file's `to_json`) and the sweep dir."""
   if _is_study_file(source):  # Its trials as defined now; a trial not run yet is missing.
     study = sweep.load_study(source)
     manifest = study.to_json()
@@ -151,7 +152,7 @@ def _load_source(source: str) -> tuple[list[tuple], dict[str, Any]]:
   if not trials:
     raise ValueError(f"{source} holds no trials (no sweep.json, no trial dir with bench.json or "
                      "summary.json).")
-  manifest = {**(manifest or {}), "_dir": source, "_root": root}
+  manifest = manifest or {}
   loaded = []
   for name, values in trials:
     trial = workdir_lib.trial_workdir(root, name)
@@ -162,7 +163,7 @@ def _load_source(source: str) -> tuple[list[tuple], dict[str, Any]]:
     loaded.append((manifest.get("name", ""), name, values,
                    workdir_lib.read_json(trial.bench) or {}, final, status, trial.metric_rows(),
                    config.get("batch_size")))
-  return loaded, manifest
+  return loaded, manifest, root
 
 
 def read_prior(paths: Sequence[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
