@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
@@ -56,7 +57,6 @@ class TrainProgram:
   abstract_params: Any  # jax.ShapeDtypeStruct leaves
   param_shardings: Any
   state_shardings: state_lib.TrainState
-  peak: hardware.Peak  # of one device, for MFU
   _train_steps: dict[int | None, Callable] = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
@@ -94,8 +94,7 @@ class TrainProgram:
                warmup_steps=warmup_steps, tx=tx, schedule=schedule, loss_fn=loss_fn,
                abstract_params=abstract, param_shardings=param_shardings,
                state_shardings=_state_shardings(tx, abstract, param_shardings, mesh,
-                                                bool(config.ema_decay)),
-               peak=hardware.peak_flops_per_device(devices[0]))
+                                                bool(config.ema_decay)))
 
   # --- Placement ----------------------------------------------------------------------------------
 
@@ -203,6 +202,12 @@ class TrainProgram:
             for name, cfg in config_lib.resolve_evals(self.config).items()}
 
   # --- Cost ---------------------------------------------------------------------------------------
+
+  @functools.cached_property
+  def peak(self) -> hardware.Peak:
+    """Peak FLOP/s of one device, for MFU. Found on first use, after the bad-input checks: on a
+    CPU that hides its boost clock it times a matmul, and bad input must compile nothing."""
+    return hardware.peak_flops_per_device(self.devices[0])
 
   def train_flops_per_image(self) -> float:
     """Analytic training FLOPs per image; with FlexiViT the mean over the patch sizes drawn."""
