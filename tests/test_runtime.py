@@ -30,18 +30,18 @@ def test_nominal_cpu_peak_is_cores_times_clock_times_vector_width(tmp_path, monk
   cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu sse2 avx fma avx2\n"
                      "processor\t: 1\ncpu MHz\t\t: 2500.000\nflags\t\t: fpu sse2 avx fma avx2\n")
   monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
-  no_cpufreq = str(tmp_path / "sys")
-  peak = hardware.nominal_cpu_peak.__wrapped__(str(cpuinfo), no_cpufreq)
+  sysfs = str(tmp_path / "sys")  # No cpufreq in it yet.
+  peak = hardware.nominal_cpu_peak.__wrapped__(str(cpuinfo), sysfs)
   assert peak.flops == 4 * 2.5e9 * 32 and not peak.at_max_clock
   assert "4 cores x 2.50 GHz clock x 32 FLOP/cycle (fma)" in peak.source
   (tmp_path / "bare").write_text("processor\t: 0\n")
-  assert hardware.nominal_cpu_peak.__wrapped__(str(tmp_path / "bare"), no_cpufreq).flops is None
+  assert hardware.nominal_cpu_peak.__wrapped__(str(tmp_path / "bare"), sysfs).flops is None
 
   # cpufreq's max (boost) clock, in kHz, wins over cpuinfo's current clock.
   for cpu, khz in (("cpu0", 3_500_000), ("cpu1", 3_300_000)):
     (tmp_path / "sys" / cpu / "cpufreq").mkdir(parents=True)
     (tmp_path / "sys" / cpu / "cpufreq" / "cpuinfo_max_freq").write_text(f"{khz}\n")
-  peak = hardware.nominal_cpu_peak.__wrapped__(str(cpuinfo), no_cpufreq)
+  peak = hardware.nominal_cpu_peak.__wrapped__(str(cpuinfo), sysfs)
   assert peak.flops == 4 * 3.5e9 * 32 and peak.at_max_clock
   assert "3.50 GHz max clock" in peak.source
 
