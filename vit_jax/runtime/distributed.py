@@ -169,7 +169,9 @@ class PeerWatchdog:
 
   def _beat(self) -> None:
     count = 0
-    while True:
+    # Ends once JAX's shutdown has closed the client: a call still in flight when Python finalizes
+    # aborts the process as it returns ("terminate called ... exception not rethrown").
+    while _client() is not None:
       count += 1
       try:
         if not self._leaving.is_set():
