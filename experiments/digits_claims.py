@@ -14,14 +14,15 @@ CLAIM is one of:
 * `hybrid`: a convolutional stem helps most when data is scarce (the ViT paper's inductive-bias
   claim). ViT with 4x4 patches against a hybrid (a 7x7/2 convolution and a 3x3/2 max-pool, 64
   channels, then 1x1 patches: the same 49 tokens) on the first 500 / 1,500 / 4,500 training digits,
-  703 steps each (20 epochs of the full set).
+  2,812 steps each (80 epochs of the full set: where the patch-size study's width 32 / patch 4
+  converged).
 * `posemb`: position embeddings none / learned / 2-D sin-cos.
 * `pool`: class token against global average pooling.
 
 Every trial is the patch-size study's width-32 model (depth 2, 2 heads, the quickstart recipe):
 patch 4 for transfer and hybrid, patch 7 (16 tokens: the cheapest model above 90%) for position
 embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 40
-for pre-training on half the data, 20 for the hybrid claim); seeds 0 / 1 / 2, evaluated on the 500
+for pre-training on half the data, 80 for the hybrid claim); seeds 0 / 1 / 2, evaluated on the 500
 test digits (the 250 of digits 5-9 for transfer) every 35 steps (every 50 steps for the 3,000-step
 fine-tunes).
 """
@@ -30,7 +31,7 @@ from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 MODEL = {"width": 32, "heads": 2, "depth": 2, "patch": 4}
-STEPS = 703  # 20 epochs of the 4,500 training digits at batch 128.
+STEPS = 2812  # 80 epochs of the 4,500 training digits at batch 128 (width 32 / patch 4 converged).
 EPOCHS = 40.0  # Pre-training.
 POSEMB_EPOCHS = 160.0  # As pooling: where width 32 / patch 7 converged.
 POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for width 32 / patch 7.
