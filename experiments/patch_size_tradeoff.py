@@ -9,7 +9,7 @@ experiments/patch_size_tradeoff_local/README.md):
 
   ViTs of depth 2 at widths 16 / 32 / 64 (head dim 16) with patches 2, 4, 7 and 14 on the 28x28
   digits (196, 49, 16 and 4 patch tokens), the quickstart recipe (AdamW 3e-3, 100 warm-up steps,
-  cosine, batch 128), 80-640 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
+  cosine, batch 128), 80-1280 epochs per setting (`LOCAL_EPOCHS`), seeds 0 / 1 / 2, evaluated every
   epoch.
 
 Local scale, compute-matched (results in experiments/patch_size_tradeoff_compute_matched/):
@@ -47,7 +47,7 @@ LOCAL_PATCHES = (2, 4, 7, 14)
 LOCAL_DEPTH = 2
 # Epochs per (width, patch): a setting's schedule is doubled (from 20) until its seed mean moves
 # < 0.3 points over the last quarter (history in experiments/patch_size_tradeoff_local/README.md).
-LOCAL_EPOCHS = {(16, 2): 160.0, (16, 4): 320.0, (16, 7): 640.0, (16, 14): 160.0,
+LOCAL_EPOCHS = {(16, 2): 160.0, (16, 4): 320.0, (16, 7): 1280.0, (16, 14): 160.0,
                 (32, 2): 160.0, (32, 4): 80.0, (32, 7): 160.0, (32, 14): 80.0,
                 (64, 2): 80.0, (64, 4): 80.0, (64, 7): 80.0, (64, 14): 80.0}
 LOCAL_EVAL_EVERY = 35  # One epoch of 4,500 digits at batch 128.
@@ -76,7 +76,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_overrides={"evals.val.every_steps": LOCAL_EVAL_EVERY},
                        plot_x="patch", plot_series=("width",),
                        description=f"ViT depth {LOCAL_DEPTH}, widths 16/32/64, patches "
-                       "2/4/7/14, bundled digits, 80-640 epochs (each setting's in its trial "
+                       "2/4/7/14, bundled digits, 80-1280 epochs (each setting's in its trial "
                        "name), seeds 0/1/2")
   if a.scale == "compute_matched":
     budget = BUDGET_EPOCHS * DIGITS_TRAIN_IMAGES * _train_flops(32, 2, 7)
