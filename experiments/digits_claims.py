@@ -98,7 +98,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
             for posemb, epochs in POSEMB_EPOCHS.items()]
     return sweep.Study("posemb_local", "configs/quickstart.py", _seeded(arms),
                        base_args={**MODEL, "patch": 7, "epochs": POSEMB_EPOCHS["learn"]},
-                       base_overrides=every,
+                       base_overrides=every, plot_x="posemb",
                        description="ViT width 32, patch 7: position embedding none / learned / "
                        "sincos2d, " + " / ".join(f"{e:g}" for e in POSEMB_EPOCHS.values())
                        + " epochs")
