@@ -23,9 +23,8 @@ Every trial is the patch-size study's width-32 model (depth 2, 2 heads, the quic
 patch 4 for transfer and hybrid, patch 7 (16 tokens: the cheapest model above 90%) for position
 embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 320
 for the none and sin-cos position embeddings, 40 for pre-training on half the data, 80 for the
-hybrid claim); seeds 0 / 1 / 2, evaluated on the 500
-test digits (the 250 of digits 5-9 for transfer) every 35 steps (every 50 steps for the 3,000-step
-fine-tunes).
+hybrid claim); seeds 0 / 1 / 2, evaluated on the 500 test digits (the 250 of digits 5-9 for
+transfer) every 35 steps (every 50 steps for the 3,000-step fine-tunes).
 """
 from vit_jax.config import parse_arg
 from vit_jax.study import sweep
