@@ -9,29 +9,33 @@ CLAIM is one of:
   training images, 28 px, patch 4: a 7x7 grid), fine-tune on digits 5-9 with 10 or 50 labels per
   class at 56 px and patch 7 (an 8x8 grid: the position embedding is resized and the patch
   embedding PI-resized on load), against the same model trained from scratch on the same labels
-  for the same steps (each with this project's recipe for its task: configs/finetune.py's SGD for
-  the fine-tunes, the quickstart's AdamW from scratch).
+  for the same steps (3,000 with 10 labels per class, 6,000 with 50; each with this project's
+  recipe for its task: configs/finetune.py's SGD for the fine-tunes, the quickstart's AdamW from
+  scratch).
 * `hybrid`: a convolutional stem helps most when data is scarce (the ViT paper's inductive-bias
   claim). ViT with 4x4 patches against a hybrid (a 7x7/2 convolution and a 3x3/2 max-pool, 64
   channels, then 1x1 patches: the same 49 tokens) on the first 500 / 1,500 / 4,500 training digits,
   2,812 steps each (80 epochs of the full set: where the patch-size study's width 32 / patch 4
-  converged).
+  converged), 5,624 on 1,500 digits (where the ViT still rose at 2,812).
 * `posemb`: position embeddings none / learned / 2-D sin-cos.
 * `pool`: class token against global average pooling.
 
 Every trial is the patch-size study's width-32 model (depth 2, 2 heads, the quickstart recipe):
 patch 4 for transfer and hybrid, patch 7 (16 tokens: the cheapest model above 90%) for position
 embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 640
-for no position embedding, 320 for sin-cos, 40 for pre-training on half the data, 80 for the
-hybrid claim); seeds 0 / 1 / 2, evaluated on the 500 test digits (the 250 of digits 5-9 for
-transfer) every 35 steps (every 50 steps for the 3,000-step fine-tunes).
+for no position embedding, 320 for sin-cos, 40 for pre-training on half the data); seeds 0 / 1 /
+2, evaluated on the 500 test digits (the 250 of digits 5-9 for transfer) every 35 steps (every 50
+for the few-shot trainings).
 """
 from vit_jax.config import parse_arg
 from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 MODEL = {"width": 32, "heads": 2, "depth": 2, "patch": 4}
-STEPS = 2812  # 80 epochs of the 4,500 training digits at batch 128 (width 32 / patch 4 converged).
+# Hybrid claim, steps per training-set size: 2,812 is 80 epochs of the 4,500 training digits at
+# batch 128 (where width 32 / patch 4 converged); the ViT on 1,500 digits still rose 0.4 points over
+# the last quarter at 2,812, so both arms there train twice as long.
+HYBRID_STEPS = {500: 2812, 1500: 5624, 4500: 2812}
 EPOCHS = 40.0  # Pre-training.
 # Per arm: 160 (as pooling, where width 32 / patch 7 converged) for learned; none and sin-cos
 # still rose over the last quarter at 160 (by 0.9 and 0.7 points), so they train 320; none still
@@ -39,17 +43,28 @@ EPOCHS = 40.0  # Pre-training.
 POSEMB_EPOCHS = {"none": 640.0, "learn": 160.0, "sincos2d": 320.0}
 POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for width 32 / patch 7.
 EVAL_EVERY = 35
-# Few-shot transfer: digits 5-9, 3,000 steps of 24 images (the 50-image set holds 2 batches), at
-# 56 px with 7x7 patches. Every arm was still rising over the last quarter at 200 steps (by 2.5-4.8
-# points) and at 1,000 (by 1.2-1.9).
+# Few-shot transfer: digits 5-9, batches of 24 images (the 50-image set holds 2 batches), at 56 px
+# with 7x7 patches. Every arm was still rising over the last quarter at 200 steps (by 2.5-4.8
+# points) and at 1,000 (by 1.2-1.9); at 3,000 the fine-tune on 50 labels per class still rose 0.8,
+# so both arms on 50 labels per class train 6,000.
 FEWSHOT = {"classes": "5-9", "res": 56, "batch": 24}
-FEWSHOT_STEPS = 3000
+FEWSHOT_STEPS = {10: 3000, 50: 6000}  # Per labels-per-class count.
 FEWSHOT_EVAL_EVERY = 50
-LABELS_PER_CLASS = (10, 50)
 
 
 def _seeded(points: list[dict]) -> list[sweep.Trial]:
   return sweep.trials(sweep.product(sweep.axis("config.seed", SEEDS), points))
+
+
+def _arms(key: str, lengths: dict, length_key: str, base) -> list[dict]:
+  """One point per value of `key`, with its own training length (`lengths[value]`, set as
+  `length_key`) where that differs from `base`, the study's: arms at the base length keep their
+  trial names, so their finished runs stay done when another arm's length changes."""
+  return [{key: value, **({length_key: n} if n != base else {})} for value, n in lengths.items()]
+
+
+def _fewshot_steps() -> str:
+  return " / ".join(f"{n:,}" for n in FEWSHOT_STEPS.values()) + " steps"
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
@@ -64,38 +79,37 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        "28 px, 40 epochs")
   if a.claim == "transfer_finetune":
     # Each seed fine-tunes the pre-training of its own seed; the name leaves the path out.
-    trials = [sweep.Trial(f"seed={seed},per_class={n}",
-                          {"per_class": n, "init": f"{a.pretrain_dir}/seed={seed}"},
-                          {"seed": seed})
-              for seed in SEEDS for n in LABELS_PER_CLASS]
+    trials = [sweep.Trial(t.name, {**t.config_args,
+                                   "init": f"{a.pretrain_dir}/seed={t.overrides['seed']}"},
+                          t.overrides)
+              for t in _seeded(_arms("per_class", FEWSHOT_STEPS, "steps", FEWSHOT_STEPS[10]))]
     return sweep.Study("transfer_finetune_local", "configs/finetune.py", trials,
-                       base_args={"dataset": "bundled_mnist", **FEWSHOT, "steps": FEWSHOT_STEPS},
+                       base_args={"dataset": "bundled_mnist", **FEWSHOT,
+                                  "steps": FEWSHOT_STEPS[10]},
                        base_overrides={"model.patch_size": 7,
                                        "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
                        plot_x="per_class",
                        description="ViT width 32 fine-tuned from digits 0-4 on digits 5-9 with "
-                       f"10 / 50 labels per class at 56 px, patch 7, {FEWSHOT_STEPS} steps")
+                       "10 / 50 labels per class at 56 px, patch 7, " + _fewshot_steps())
   if a.claim == "transfer_scratch":
     return sweep.Study("transfer_scratch_local", "configs/quickstart.py",
-                       _seeded(sweep.axis("per_class", LABELS_PER_CLASS)),
-                       base_args={**MODEL, **FEWSHOT, "patch": 7, "steps": FEWSHOT_STEPS},
+                       _seeded(_arms("per_class", FEWSHOT_STEPS, "steps", FEWSHOT_STEPS[10])),
+                       base_args={**MODEL, **FEWSHOT, "patch": 7, "steps": FEWSHOT_STEPS[10]},
                        base_overrides={"evals.val.every_steps": FEWSHOT_EVAL_EVERY},
                        plot_x="per_class",
                        description="ViT width 32 trained from scratch on digits 5-9 with 10 / 50 "
-                       f"labels per class at 56 px, patch 7, {FEWSHOT_STEPS} steps")
+                       "labels per class at 56 px, patch 7, " + _fewshot_steps())
   if a.claim == "hybrid":
     points = sweep.product([{"stem": False}, {"stem": True, "patch": 1}],
-                           sweep.axis("train_images", [500, 1500, 4500]))
+                           _arms("train_images", HYBRID_STEPS, "steps", HYBRID_STEPS[500]))
     return sweep.Study("hybrid_local", "configs/quickstart.py", _seeded(points),
-                       base_args={**MODEL, "steps": STEPS}, base_overrides=every,
+                       base_args={**MODEL, "steps": HYBRID_STEPS[500]}, base_overrides=every,
                        plot_x="train_images", plot_series=("stem",),
                        description="ViT width 32, patch 4 vs hybrid (conv stem, patch 1) on 500 / "
-                       f"1,500 / 4,500 training digits, {STEPS} steps")
+                       "1,500 / 4,500 training digits, "
+                       + " / ".join(f"{n:,}" for n in HYBRID_STEPS.values()) + " steps")
   if a.claim == "posemb":
-    # The learned arm's trials keep their names (its epochs are the base's) so they stay done.
-    arms = [{"config.model.posemb": posemb,
-             **({"epochs": epochs} if epochs != POSEMB_EPOCHS["learn"] else {})}
-            for posemb, epochs in POSEMB_EPOCHS.items()]
+    arms = _arms("config.model.posemb", POSEMB_EPOCHS, "epochs", POSEMB_EPOCHS["learn"])
     return sweep.Study("posemb_local", "configs/quickstart.py", _seeded(arms),
                        base_args={**MODEL, "patch": 7, "epochs": POSEMB_EPOCHS["learn"]},
                        base_overrides=every, plot_x="posemb",
