@@ -65,8 +65,9 @@ def _arms(key: str, lengths: dict, length_key: str, base) -> list[dict]:
   return [{key: value, **({length_key: n} if n != base else {})} for value, n in lengths.items()]
 
 
-def _fewshot_steps() -> str:
-  return " / ".join(f"{n:,}" for n in FEWSHOT_STEPS.values()) + " steps"
+def _lengths(lengths: dict, unit: str) -> str:
+  """Per-arm training lengths for a description, e.g. `2,812 / 5,624 steps`."""
+  return " / ".join(f"{n:,g}" for n in lengths.values()) + " " + unit
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
@@ -92,7 +93,8 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                                        "evals.val.every_steps": FEWSHOT_EVAL_EVERY},
                        plot_x="per_class",
                        description="ViT width 32 fine-tuned from digits 0-4 on digits 5-9 with "
-                       "10 / 50 labels per class at 56 px, patch 7, " + _fewshot_steps())
+                       "10 / 50 labels per class at 56 px, patch 7, "
+                       + _lengths(FEWSHOT_STEPS, "steps"))
   if a.claim == "transfer_scratch":
     return sweep.Study("transfer_scratch_local", "configs/quickstart.py",
                        _seeded(_arms("per_class", FEWSHOT_STEPS, "steps", FEWSHOT_STEPS[10])),
@@ -100,7 +102,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_overrides={"evals.val.every_steps": FEWSHOT_EVAL_EVERY},
                        plot_x="per_class",
                        description="ViT width 32 trained from scratch on digits 5-9 with 10 / 50 "
-                       "labels per class at 56 px, patch 7, " + _fewshot_steps())
+                       "labels per class at 56 px, patch 7, " + _lengths(FEWSHOT_STEPS, "steps"))
   if a.claim == "hybrid":
     points = sweep.product([{"stem": False}, {"stem": True, "patch": 1}],
                            _arms("train_images", HYBRID_STEPS, "steps", HYBRID_STEPS[500]))
@@ -108,16 +110,14 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
                        base_args={**MODEL, "steps": HYBRID_STEPS[500]}, base_overrides=every,
                        plot_x="train_images", plot_series=("stem",),
                        description="ViT width 32, patch 4 vs hybrid (conv stem, patch 1) on 500 / "
-                       "1,500 / 4,500 training digits, "
-                       + " / ".join(f"{n:,}" for n in HYBRID_STEPS.values()) + " steps")
+                       "1,500 / 4,500 training digits, " + _lengths(HYBRID_STEPS, "steps"))
   if a.claim == "posemb":
     arms = _arms("config.model.posemb", POSEMB_EPOCHS, "epochs", POSEMB_EPOCHS["learn"])
     return sweep.Study("posemb_local", "configs/quickstart.py", _seeded(arms),
                        base_args={**MODEL, "patch": 7, "epochs": POSEMB_EPOCHS["learn"]},
                        base_overrides=every, plot_x="posemb",
                        description="ViT width 32, patch 7: position embedding none / learned / "
-                       "sincos2d, " + " / ".join(f"{e:g}" for e in POSEMB_EPOCHS.values())
-                       + " epochs")
+                       "sincos2d, " + _lengths(POSEMB_EPOCHS, "epochs"))
   if a.claim == "pool":
     return sweep.Study("pool_local", "configs/quickstart.py",
                        _seeded(sweep.axis("config.model.classifier", ["token", "gap"])),
