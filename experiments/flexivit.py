@@ -6,18 +6,18 @@ step, against the models trained at one patch size each.
         --only=width=32 --prior=experiments/patch_size_tradeoff_local/results.csv \
         --out=experiments/flexivit_local
 
-Expected (2-core x86 CPU, 2026-12-01, 3 runs at once: 96 min each): 98.4 / 98.2 / 97.3 / 96.9% at
+Expected (2-core x86 CPU, 2026-12-02, 3 runs at once: ~2.6 h each): 98.5 / 98.5 / 97.7 / 97.1% at
 patches 2 / 4 / 7 / 14, mean over the 3 seeds (experiments/flexivit_local/README.md).
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
-depth 2, 2 heads, the quickstart recipe), trained 320 epochs. Its parameters are those of patch 4;
+depth 2, 2 heads, the quickstart recipe), trained 640 epochs. Its parameters are those of patch 4;
 every step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
 patch-size study's width-32 trials: same model size, batch and seeds, each trained until converged
 (patches 2 / 7: 160 epochs, 4 / 14: 80). FlexiViT's epochs are shared by the four sizes, so each
 size gets about a quarter of them; its seed means still rose over the last quarter at 80 epochs
-(0.5-1.7 points) and at 160 (at 3 of the 4 sizes), so it trains 320.
+(0.5-1.7 points), at 160 and at 320 (at 3 of the 4 sizes; by 0.7-0.8 at 320), so it trains 640.
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
@@ -25,7 +25,7 @@ from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 PATCH_SIZES = (2, 4, 7, 14)
-EPOCHS = 320.0  # Twice the longest per-size model's (experiments/patch_size_tradeoff.py, width 32).
+EPOCHS = 640.0  # 4x the longest per-size model's (experiments/patch_size_tradeoff.py, width 32).
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
