@@ -9,7 +9,7 @@ CLAIM is one of:
   training images, 28 px, patch 4: a 7x7 grid), fine-tune on digits 5-9 with 10 or 50 labels per
   class at 56 px and patch 7 (an 8x8 grid: the position embedding is resized and the patch
   embedding PI-resized on load), against the same model trained from scratch on the same labels
-  for the same steps (3,000 with 10 labels per class, 6,000 with 50; each with this project's
+  for the same steps (3,000 with 10 labels per class, 12,000 with 50; each with this project's
   recipe for its task: configs/finetune.py's SGD for the fine-tunes, the quickstart's AdamW from
   scratch).
 * `hybrid`: a convolutional stem helps most when data is scarce (the ViT paper's inductive-bias
@@ -23,7 +23,7 @@ CLAIM is one of:
 Every trial is the patch-size study's width-32 model (depth 2, 2 heads, the quickstart recipe):
 patch 4 for transfer and hybrid, patch 7 (16 tokens: the cheapest model above 90%) for position
 embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 640
-for no position embedding, 320 for sin-cos, 160 for pre-training on half the data); seeds 0 / 1 /
+for no position embedding, 320 for sin-cos and for pre-training on half the data); seeds 0 / 1 /
 2, evaluated on the 500 test digits (the 250 of digits 5-9 for transfer) every 35 steps (every 50
 for the few-shot trainings).
 """
@@ -36,9 +36,9 @@ MODEL = {"width": 32, "heads": 2, "depth": 2, "patch": 4}
 # batch 128 (where width 32 / patch 4 converged); the ViT on 1,500 digits still rose 0.4 points over
 # the last quarter at 2,812, so both arms there train twice as long.
 HYBRID_STEPS = {500: 2812, 1500: 5624, 4500: 2812}
-# Pre-training on the 2,243 digits 0-4: 2,804 steps, as long as the hybrid claim's 2,812 (width 32 /
-# patch 4 still rose 1.3 points over the last quarter at 40 epochs).
-PRETRAIN_EPOCHS = 160.0
+# Pre-training on the 2,243 digits 0-4: 320 epochs, 5,625 steps (width 32 / patch 4 still rose 1.3
+# points over the last quarter at 40 epochs and 0.3 at 160).
+PRETRAIN_EPOCHS = 320.0
 # Per arm: 160 (as pooling, where width 32 / patch 7 converged) for learned; none and sin-cos
 # still rose over the last quarter at 160 (by 0.9 and 0.7 points), so they train 320; none still
 # rose by 0.4 at 320, so it trains 640.
@@ -47,10 +47,10 @@ POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for wid
 EVAL_EVERY = 35
 # Few-shot transfer: digits 5-9, batches of 24 images (the 50-image set holds 2 batches), at 56 px
 # with 7x7 patches. Every arm was still rising over the last quarter at 200 steps (by 2.5-4.8
-# points) and at 1,000 (by 1.2-1.9); at 3,000 the fine-tune on 50 labels per class still rose 0.8,
-# so both arms on 50 labels per class train 6,000.
+# points) and at 1,000 (by 1.2-1.9); the fine-tune on 50 labels per class still rose 0.8 at 3,000
+# and 0.34 at 6,000, so both arms on 50 labels per class train 12,000.
 FEWSHOT = {"classes": "5-9", "res": 56, "batch": 24}
-FEWSHOT_STEPS = {10: 3000, 50: 6000}  # Per labels-per-class count.
+FEWSHOT_STEPS = {10: 3000, 50: 12000}  # Per labels-per-class count.
 FEWSHOT_EVAL_EVERY = 50
 
 
