@@ -2,6 +2,8 @@
 import io
 import json
 import logging
+import subprocess
+import sys
 
 from absl import flags
 import jax
@@ -315,6 +317,34 @@ def test_bundled_mnist(tmp_path):
   assert batch["image"].shape == (16, 28, 28, 1) and batch["label"].shape == (16, 10)
   with pytest.raises(ValueError, match="10 classes but the pp string has onehot\\(5\\)"):
     pipeline.check_ready(input_config(data=data, pp="decode|onehot(5)"))
+
+
+_BUILD_AFTER_BARRIER = """
+import pathlib, sys, time
+from vit_jax.data import bundled_mnist
+barrier, data_dir, index, count = sys.argv[1:]
+(pathlib.Path(barrier) / index).touch()
+# All imports done before any build starts, so every process finds the data dir empty.
+while len(list(pathlib.Path(barrier).iterdir())) < int(count):
+  time.sleep(0.05)
+print(bundled_mnist.ensure_prepared(data_dir).info.splits["train"].num_examples)
+"""
+
+
+def test_bundled_mnist_first_use_by_several_processes_at_once(tmp_path):
+  """A local sweep's trials start together on a fresh data dir: every one builds, one rename
+  wins, the others use its copy instead of failing."""
+  barrier = tmp_path / "barrier"
+  barrier.mkdir()
+  count = 3
+  processes = [subprocess.Popen(
+      [sys.executable, "-c", _BUILD_AFTER_BARRIER, str(barrier), str(tmp_path / "tfds"), str(i),
+       str(count)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(count)]
+  for process in processes:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert out.splitlines()[-1] == "4500"  # After tfds' own progress lines.
 
 
 def test_class_subsets_renumber_labels_and_take_the_first_per_class(tmp_path):

@@ -77,10 +77,21 @@ class BundledMnist(tfds.core.GeneratorBasedBuilder):
 
 
 def ensure_prepared(data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The builder, built as ArrayRecord into data_dir first if it is not there yet (offline)."""
+  """The builder, built as ArrayRecord into data_dir first if it is not there yet (offline).
+
+  Safe when several processes start on a fresh data_dir at once (a local sweep's trials): each
+  builds into its own temporary dir and renames it into place; the ones that lose the race use
+  the winner's copy.
+  """
   builder = BundledMnist(data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     logging.info("Building bundled_mnist into %s (first use, offline, a few seconds).",
                  builder.data_dir)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:
+      # Another process renamed its complete build into place first.
+      builder = BundledMnist(data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        raise
   return builder
