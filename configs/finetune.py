@@ -103,6 +103,7 @@ def get_config(arg: str | None = None):
     # A 5%-area crop of a digit is no digit, and a mirrored one is another digit (or none): the
     # quickstart's small shifts instead.
     augment = f"resize({res})|random_shift({bundled_mnist.max_shift(res)})"
+    c.input.data.update(cache_raw=True, cache_decoded=True)  # A few MB: later epochs skip decodes.
   else:
     augment = f"inception_crop({res})" + ("|flip_lr" if a.flip else "")
   c.input.pp = f"decode({channels})|{augment}{pp_tail}"

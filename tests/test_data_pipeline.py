@@ -166,6 +166,38 @@ def test_cache_raw_serves_later_evals_from_memory(folder):
       np.testing.assert_array_equal(x[key], y[key])
 
 
+def _break_images(root):
+  for path in root.rglob("*.png"):
+    path.write_bytes(b"not an image")  # Readable bytes that no longer decode.
+
+
+def test_cache_decoded_decodes_each_image_once_and_keeps_the_stream(folder):
+  pp = "decode|resize(12)|random_shift(2)|flip_lr|value_range(0, 255)"
+  cfg = _cfg(folder, pp=pp, threads=2)
+  cfg.data.cache_decoded = True
+  cached = iter(pipeline.train_dataset(cfg, 8, 3))
+  first_epoch = [next(cached) for _ in range(5)]
+  expected = _take(pipeline.train_dataset(_cfg(folder, pp=pp), 8, 3), 15)
+  _break_images(folder / "train")  # Later epochs must not decode again (nor skip any image).
+  later_epochs = [next(cached) for _ in range(10)]
+  for x, y in zip(first_epoch + later_epochs, expected):  # Augmentation redrawn as uncached.
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_cache_decoded_serves_later_evals_without_decoding(folder):
+  cfg = _cfg(folder, split="test", pp="decode|resize(12)|value_range(0, 1)|onehot(2)")
+  cfg.data.cache_decoded = True
+  evals = pipeline.make_eval_iterable(cfg, 16)
+  first = list(evals)
+  _break_images(folder / "test")
+  second = list(evals)
+  assert len(first) == len(second) == 3
+  for x, y in zip(first, second):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(x[key], y[key])
+
+
 @pytest.mark.parametrize("threads,prefetch", [(0, 0), (4, 2)])
 def test_exact_mid_epoch_resume(folder, threads, prefetch):
   cfg = _cfg(folder, pp="decode|random_shift(1)|value_range(0, 255)|onehot(2)", threads=threads,
@@ -231,8 +263,9 @@ def test_worker_processes_give_the_same_stream_and_resume_across_counts(folder):
     cfg = _cfg(folder, pp="decode|random_shift(1)", threads=2, prefetch=1)
     plain = pipeline.make_train_iterator(cfg, 8, 3)
     want = [np.asarray(next(plain)["image"]) for _ in range(8)]
-    with_workers = pipeline.make_train_iterator(_cfg(folder, pp="decode|random_shift(1)",
-                                                     threads=2, prefetch=1, workers=2), 8, 3)
+    cached_cfg = _cfg(folder, pp="decode|random_shift(1)", threads=2, prefetch=1, workers=2)
+    cached_cfg.data.cache_decoded = True  # Each worker keeps a cache of its own.
+    with_workers = pipeline.make_train_iterator(cached_cfg, 8, 3)
     got = [np.asarray(next(with_workers)["image"]) for _ in range(3)]
     state = with_workers.get_state()
     plain.set_state(state)  # A state saved with workers resumes without them, and vice versa.

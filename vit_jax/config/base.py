@@ -15,7 +15,8 @@ from ml_collections import config_dict
 # What an eval entry (`config.evals.<name>`) may set besides `data` and `pp`, and its default.
 EVAL_DEFAULTS = {"type": "classification", "every_steps": None}  # None: at the last step only
 # Fields of `config.input.data` that every eval inherits unless its own `data` sets them.
-INHERITED_DATA_FIELDS = ("data_dir", "root", "on_corrupt", "classes", "cache_raw")
+INHERITED_DATA_FIELDS = ("data_dir", "root", "on_corrupt", "classes", "cache_raw",
+                         "cache_decoded")
 
 
 def _unset(kind: type) -> config_dict.FieldReference:
@@ -45,15 +46,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.dont_load = ()         # regexes of params kept at init when loading `init`
 
   c.input = ml_collections.ConfigDict()
-  # data_dir / root / on_corrupt / classes / cache_raw are inherited by every eval
-  # (INHERITED_DATA_FIELDS).
+  # data_dir / root / on_corrupt / classes / cache_raw / cache_decoded are inherited by every
+  # eval (INHERITED_DATA_FIELDS).
   c.input.data = ml_collections.ConfigDict(dict(
       name="", split="train", data_dir=_unset(str), root=_unset(str), on_corrupt="skip",
       # A subset: the labels kept (renumbered 0..k-1 in this order; () = all) and the first
       # per_class examples of each (0 = all). Evals inherit `classes`.
       classes=(), per_class=0,
       # Keep the encoded examples in host RAM once read (small datasets: later epochs skip reads).
-      cache_raw=False))
+      cache_raw=False,
+      # Keep each example's output of the pp chain's head up to its first random op (decode,
+      # resize, ...) in host RAM: later epochs skip the decode. Decoded images must fit in RAM.
+      cache_decoded=False))
   c.input.pp = ""
   c.input.threads = 8      # reader threads per host
   c.input.workers = 0      # grain worker processes per host

@@ -53,24 +53,44 @@ class Preprocess:
 
   A skipped image gives None: eval drops it (grain drops None elements); training fills its slot
   with the next example of the order (`_TrainExamples`).
+
+  With a `cache` dict (data.cache_decoded: a source's `decoded`), the chain's deterministic head
+  (decode, resize, ...) runs once per example id and its output is kept there; the random tail runs
+  on it every time with the same rng as before, so the stream is the same, without the repeated
+  decodes and resizes that dominate small models' input time.
   """
 
-  def __init__(self, pp: str, on_corrupt: str = "skip"):
+  def __init__(self, pp: str, on_corrupt: str = "skip", cache: dict | None = None):
     if on_corrupt not in ("skip", "error"):
       raise ValueError(f"data.on_corrupt={on_corrupt!r}; use 'skip' or 'error'.")
-    self._pp, self._on_corrupt = pp, on_corrupt
-    self._op = preprocess.parse(pp)
+    self._pp, self._on_corrupt, self._cache = pp, on_corrupt, cache
+    preprocess.parse(pp)  # Checks the whole chain (an empty one included).
+    self._head_pp, tail = preprocess.split_deterministic_head(pp)
+    self._head = preprocess.parse(self._head_pp) if self._head_pp else None
+    self._tail = preprocess.parse(tail) if tail else None
     self._skipped = itertools.count(1)
 
-  def __getstate__(self) -> dict[str, str]:  # Worker processes rebuild the chain from the string.
-    return {"pp": self._pp, "on_corrupt": self._on_corrupt}
+  def __getstate__(self) -> dict[str, Any]:
+    # Worker processes rebuild the chain from the string, each with a cache of its own.
+    return {"pp": self._pp, "on_corrupt": self._on_corrupt, "cached": self._cache is not None}
 
-  def __setstate__(self, state: dict[str, str]) -> None:
-    self.__init__(state["pp"], state["on_corrupt"])
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(state["pp"], state["on_corrupt"], {} if state["cached"] else None)
+
+  def _apply(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    head = example
+    if self._head is not None and self._cache is None:
+      head = self._head(example, rng)  # Head ops draw nothing from rng.
+    elif self._head is not None:
+      key = (self._head_pp, example["id"])
+      head = self._cache.get(key)
+      if head is None:  # Two threads may both compute it: the same output, stored twice.
+        head = self._cache[key] = self._head(example, rng)
+    return self._tail(head, rng) if self._tail else head
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
     try:
-      out = self._op(example, rng)
+      out = self._apply(example, rng)
     except _CORRUPT_IMAGE_ERRORS as e:
       if self._on_corrupt == "error":
         raise ValueError(f"Corrupt image {example['id']}: {e}. Set data.on_corrupt='skip' to skip "
@@ -119,8 +139,8 @@ def check_ready(cfg: Mapping[str, Any]) -> sources.Source:
 def example_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
   """The (H, W, C) shape of one preprocessed example of an input or eval config (opens the data)."""
   source = _open_checked(cfg)
-  example = Preprocess(cfg["pp"], cfg["data"]["on_corrupt"])(source.records[0],
-                                                             np.random.default_rng(0))
+  example = Preprocess(cfg["pp"], cfg["data"]["on_corrupt"], source.decoded)(
+      source.records[0], np.random.default_rng(0))
   if example is None:
     raise ValueError(f"The first example of {source.description} is corrupt; its image shape "
                      "(needed to build the model) cannot be read.")
@@ -150,13 +170,13 @@ class _TrainExamples:
   later position is unchanged: a skip never shifts the stream, on any number of hosts.
   """
 
-  def __init__(self, records: Any, seed: int, pp: str, on_corrupt: str, global_batch_size: int,
-               row_start: int, local_batch_size: int):
+  def __init__(self, records: Any, seed: int, preprocess_example: Preprocess,
+               global_batch_size: int, row_start: int, local_batch_size: int):
     if seed < 0:
       raise ValueError(f"The data seed is {seed}; use a seed >= 0.")
     self._records = records
     self._seed = seed
-    self._pp, self._on_corrupt = pp, on_corrupt
+    self._preprocess = preprocess_example
     self._global_batch_size = global_batch_size
     self._row_start, self._local_batch_size = row_start, local_batch_size
     self._build()
@@ -165,11 +185,9 @@ class _TrainExamples:
     self._order = (grain.MapDataset.source(self._records)
                    .shuffle(seed=_derived_seed(self._seed, 0)).repeat())
     self._augment_key = _derived_seed(self._seed, 1, words=2)  # 128-bit Philox key, high half.
-    self._preprocess = Preprocess(self._pp, self._on_corrupt)
 
   def __getstate__(self) -> dict[str, Any]:  # Worker processes rebuild the grain objects.
-    return {k: v for k, v in self.__dict__.items()
-            if k not in ("_order", "_augment_key", "_preprocess")}
+    return {k: v for k, v in self.__dict__.items() if k not in ("_order", "_augment_key")}
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
@@ -216,7 +234,8 @@ def _host_train_stream(source: sources.Source, cfg: Mapping[str, Any], global_ba
                        row_start: int, local_batch_size: int, seed: int,
                        start_batch: int) -> grain.IterDataset:
   """This host's rows of global batches start_batch, start_batch + 1, ... as numpy batches."""
-  read = _TrainExamples(source.records, seed, cfg["pp"], cfg["data"]["on_corrupt"],
+  read = _TrainExamples(source.records, seed,
+                        Preprocess(cfg["pp"], cfg["data"]["on_corrupt"], source.decoded),
                         global_batch_size, row_start, local_batch_size)
   workers = int(cfg["workers"])
   if workers == 0:  # Reader threads work on examples: a batch is ready soonest.
@@ -261,7 +280,7 @@ def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int
   Every shard yields the same number of batches (ceil(ceil(N / shards) / batch)); the last ones
   are padded with zero images and mask 0, so collective eval steps never wait on a host.
   `source` is cfg's data as `check_ready` opened it (opened here if None); passing the same one
-  to every pass lets data.cache_raw serve later passes from memory.
+  to every pass lets data.cache_raw / cache_decoded serve later passes from memory.
   """
   if source is None:
     source = _open_checked(cfg)
@@ -273,7 +292,7 @@ def eval_batches(cfg: Mapping[str, Any], local_batch_size: int, shard_index: int
   on_corrupt = cfg["data"]["on_corrupt"]
   dataset = (grain.MapDataset.source(source.records)[_example_range(num_examples, shard_index,
                                                                      shard_count)]
-             .random_map(Preprocess(cfg["pp"], on_corrupt), seed=0)
+             .random_map(Preprocess(cfg["pp"], on_corrupt, source.decoded), seed=0)
              .to_iter_dataset(_read_options(cfg))
              .batch(local_batch_size, drop_remainder=False))
   template = None
@@ -449,7 +468,7 @@ class EvalIterable:
     self._shard_index, self._shard_count, self._local_batch_size = data_shard(
         sharding, global_batch_size)
     self._depth = int(cfg["prefetch"])
-    self._source = check_ready(cfg)  # Opened once: with data.cache_raw, later evals read memory.
+    self._source = check_ready(cfg)  # Opened once: data.cache_raw / cache_decoded last.
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     host_batches = eval_batches(self._cfg, self._local_batch_size, self._shard_index,

@@ -34,14 +34,18 @@ Example = dict[str, Any]
 Op = Callable[[Example, np.random.Generator], Example]
 
 _REGISTRY: dict[str, Callable[..., Op]] = {}
+_RANDOM: set[str] = set()  # The ops that draw from the rng.
 
 
-def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-  """Registers an op factory under `name`; the factory's arguments are the pp-string arguments."""
+def register(name: str, random: bool = False) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory under `name`; the factory's arguments are the pp-string arguments.
+  `random`: the op draws from the rng (augmentation); any other op is a function of the example."""
   def wrap(factory: Callable[..., Op]) -> Callable[..., Op]:
     if name in _REGISTRY:
       raise ValueError(f"pp op {name!r} is registered twice.")
     _REGISTRY[name] = factory
+    if random:
+      _RANDOM.add(name)
     return factory
   return wrap
 
@@ -90,6 +94,17 @@ def parse(pp: str) -> Op:
       example = op(example, rng)
     return example
   return chain
+
+
+def split_deterministic_head(pp: str) -> tuple[str, str]:
+  """`pp` as (head, tail) pp strings: head is the leading ops that draw no randomness (decode,
+  resize, ...), whose output depends on the example alone and can be kept (data.cache_decoded);
+  tail is the rest, from the first random op on. Either may be empty."""
+  specs = [s.strip() for s in pp.split("|") if s.strip()]
+  n = 0
+  while n < len(specs) and _parse_call(specs[n])[0] not in _RANDOM:
+    n += 1
+  return "|".join(specs[:n]), "|".join(specs[n:])
 
 
 def op_arguments(pp: str, name: str) -> dict[str, Any] | None:
@@ -200,7 +215,7 @@ def central_crop(crop_size: int | tuple[int, int] | None = None) -> Op:
   return op
 
 
-@register("inception_crop")
+@register("inception_crop", random=True)
 def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 5,
                    area_max: float = 100, method: str = "bilinear",
                    antialias: bool = False) -> Op:
@@ -224,7 +239,7 @@ def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 
   return op
 
 
-@register("flip_lr")
+@register("flip_lr", random=True)
 def flip_lr(p: float = 0.5) -> Op:
   """Mirrors the image left-right with probability p."""
   def op(example: Example, rng: np.random.Generator) -> Example:
@@ -234,7 +249,7 @@ def flip_lr(p: float = 0.5) -> Op:
   return op
 
 
-@register("random_shift")
+@register("random_shift", random=True)
 def random_shift(max_shift: int, fill: int = 0) -> Op:
   """Translates by up to `max_shift` pixels in each direction (pad with `fill`, random crop back);
   the standard augmentation for small digit / CIFAR-sized images."""
@@ -251,7 +266,7 @@ def random_shift(max_shift: int, fill: int = 0) -> Op:
   return op
 
 
-@register("randaug")
+@register("randaug", random=True)
 def randaug(num_layers: int = 2, magnitude: float = 10) -> Op:
   """RandAugment: `num_layers` ops drawn uniformly from randaug.OPS, each at `magnitude` (0..10 is
   the paper's range; larger values extrapolate)."""

@@ -33,6 +33,8 @@ class Source:
   records: Sequence[dict[str, Any]]
   num_classes: int
   description: str  # For logs and errors, e.g. "cifar10:train in /data/tfds".
+  # data.cache_decoded: each example's output of a pp chain's deterministic head, by (head, id).
+  decoded: dict | None = None
 
 
 class ImageFolderRecords(Sequence):
@@ -279,7 +281,8 @@ def open_source(data_cfg: Mapping[str, Any]) -> Source:
   classes, per_class, cache_raw) (`config.input.data`); data_dir (tfds) and root (image folders)
   say where, if needed; `classes` (labels kept, renumbered 0..k-1) and `per_class` (the first N
   examples of each) select a subset, e.g. for few-shot transfer; `cache_raw` keeps the encoded
-  examples in host memory once read.
+  examples in host memory once read, `cache_decoded` the decoded ones (the output of the pp
+  chain's deterministic head: `decoded`).
 
   Raises FileNotFoundError / ValueError naming the command that prepares missing data.
   """
@@ -297,4 +300,6 @@ def open_source(data_cfg: Mapping[str, Any]) -> Source:
     raise ValueError(f"{source.description} has no examples.")
   if data_cfg.get("cache_raw"):
     source = dataclasses.replace(source, records=CachedRecords(source.records))
+  if data_cfg.get("cache_decoded"):
+    source = dataclasses.replace(source, decoded={})
   return source
