@@ -101,4 +101,5 @@ def test_data_bench_measures_every_method_on_real_jpegs():
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and " 64 |" in line]
   assert [row.split(" | ")[0] for row in rows] == [
-      "| vit_jax.data (grain + PIL)", "| plain PIL loop", "| tf.data (decode_and_crop_jpeg)"]
+      "| vit_jax.data (grain + PIL)", "| vit_jax.data, data.cache_decoded", "| plain PIL loop",
+      "| tf.data (decode_and_crop_jpeg)"]
