@@ -137,60 +137,42 @@ def test_train_stream_is_deterministic_given_seed(folder):
   assert epoch1 == epoch2 == list(range(40))  # Each epoch is a permutation of the split.
 
 
-def test_cache_raw_reads_each_file_once_and_keeps_the_stream(folder):
-  pp = "decode|random_shift(2)|value_range(0, 255)"
-  cfg = _cfg(folder, pp=pp)
-  cfg.data.cache_raw = True
-  cached = iter(pipeline.train_dataset(cfg, 8, 3))
-  first_epoch = [next(cached) for _ in range(5)]
-  expected = _take(pipeline.train_dataset(_cfg(folder, pp=pp), 8, 3), 15)
-  for path in (folder / "train").rglob("*.png"):
-    path.unlink()  # Later epochs must come from memory.
-  later_epochs = [next(cached) for _ in range(10)]
-  for x, y in zip(first_epoch + later_epochs, expected):
-    np.testing.assert_array_equal(x["image"], y["image"])
-    np.testing.assert_array_equal(x["label"], y["label"])
-
-
-def test_cache_raw_serves_later_evals_from_memory(folder):
-  cfg = _cfg(folder, split="test", pp="decode|onehot(2)")
-  cfg.data.cache_raw = True
-  evals = pipeline.make_eval_iterable(cfg, 16)
-  first = list(evals)
-  for path in (folder / "test").rglob("*.png"):
-    path.unlink()  # The second eval must come from memory.
-  second = list(evals)
-  assert len(first) == len(second) == 3
-  for x, y in zip(first, second):
-    for key in ("image", "label", "mask"):
-      np.testing.assert_array_equal(x[key], y[key])
+def _delete_images(root):
+  for path in root.rglob("*.png"):
+    path.unlink()  # With cache_raw, later passes must read nothing.
 
 
 def _break_images(root):
   for path in root.rglob("*.png"):
-    path.write_bytes(b"not an image")  # Readable bytes that no longer decode.
+    path.write_bytes(b"not an image")  # With cache_decoded, later passes must decode nothing.
 
 
-def test_cache_decoded_decodes_each_image_once_and_keeps_the_stream(folder):
+# Each cache, and what it must make harmless after the first pass.
+_CACHES = [("cache_raw", _delete_images), ("cache_decoded", _break_images)]
+
+
+@pytest.mark.parametrize("cache,disturb", _CACHES)
+def test_caches_keep_the_train_stream_after_the_first_epoch(folder, cache, disturb):
   pp = "decode|resize(12)|random_shift(2)|flip_lr|value_range(0, 255)"
   cfg = _cfg(folder, pp=pp, threads=2)
-  cfg.data.cache_decoded = True
+  cfg.data[cache] = True
   cached = iter(pipeline.train_dataset(cfg, 8, 3))
   first_epoch = [next(cached) for _ in range(5)]
   expected = _take(pipeline.train_dataset(_cfg(folder, pp=pp), 8, 3), 15)
-  _break_images(folder / "train")  # Later epochs must not decode again (nor skip any image).
+  disturb(folder / "train")
   later_epochs = [next(cached) for _ in range(10)]
   for x, y in zip(first_epoch + later_epochs, expected):  # Augmentation redrawn as uncached.
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["label"], y["label"])
 
 
-def test_cache_decoded_serves_later_evals_without_decoding(folder):
+@pytest.mark.parametrize("cache,disturb", _CACHES)
+def test_caches_serve_later_evals_from_memory(folder, cache, disturb):
   cfg = _cfg(folder, split="test", pp="decode|resize(12)|value_range(0, 1)|onehot(2)")
-  cfg.data.cache_decoded = True
+  cfg.data[cache] = True
   evals = pipeline.make_eval_iterable(cfg, 16)
   first = list(evals)
-  _break_images(folder / "test")
+  disturb(folder / "test")
   second = list(evals)
   assert len(first) == len(second) == 3
   for x, y in zip(first, second):
