@@ -266,6 +266,26 @@ def test_several_sweeps_report_together_with_a_frontier_and_the_setting_axis(tmp
     report.load_rows(str(tmp_path / "base"), only=["width=99"])
 
 
+def test_studies_that_share_trial_names_are_counted_apart(tmp_path):
+  """Two arms of a comparison name their trials alike (seed=0, ...): a trial missing in one arm is
+  not hidden by its namesake finished in the other."""
+  trials = sweep.trials(sweep.axis("config.model.width", [32, 64]))
+  for study in ("finetune", "scratch"):
+    sweep.write_manifest(sweep.Study(study, "configs/x.py", trials), str(tmp_path / study))
+    _finished_trial(tmp_path / study, "width=32", 32, 4, 0.9, 1000)
+  _finished_trial(tmp_path / "finetune", "width=64", 64, 4, 0.95, 1000)
+  rows, metric = report.load_rows([str(tmp_path / "finetune"), str(tmp_path / "scratch")])
+  assert report.partial_note(rows).startswith("partial sweep: 3 of 4 trials finished")
+  table = report.markdown_table(rows, metric)
+  assert "| finetune/width=64 |" in table and "| scratch/width=64 (missing) |" in table
+  figures = report.figures(rows, metric)
+  try:
+    for fig in figures.values():
+      assert "3 of 4 trials finished (PARTIAL)" in fig.texts[0].get_text()
+  finally:
+    _close_all()
+
+
 def test_a_long_caption_gets_its_own_band_below_the_x_label(tmp_path):
   """A long description and many unfinished trials make a caption of many lines; it must not
   cover the axis label."""

@@ -273,9 +273,17 @@ def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
     writer.writerows(rows)
 
 
+def trial_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """Each row's trial name; `study/trial` when the rows hold several studies, whose trial names
+  may coincide (seed=0 in both arms of a comparison)."""
+  several = len({r.get("study") for r in rows}) > 1
+  return [f"{r.get('study')}/{r['trial']}" if several else r["trial"] for r in rows]
+
+
 def trial_statuses(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-  """Trial name -> status (`done` / `running` / `missing`), in the rows' order."""
-  return {r["trial"]: r.get("status", "done" if r.get("done") else "running") for r in rows}
+  """Trial label (`trial_labels`) -> status (`done` / `running` / `missing`), in the rows' order."""
+  return {label: r.get("status", "done" if r.get("done") else "running")
+          for label, r in zip(trial_labels(rows), rows)}
 
 
 def partial_note(rows: Sequence[dict[str, Any]]) -> str | None:
@@ -311,8 +319,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
     lines += [f"**{note[0].upper()}{note[1:]}**", ""]
   lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   statuses = trial_statuses(rows)
-  for row in rows:
-    cells = [row["trial"] + _ROW_SUFFIX[statuses[row["trial"]]], _format(row["patch"], "{}"),
+  for label, row in zip(trial_labels(rows), rows):
+    cells = [label + _ROW_SUFFIX[statuses[label]], _format(row["patch"], "{}"),
              _format(row["accuracy"], "{:.2%}"), _points(row.get("last_quarter_change")),
              *[_format(row.get(k), fmt) for k, _, fmt in _TABLE_COLUMNS],
              *[_format(row.get(k), "{:.0f}") for k in proj_keys]]
