@@ -39,7 +39,9 @@ _RANDOM: set[str] = set()  # The ops that draw from the rng.
 
 def register(name: str, random: bool = False) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
   """Registers an op factory under `name`; the factory's arguments are the pp-string arguments.
-  `random`: the op draws from the rng (augmentation); any other op is a function of the example."""
+  `random`: the op draws from the rng (augmentation); any other op is a function of the example.
+  No op may change its input in place: data.cache_decoded hands the same decoded example to the
+  ops after the deterministic head every epoch."""
   def wrap(factory: Callable[..., Op]) -> Callable[..., Op]:
     if name in _REGISTRY:
       raise ValueError(f"pp op {name!r} is registered twice.")
