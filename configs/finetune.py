@@ -104,6 +104,7 @@ def get_config(arg: str | None = None):
     # quickstart's small shifts instead.
     augment = f"resize({res})|random_shift({bundled_mnist.max_shift(res)})"
     c.input.data.update(cache_raw=True, cache_decoded=True)  # A few MB: later epochs skip decodes.
+    c.input.threads = 0  # From RAM, reader threads only contend for the GIL (see quickstart.py).
   else:
     augment = f"inception_crop({res})" + ("|flip_lr" if a.flip else "")
   c.input.pp = f"decode({channels})|{augment}{pp_tail}"

@@ -44,6 +44,9 @@ def get_config(arg: str | None = None):
   # first skip the reads, decodes and resizes.
   c.input.data.update(name="bundled_mnist", split=split, data_dir=a.data_dir or None,
                       classes=classes, per_class=a.per_class, cache_raw=True, cache_decoded=True)
+  # From RAM, each example is a few small numpy ops that hold the GIL: reader threads only contend
+  # (2,610 vs 1,904 img/s with 8 threads on 2 cores); the steps' async dispatch hides the reads.
+  c.input.threads = 0
   resize = f"|resize({a.res})" if a.res != bundled_mnist.IMAGE_SIZE else ""
   c.input.pp = (f"decode(channels=1){resize}|random_shift({bundled_mnist.max_shift(a.res)})|"
                 f"value_range(-1, 1)|onehot({c.num_classes})")

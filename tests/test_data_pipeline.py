@@ -1,4 +1,5 @@
 """Sources and pipeline: real tfds builders built locally, tfds mock_data, real image folders."""
+import hashlib
 import io
 import json
 import logging
@@ -135,6 +136,27 @@ def test_train_stream_is_deterministic_given_seed(folder):
   epoch1, epoch2 = (sorted(_ids(np.concatenate([x["image"] for x in part])))
                     for part in (a[:5], a[5:] + _take(pipeline.train_dataset(cfg, 8, 3), 10)[6:10]))
   assert epoch1 == epoch2 == list(range(40))  # Each epoch is a permutation of the split.
+
+
+@pytest.mark.parametrize("threads,cached", [(0, False), (3, True)])
+def test_train_stream_is_pinned(folder, threads, cached):
+  # Seed 3's order and augmentations over two epochs: were they to change, every run's data, and
+  # the stream a saved run resumes into, would change with them.
+  cfg = _cfg(folder, pp="decode|random_shift(2)|flip_lr", threads=threads)
+  cfg.data.cache_decoded = cached
+  images = np.concatenate([b["image"] for b in _take(pipeline.train_dataset(cfg, 8, 3), 10)])
+  assert _ids(images)[:16] == [19, 3, 14, 35, 31, 5, 32, 30, 21, 23, 6, 1, 11, 38, 12, 18]
+  assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == "9a0c2b958e294c7d"
+
+
+def test_decoded_cache_holds_read_only_images(folder):
+  cache = {}
+  read = pipeline.Preprocess("decode|random_shift(1)|value_range(0, 1)", cache=cache)
+  example = sources.open_source(_cfg(folder)["data"]).records[0]
+  first, again = (read(example, np.random.default_rng(0)) for _ in range(2))
+  np.testing.assert_array_equal(first["image"], again["image"])
+  (head,) = cache.values()  # An op that wrote into it would change every later epoch's input.
+  assert isinstance(head["image"], np.ndarray) and not head["image"].flags.writeable
 
 
 def _delete_images(root):

@@ -56,6 +56,11 @@ def to_array(image: Any) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+def to_uint8_array(image: Any) -> np.ndarray:
+  """HWC uint8 array of a PIL image or an array (no PIL round trip for an array)."""
+  return _uint8(to_array(image))
+
+
 def inception_crop_box(height: int, width: int, area_min: float, area_max: float,
                        rng: np.random.Generator, ratio_min: float = 0.75, ratio_max: float = 1.33,
                        max_attempts: int = 100) -> tuple[int, int, int, int]:

@@ -32,6 +32,7 @@ import itertools
 import logging
 import math
 import sys
+import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import grain
@@ -85,7 +86,7 @@ class Preprocess:
       key = (self._head_pp, example["id"])
       head = self._cache.get(key)
       if head is None:  # Two threads may both compute it: the same output, stored twice.
-        head = self._cache[key] = self._head(example, rng)
+        head = self._cache[key] = _read_only_image(self._head(example, rng))
     return self._tail(head, rng) if self._tail else head
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
@@ -99,6 +100,15 @@ class Preprocess:
                       example["id"], e, next(self._skipped))
       return None  # grain drops None elements.
     return {"image": preprocess.to_array(out["image"]), "label": np.asarray(out["label"])}
+
+
+def _read_only_image(example: dict[str, Any]) -> dict[str, Any]:
+  """A head output as the decoded cache keeps it: the image as a read-only HWC array, so that a
+  tail op that wrote into its input (and so into every later epoch's) fails at once, and so that
+  array ops (random_shift, value_range) skip the PIL conversion."""
+  image = preprocess.to_array(example["image"])
+  image.setflags(write=False)
+  return {**example, "image": image}
 
 
 def _example_range(num_examples: int, shard_index: int, shard_count: int) -> slice:
@@ -182,27 +192,46 @@ class _TrainExamples:
     self._build()
 
   def _build(self) -> None:
-    self._order = (grain.MapDataset.source(self._records)
-                   .shuffle(seed=_derived_seed(self._seed, 0)).repeat())
+    self._shuffle_seed = _derived_seed(self._seed, 0)
     self._augment_key = _derived_seed(self._seed, 1, words=2)  # 128-bit Philox key, high half.
+    self._rngs = threading.local()
 
-  def __getstate__(self) -> dict[str, Any]:  # Worker processes rebuild the grain objects.
-    return {k: v for k, v in self.__dict__.items() if k not in ("_order", "_augment_key")}
+  def __getstate__(self) -> dict[str, Any]:  # Worker processes make their own thread rngs.
+    return {k: v for k, v in self.__dict__.items() if k != "_rngs"}
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
-    self._build()
+    self._rngs = threading.local()
 
   def position(self, local_index: int) -> int:
     batch, row = divmod(local_index, self._local_batch_size)
     return batch * self._global_batch_size + self._row_start + row
 
+  def _record(self, position: int) -> Any:
+    """The record at `position`: grain's `MapDataset.shuffle(seed).repeat()` order, computed
+    directly (grain's per-element stats and monitoring cost 3x the shuffle itself)."""
+    epoch, index = divmod(position, len(self._records))
+    return self._records[grain.experimental.index_shuffle(
+        index, max_index=len(self._records) - 1, seed=(self._shuffle_seed + epoch) % 2**32,
+        rounds=4)]
+
+  def _rng(self, position: int) -> np.random.Generator:
+    """Position p's augmentation rng: Philox with the 128-bit key (seed's 64 bits, p), counter 0.
+    Each thread resets one generator to that state: a new Philox draws OS entropy first (5x)."""
+    rng = getattr(self._rngs, "generator", None)
+    if rng is None:
+      rng = self._rngs.generator = np.random.Generator(np.random.Philox())
+    rng.bit_generator.state = {
+        "bit_generator": "Philox",
+        "state": {"counter": np.zeros(4, np.uint64),
+                  "key": np.array([position, self._augment_key], np.uint64)},
+        "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return rng
+
   def __call__(self, local_index: int) -> dict[str, np.ndarray]:
     position = self.position(local_index)
     for substitute in range(position, position + len(self._records)):
-      # Philox's key is 128 bits: the seed's 64 bits, then the position's (a fresh rng per try).
-      rng = np.random.Generator(np.random.Philox(key=(self._augment_key << 64) + position))
-      example = self._preprocess(self._order[substitute], rng)
+      example = self._preprocess(self._record(substitute), self._rng(position))
       if example is not None:
         return example
     raise ValueError(f"Every example of the split is corrupt (tried {len(self._records)} from "

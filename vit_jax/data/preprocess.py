@@ -28,7 +28,7 @@ from PIL import Image
 
 from vit_jax.data import image as image_lib
 from vit_jax.data import randaug as randaug_lib
-from vit_jax.data.image import to_array, to_pil
+from vit_jax.data.image import to_array, to_pil, to_uint8_array
 
 Example = dict[str, Any]
 Op = Callable[[Example, np.random.Generator], Example]
@@ -259,7 +259,7 @@ def random_shift(max_shift: int, fill: int = 0) -> Op:
     raise ValueError(f"random_shift(max_shift={max_shift}) must be >= 0.")
 
   def op(example: Example, rng: np.random.Generator) -> Example:
-    image = to_array(to_pil(example["image"]))
+    image = to_uint8_array(example["image"])
     h, w = image.shape[:2]
     padded = np.full((h + 2 * max_shift, w + 2 * max_shift) + image.shape[2:], fill, image.dtype)
     padded[max_shift:max_shift + h, max_shift:max_shift + w] = image  # np.pad is 10x slower.
