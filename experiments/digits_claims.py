@@ -43,7 +43,7 @@ PRETRAIN_EPOCHS = 320.0
 # still rose over the last quarter at 160 (by 0.9 and 0.7 points), so they train 320; none still
 # rose by 0.4 at 320 and 0.3 at 640, so it trains 1,280 (where it still rose 0.64: see
 # experiments/posemb_local/README.md).
-POSEMB_EPOCHS = {"none": 1280.0, "learn": 160.0, "sincos2d": 320.0}
+POSEMB_EPOCHS = {"none": 2560.0, "learn": 160.0, "sincos2d": 320.0}
 POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for width 32 / patch 7.
 EVAL_EVERY = 35
 # Few-shot transfer: digits 5-9, batches of 24 images (the 50-image set holds 2 batches), at 56 px

@@ -73,7 +73,7 @@ def test_evals_inherit_the_data_dir_and_take_the_defaults():
   assert evals["val"].data.split == "validation" and evals["val"].type == "classification"
   quickstart = config_lib.resolve_evals(load_config("quickstart", "data_dir=/data/tfds"))["val"]
   assert (quickstart.data.data_dir, quickstart.every_steps, quickstart.threads) == (
-      "/data/tfds", 250, 8)
+      "/data/tfds", 250, 0)  # The input's threads (none: the digits are read from RAM).
   config.evals.val.data.data_dir = "/elsewhere"  # An eval may still name its own.
   assert config_lib.resolve_evals(config)["val"].data.data_dir == "/elsewhere"
 
