@@ -22,7 +22,7 @@ CLAIM is one of:
 
 Every trial is the patch-size study's width-32 model (depth 2, 2 heads, the quickstart recipe):
 patch 4 for transfer and hybrid, patch 7 (16 tokens: the cheapest model above 90%) for position
-embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 1,280
+embeddings and pooling (160 epochs: where the patch-size study's width 32 / patch 7 converged; 2,560
 for no position embedding, 320 for sin-cos and for pre-training on half the data); seeds 0 / 1 /
 2, evaluated on the 500 test digits (the 250 of digits 5-9 for transfer) every 35 steps (every 50
 for the few-shot trainings).
@@ -41,8 +41,8 @@ HYBRID_STEPS = {500: 2812, 1500: 5624, 4500: 2812}
 PRETRAIN_EPOCHS = 320.0
 # Per arm: 160 (as pooling, where width 32 / patch 7 converged) for learned; none and sin-cos
 # still rose over the last quarter at 160 (by 0.9 and 0.7 points), so they train 320; none still
-# rose by 0.4 at 320 and 0.3 at 640, so it trains 1,280 (where it still rose 0.64: see
-# experiments/posemb_local/README.md).
+# rose by 0.4 at 320, 0.3 at 640 and 0.64 at 1,280, so it trains 2,560 (same end point as 1,280,
+# trend +0.48: see experiments/posemb_local/README.md).
 POSEMB_EPOCHS = {"none": 2560.0, "learn": 160.0, "sincos2d": 320.0}
 POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for width 32 / patch 7.
 EVAL_EVERY = 35
