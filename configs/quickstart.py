@@ -8,11 +8,12 @@ patches (49 tokens + class token), ~0.2M params. Recipe: AdamW lr 3e-3, wd 0.05,
 then cosine, batch 128, random shifts of up to 2 px.
 
 Expected result: >= 95% test top-1 (`val/prec@1` in metrics.jsonl and the final line) within
-5 minutes on a 2-core CPU. Measured (2-core x86 CPU, fresh data dir, 2026-11-30, seeds 0 / 1 / 2
-via --config.seed): 95.2 / 95.8 / 95.4% test top-1 after 844 steps (24 epochs), mean 95.5%
-(one run's standard error on 500 test digits is ~1%, so a single run can land near 95%);
-91.2-93.4% at step 500, 73.8-77.0% at step 250; 2 min 39 s - 2 min 53 s wall per run (dataset
-build, compile, evals included), 3 min 39 s for the whole README command with its install.
+5 minutes on a 2-core CPU. Measured (2-core x86 CPU, alone on it, fresh data dir, 2026-12-03,
+seeds 0 / 1 / 2 via --config.seed): 95.6 / 95.6 / 97.0% test top-1 after 844 steps (24 epochs),
+mean 96.1% (one run's standard error on 500 test digits is ~1%, so a single run can land near
+95%); 92.6-93.6% at step 500, 71.4-79.0% at step 250; 2 min 31 s - 2 min 39 s wall per run
+(dataset build, compile, evals included), 3 min 0 s for the whole README command with its install
+(dependencies already installed).
 
 Args (`--config=configs/quickstart.py:patch=7,width=32`): patch, width, depth, heads, epochs, batch,
 data_dir (where the bundled dataset is built; default ~/tensorflow_datasets). For the experiments
