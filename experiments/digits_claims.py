@@ -10,8 +10,9 @@ CLAIM is one of:
   class at 56 px and patch 7 (an 8x8 grid: the position embedding is resized and the patch
   embedding PI-resized on load), against the same model trained from scratch on the same labels,
   each arm until it converged (3,000 steps with 10 labels per class; 12,000 fine-tuning and 96,000
-  from scratch with 50; each with this project's recipe for its task: configs/finetune.py's SGD
-  for the fine-tunes, the quickstart's AdamW from scratch).
+  from scratch with 50, whose end point stopped moving though its last quarter still rises; each
+  with this project's recipe for its task: configs/finetune.py's SGD for the fine-tunes, the
+  quickstart's AdamW from scratch).
 * `hybrid`: a convolutional stem helps most when data is scarce (the ViT paper's inductive-bias
   claim). ViT with 4x4 patches against a hybrid (a 7x7/2 convolution and a 3x3/2 max-pool, 64
   channels, then 1x1 patches: the same 49 tokens) on the first 500 / 1,500 / 4,500 training digits,
