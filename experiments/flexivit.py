@@ -10,14 +10,15 @@ Expected (2-core x86 CPU, 2026-12-02, 3 runs at once: ~2.6 h each): 98.5 / 98.5 
 patches 2 / 4 / 7 / 14, mean over the 3 seeds (experiments/flexivit_local/README.md).
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
-depth 2, 2 heads, the quickstart recipe), trained 640 epochs. Its parameters are those of patch 4;
+depth 2, 2 heads, the quickstart recipe), trained 1,280 epochs. Its parameters are those of patch 4;
 every step draws a patch size from {2, 4, 7, 14} and PI-resizes the patch embedding and resizes the
 position embedding to it (`config.flexi.patch_sizes`, as FlexiViT, arXiv 2212.08013). Every eval
 runs at each of the four sizes (`val/prec@1@p<P>`). The per-size models it is compared with are the
 patch-size study's width-32 trials: same model size, batch and seeds, each trained until converged
 (patches 2 / 7: 160 epochs, 4 / 14: 80). FlexiViT's epochs are shared by the four sizes, so each
 size gets about a quarter of them; its seed means still rose over the last quarter at 80 epochs
-(0.5-1.7 points), at 160 and at 320 (at 3 of the 4 sizes; by 0.7-0.8 at 320), so it trains 640.
+(0.5-1.7 points), at 160 and at 320 (at 3 of the 4 sizes; by 0.7-0.8 at 320), and at 640 at
+patches 2 and 14 (by 0.42 and 0.47), so it trains 1,280.
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
@@ -25,7 +26,7 @@ from vit_jax.study import sweep
 
 SEEDS = (0, 1, 2)
 PATCH_SIZES = (2, 4, 7, 14)
-EPOCHS = 640.0  # 4x the longest per-size model's (experiments/patch_size_tradeoff.py, width 32).
+EPOCHS = 1280.0  # 8x the longest per-size model's (experiments/patch_size_tradeoff.py, width 32).
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
