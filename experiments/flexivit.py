@@ -19,7 +19,8 @@ patch-size study's width-32 trials: same model size, batch and seeds, each train
 size gets about a quarter of them; its seed means still rose over the last quarter at 80 epochs
 (0.5-1.7 points), at 160 and at 320 (at 3 of the 4 sizes; by 0.7-0.8 at 320), and at 640 at
 patches 2 and 14 (by 0.42 and 0.47), so it trains 1,280. At 1,280 the end points moved by at
-most 0.4 points from 640, while patches 2 / 7 / 14 still rose 0.34 / 0.35 / 0.55 over the last quarter.
+most 0.4 points from 640, while patches 2 / 7 / 14 still rose 0.34 / 0.35 / 0.55 over the last
+quarter.
 Seeds 0 / 1 / 2.
 """
 from vit_jax.config import parse_arg
