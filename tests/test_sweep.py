@@ -140,22 +140,24 @@ STUDIES = {  # study spec: (name, trials)
     "experiments/flexivit.py": ("flexivit_local", 3),
     "experiments/digits_claims.py:claim=transfer_pretrain": ("transfer_pretrain_local", 3),
     "experiments/digits_claims.py:claim=transfer_finetune": ("transfer_finetune_local", 6),
-    "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 6),
+    "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 9),
     "experiments/digits_claims.py:claim=hybrid": ("hybrid_local", 18),
-    "experiments/digits_claims.py:claim=posemb": ("posemb_local", 9),
+    "experiments/digits_claims.py:claim=posemb": ("posemb_local", 12),
     "experiments/digits_claims.py:claim=pool": ("pool_local", 6),
 }
 
 
 @pytest.mark.parametrize("spec", STUDIES)
-def test_committed_studies_repeat_every_setting_over_three_seeds(spec):
+def test_committed_studies_repeat_every_setting_over_at_least_three_seeds(spec):
   study = sweep.load_study(f"{REPO}/{spec}")
   assert (study.name, len(study.trials)) == STUDIES[spec]
   settings = {}
   for trial in study.trials:
     seed = trial.overrides["seed"]
     settings.setdefault(sweep.without_seed(trial.name), set()).add(seed)
-  assert all(seeds == {0, 1, 2} for seeds in settings.values()), settings
+  # At least seeds 0-2, consecutive from 0 (no seed picked out of a larger set).
+  assert all(seeds >= {0, 1, 2} and seeds == set(range(len(seeds)))
+             for seeds in settings.values()), settings
 
 
 def test_compute_matched_trials_spend_one_training_budget():
