@@ -55,9 +55,9 @@ EVAL_EVERY = 35
 # with 7x7 patches. Every arm was still rising over the last quarter at 200 steps (by 2.5-4.8
 # points) and at 1,000 (by 1.2-1.9); the fine-tune on 50 labels per class still rose 0.8 at 3,000
 # and 0.34 at 6,000, and converged at 12,000 (-0.15). From scratch on 50 labels per class still
-# rose 0.33 at 12,000, 0.60 at 24,000 and 0.31 at 48,000, so it trains 96,000 (+0.46 there: the
-# trend did not shrink with length while the end point stayed at 97.9-98.4; see
-# experiments/transfer_local/README.md).
+# rose 0.33 at 12,000, 0.60 at 24,000 and 0.31 at 48,000, so it trains 96,000 (+0.46 there with 3
+# seeds, +0.56 with 6: the trend did not shrink with length while the end point stayed at
+# 97.9-98.4; see experiments/transfer_local/README.md).
 FEWSHOT = {"classes": "5-9", "res": 56, "batch": 24}
 # Per labels-per-class count, per arm.
 FINETUNE_STEPS = {10: 3000, 50: 12000}
