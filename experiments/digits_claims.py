@@ -109,7 +109,7 @@ def get_sweep(arg: str | None = None) -> sweep.Study:
   if a.claim == "transfer_scratch":
     arms = _arms("per_class", SCRATCH_STEPS, "steps", SCRATCH_STEPS[10])
     return sweep.Study("transfer_scratch_local", "configs/quickstart.py",
-                       _seeded(arms) + _seeded(arms[1:], EXTRA_SEEDS),
+                       _seeded(arms) + _seeded([arms[-1]], EXTRA_SEEDS),  # 50 per class
                        base_args={**MODEL, **FEWSHOT, "patch": 7, "steps": SCRATCH_STEPS[10]},
                        base_overrides={"evals.val.every_steps": FEWSHOT_EVAL_EVERY},
                        plot_x="per_class",

@@ -155,8 +155,8 @@ def test_committed_studies_repeat_every_setting_over_at_least_three_seeds(spec):
   for trial in study.trials:
     seed = trial.overrides["seed"]
     settings.setdefault(sweep.without_seed(trial.name), set()).add(seed)
-  # At least seeds 0-2, consecutive from 0 (no seed picked out of a larger set).
-  assert all(seeds >= {0, 1, 2} and seeds == set(range(len(seeds)))
+  # Seeds 0, 1, 2, ...: at least three, none picked out of a larger set.
+  assert all(len(seeds) >= 3 and seeds == set(range(len(seeds)))
              for seeds in settings.values()), settings
 
 
