@@ -98,7 +98,7 @@ class _Children:
     because the launcher is stopping."""
     remote = workdir_lib.is_remote(log)
     with contextlib.ExitStack() as stack:
-      output = subprocess.PIPE if remote else stack.enter_context(open(log, "a"))
+      output = subprocess.PIPE if remote else stack.enter_context(log.open("a"))
       with self._guard:
         if self.signal_name is not None:
           return None
