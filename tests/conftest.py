@@ -1,5 +1,8 @@
 """Test-wide setup: CPU only, 8 fake devices for sharding tests, quiet TensorFlow."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -7,6 +10,15 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-tests-must-pass-data_dir")
+# One persistent XLA cache for the session and every process it starts: the tests compile the same
+# tiny steps again and again, in this process and in each `python -m vit_jax.train`; on CI's 2 CPUs
+# that is most of the suite's time. A cache hit still counts as a compilation for JAX's compile log
+# and its backend-compile event, which the "nothing compiled" tests watch.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vit_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position  (after the env set-up)

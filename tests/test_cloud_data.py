@@ -1,6 +1,7 @@
 """A complete cloud run against the offline GCS API (tests/gcs_emulator.py): a tfds dataset prepared
 under `gs://` and every output in the bucket; train, SIGTERM, resume, evaluate, export, a local
-two-trial sweep and its report, with nothing written to the local disk.
+two-trial sweep and its report, with nothing written to the local disk (before the workdir
+contract, `os.path.abspath("gs://bucket/run")` made such a run a local `./gs:/bucket/run`).
 
 The dataset is prepared locally and copied up, as users must: array_record's writer cannot write
 `gs://`. Reading it back takes two clients: tfds finds the version and reads dataset_info.json /
@@ -202,8 +203,13 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
 
   names = cloud.names("run")
   assert {"config.json", "metrics.jsonl", "summary.json", "eval.json"} <= names
+  # Saved at 2, 3 (the stop), 4 and 6; the oldest rotated out (keep_checkpoints=3), in the bucket.
   assert {n for n in names if n.endswith("commit_success.txt") and n.count("/") == 2} == {
       f"checkpoints/{step}/commit_success.txt" for step in (3, 4, 6)}
+  assert len([n for n in names if n.startswith("tb/events.out.tfevents.")]) == 2  # One per session.
+  rows = [json.loads(line) for line in cloud.read("run/metrics.jsonl").decode().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, TOTAL_STEPS + 1))
+  assert json.loads(cloud.read("run/summary.json"))["done"]
 
 
 def test_sweep_and_report_with_data_and_sweep_dir_in_a_bucket(cloud, tmp_path):

@@ -9,8 +9,8 @@ until JAX aborts it (a C++ fatal error and a stack dump, ~90 s later with JAX's 
 The processes run `vit_jax.train` through a launcher that holds every process after step
 PAUSE_STEP until the test has sent its signals, so the signals land mid-run however loaded the
 machine is; the steps after it are slowed down so the run cannot end before the stop is agreed
-(JAX's preemption notifier looks for SIGTERM once a second). The runs share a persistent
-compilation cache: only the first one compiles.
+(JAX's preemption notifier looks for SIGTERM once a second). The runs share the test session's
+persistent compilation cache (tests/conftest.py): only the first one compiles.
 """
 import os
 import re
@@ -76,10 +76,7 @@ class TwoProcesses:
     self.go_file = tmp_path / f"{name}.go"
     self.logs = [tmp_path / f"{name}.{i}.log" for i in range(2)]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", GO_FILE=str(self.go_file),
-               JAX_COMPILATION_CACHE_DIR=str(config_file.parent / "compilation_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **env)
+               JAX_PLATFORMS="cpu", GO_FILE=str(self.go_file), **env)
     program = [str(config_file.parent / "launch.py")] if paused else ["-m", "vit_jax.train"]
     address = f"localhost:{_free_port()}"
     self.procs = []
