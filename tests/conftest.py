@@ -1,4 +1,5 @@
-"""Test-wide setup: CPU only, 8 fake devices for sharding tests, quiet TensorFlow."""
+"""Test-wide setup: CPU only, 8 fake devices for sharding tests, one compilation cache, quiet
+TensorFlow."""
 import atexit
 import os
 import shutil
@@ -11,9 +12,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-tests-must-pass-data_dir")
 # One persistent XLA cache for the session and every process it starts: the tests compile the same
-# tiny steps again and again, in this process and in each `python -m vit_jax.train`; on CI's 2 CPUs
-# that is most of the suite's time. A cache hit still counts as a compilation for JAX's compile log
-# and its backend-compile event, which the "nothing compiled" tests watch.
+# tiny steps again and again, in this process and in each `python -m vit_jax.train`, and on CI's 2
+# CPUs compiling them is much of the suite's time. A cache hit still counts as a compilation for
+# JAX's compile log and its backend-compile event, which the "nothing compiled" tests watch.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vit_jax_tests_xla_cache_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
