@@ -184,6 +184,16 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
   config.mesh = (("data", 2),)
   devices = jax.devices()[:2]
 
+  # What the bucket's metrics.jsonl holds as each checkpoint is saved (object stores cannot
+  # append, so the file is rewritten at intervals and before every save).
+  in_bucket_at_save = {}
+  save = manager.TrainStateCheckpointer.save
+
+  def save_and_look(self, step, *args, **kwargs):
+    in_bucket_at_save[step] = cloud.read("run/metrics.jsonl").decode()
+    return save(self, step, *args, **kwargs)
+  monkeypatch.setattr(manager.TrainStateCheckpointer, "save", save_and_look)
+
   with monkeypatch.context() as patch:
     stop_at_step(patch, 3)
     stopped = loop.train_and_evaluate(config, workdir, devices=devices)
@@ -209,6 +219,12 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
   assert len([n for n in names if n.startswith("tb/events.out.tfevents.")]) == 2  # One per session.
   rows = [json.loads(line) for line in cloud.read("run/metrics.jsonl").decode().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, TOTAL_STEPS + 1))
+  # A run killed right after a save (no time to flush) resumes after that step: the rows up to it
+  # were already in the bucket.
+  assert sorted(in_bucket_at_save) == [2, 3, 4, 6]
+  for step, text in in_bucket_at_save.items():
+    assert [json.loads(line) for line in text.splitlines()] == [r for r in rows
+                                                               if r["step"] <= step], step
   assert json.loads(cloud.read("run/summary.json"))["done"]
 
 

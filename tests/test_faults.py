@@ -113,6 +113,29 @@ def test_another_model_in_the_workdir_is_named_before_compiling(finished, data_r
     _train(wider, workdir, accept_config_change=True)
 
 
+def test_a_state_no_checkpoint_fits_is_refused_and_every_file_left_in_place(finished, data_root,
+                                                                            tmp_path):
+  workdir = _copy(finished, tmp_path)
+  with_ema = tiny_config(data_root)
+  with_ema.ema_decay = 0.999  # The train state gains EMA params none of the checkpoints has.
+  before = _snapshot(workdir)
+  with pytest.raises(BadInputError, match=r"No checkpoint in .* can be restored onto this run's "
+                                          r"train state \(steps 6, 4, 2\); .* Nothing was moved"):
+    _train(with_ema, workdir, accept_config_change=True)
+  assert _snapshot(workdir) == before  # A rerun resumes as before; nothing restarts at step 0.
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(finished, data_root, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "train/lo')
+  assert _train(tiny_config(data_root), workdir)["step"] == TOTAL_STEPS
+  assert [r["step"] for r in metric_rows(str(workdir)) if "train/loss" in r] == list(
+      range(1, TOTAL_STEPS + 1))
+  assert (workdir / "metrics.jsonl").read_text().endswith("}\n")
+
+
 @pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA",
                                     "deleted data/metadata"])
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_restored(

@@ -35,7 +35,6 @@ _MFU = flags.DEFINE_float(
 
 
 def main(argv: Sequence[str]) -> None:
-  cli.no_positional_args(argv)
   config = cli.required_config()
   with bad_input():
     for target in _TARGETS.value:

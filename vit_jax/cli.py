@@ -3,6 +3,11 @@
 Each `python -m vit_jax.<program>` module defines its own flags and a `main(argv)`, then calls
 `cli.run(main)`. Bad input raises vit_jax.config.BadInputError before anything is compiled; `run`
 prints its message alone (no traceback) and exits with code 2.
+
+This module imports neither JAX nor TensorFlow, and neither do train and evaluate before their
+flags and config are checked: a mistyped flag, a config file that does not load and a bad
+`--config.x=` override are answered in about a second. The programs that never touch a device
+(sweep, report) never load them.
 """
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ import ml_collections
 from ml_collections import config_flags
 
 from vit_jax.config import BadInputError
-from vit_jax.runtime import cpu, distributed, logs
+from vit_jax.runtime import cpu, logs
 
 # Exit codes of the entry points (README): 0 done, 1 a bug (traceback), and
 EXIT_BAD_INPUT = 2  # bad input: one message, nothing compiled or written
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint: rerun to resume
 EXIT_DIVERGED = 4  # non-finite loss or gradients: nothing from that step on was saved
 EXIT_PEER_LOST = 5  # another process of a multi-process run died: rerun all to resume
+PEER_TIMEOUT_SECONDS = 120  # --peer_timeout_seconds's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +59,7 @@ def run_flags() -> RunFlags:
       process_id=flags.DEFINE_integer(
           "process_id", None, "This process's index (with --coordinator_address)."),
       peer_timeout_seconds=flags.DEFINE_integer(
-          "peer_timeout_seconds", distributed.DEFAULT_PEER_TIMEOUT_SECONDS,
+          "peer_timeout_seconds", PEER_TIMEOUT_SECONDS,
           "Multi-process runs: once another process has not been heard from for this many "
           "seconds (killed, crashed, its host lost), this one prints one message naming it and "
           f"exits with code {EXIT_PEER_LOST} instead of waiting in its next collective.",
@@ -75,6 +81,7 @@ def required_config() -> ml_collections.ConfigDict:
 def start_process() -> None:
   """What a program that runs on devices does first: readable logs, the CPU defaults (before
   anything touches a device: XLA reads its flags once), multi-process start-up."""
+  from vit_jax.runtime import distributed  # Imports JAX: only the programs that run on devices.
   logs.quiet_library_logs()
   cpu.apply_cpu_defaults()
   f = run_flags()
@@ -118,10 +125,14 @@ def _parse_flags(argv: Sequence[str]) -> Sequence[str]:
 
 
 def run(main: Callable[[Sequence[str]], None], *, on_devices: bool = False) -> None:
-  """`app.run(main)`, starting the process first when `on_devices`; BadInputError exits 2."""
+  """`app.run(main)`; BadInputError exits 2. With `on_devices` (a program that runs --config on
+  devices), the arguments and the config are checked and the process started (start_process)
+  before `main`."""
   def checked_main(argv: Sequence[str]) -> None:
     try:
-      if on_devices:
+      if on_devices:  # What can be checked before JAX starts is, so it is answered at once.
+        no_positional_args(argv)
+        required_config()
         start_process()
       main(argv)
     except BadInputError as e:

@@ -13,10 +13,8 @@ Bad config values exit with code 2 before anything is compiled.
 from typing import Sequence
 
 from absl import flags
-import jax
 
 from vit_jax import cli
-from vit_jax.training import evaluation
 
 cli.run_flags()
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz file or Orbax checkpoint directory "
@@ -24,7 +22,10 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz file or Orbax che
 
 
 def main(argv: Sequence[str]) -> None:
-  cli.no_positional_args(argv)
+  # Loaded once cli.run has checked the flags and the config: see vit_jax.cli.
+  import jax
+
+  from vit_jax.training import evaluation
   results = evaluation.evaluate_checkpoint(cli.required_config(),
                                            cli.run_flags().workdir.value or "", _CHECKPOINT.value)
   if jax.process_index() == 0:

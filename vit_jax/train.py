@@ -18,10 +18,8 @@ import sys
 from typing import Sequence
 
 from absl import flags
-import jax
 
 from vit_jax import cli
-from vit_jax.training import loop
 
 cli.run_flags()
 _ACCEPT_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -30,7 +28,10 @@ _ACCEPT_CONFIG_CHANGE = flags.DEFINE_bool(
 
 
 def main(argv: Sequence[str]) -> None:
-  cli.no_positional_args(argv)
+  # Loaded once cli.run has checked the flags and the config: see vit_jax.cli.
+  import jax
+
+  from vit_jax.training import loop
   try:
     final = loop.train_and_evaluate(cli.required_config(), cli.run_flags().workdir.value or "",
                                     accept_config_change=_ACCEPT_CONFIG_CHANGE.value)

@@ -10,13 +10,17 @@ manager     Orbax train state + data position of a run, saved and restored on an
 export      the converter behind `python -m vit_jax.convert`
 workdir     the layout of everything a run writes, local or in a bucket, and whether it is done
 """
-from vit_jax.checkpoints.npz import load_npz, save_npz
-from vit_jax.checkpoints.pretrained import (
-    load_exact,
-    load_pretrained,
-    merge_pretrained,
-    read_params,
-)
+import importlib
 
-__all__ = ["load_exact", "load_npz", "load_pretrained", "merge_pretrained", "read_params",
-           "save_npz"]
+# Loaded on first use (PEP 562): the light modules (workdir, lock) are what the sweep and report
+# programs need, and they must not pull in JAX, Flax and Orbax through this package.
+_PUBLIC = {"load_npz": "npz", "save_npz": "npz", "load_exact": "pretrained",
+           "load_pretrained": "pretrained", "merge_pretrained": "pretrained",
+           "read_params": "pretrained"}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+  if name not in _PUBLIC:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)

@@ -3,8 +3,9 @@
 Two runs on one workdir would delete each other's checkpoints and interleave their metrics. The
 lock (WORKDIR/lock.json: host, pid, start and heartbeat times) is taken before anything is written
 and released when the run ends. A holder refreshes its heartbeat from a background thread, so a
-lock whose process died is recognised and taken over: at once on the same host (the pid is gone),
-after STALE_SECONDS without a heartbeat from another host. Object stores have no exclusive create,
+lock whose process died is recognised and taken over: at once on the same host (the pid is gone,
+or is this process's own: a restarted container), after STALE_SECONDS without a heartbeat
+otherwise. Object stores have no exclusive create,
 so taking the lock writes it and reads it back: of two runs starting in the same instant, the one
 whose token is not read back gives way.
 """
@@ -46,9 +47,13 @@ class WorkdirLock:
     self._thread: threading.Thread | None = None
 
   def _holder_is_gone(self, held: dict) -> bool:
+    silent = time.time() - float(held.get("heartbeat", 0)) > STALE_SECONDS
     if held.get("host") == self._record["host"]:
-      return not _process_alive(int(held.get("pid", -1)))
-    return time.time() - float(held.get("heartbeat", 0)) > STALE_SECONDS
+      pid = int(held.get("pid", -1))
+      # This process's own pid in another run's lock: a restarted container (same host name)
+      # numbers its processes the same way; that run is gone. A silent one's pid may be reused.
+      return pid == os.getpid() or not _process_alive(pid) or silent
+    return silent
 
   def _refuse(self, held: dict) -> ValueError:
     age = time.time() - float(held.get("heartbeat", 0))

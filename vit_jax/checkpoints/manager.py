@@ -65,29 +65,44 @@ class TrainStateCheckpointer:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))
 
   def restore(self, abstract_state: Any) -> tuple[Any, Any, int]:
-    """Restores the newest intact step onto the shardings in `abstract_state` (a tree of
-    jax.ShapeDtypeStruct); returns (state, the data-iterator state or None, step).
+    """Restores the newest step every process can read onto the shardings in `abstract_state` (a
+    tree of jax.ShapeDtypeStruct); returns (state, the data-iterator state or None, step).
 
-    A step that cannot be read back (a truncated file, missing metadata) is moved aside to
-    `<step>.damaged`, out of the rotation's reach and kept for inspection, with a warning naming
-    it, and the previous step is tried.
+    Newer steps that could not be read back while an older one could (a truncated file, missing
+    metadata) are damaged: each is moved aside to `<step>.damaged`, out of the rotation's reach and
+    kept for inspection, with a warning naming it. When no step can be restored, nothing is moved
+    and ValueError names the newest step's error: the same failure on every step says more about
+    this run's state (a config change that altered the optimizer's or the EMA's state, storage out
+    of reach) than about the files, and moving them all aside would make the next run start over.
     """
+    unreadable: list[tuple[int, str]] = []  # Newest first.
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored, error = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())), ""
       except Exception as e:  # pylint: disable=broad-except  (damage fails in library ways)
-        self._move_aside(step, e)
+        restored, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+      if not _on_every_process(not error):
+        unreadable.append((step, error or "another process could not read it"))
         continue
+      for damaged, damage in unreadable:
+        self._move_aside(damaged, damage)
       return restored.state, (restored.data or {}).get("iterator"), step
-    raise FileNotFoundError(f"No checkpoint in {self.directory} can be restored (damaged ones "
-                            "are kept as <step>.damaged); inspect them, or use a new --workdir.")
+    if not unreadable:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    step, error = unreadable[0]
+    raise ValueError(
+        f"No checkpoint in {self.directory} can be restored onto this run's train state (steps "
+        f"{', '.join(str(s) for s, _ in unreadable)}); the newest, step {step}, fails with "
+        f"{error}. Nothing was moved or deleted. If the config changed since they were saved "
+        "(--accept_config_change) in a way that changes the state (the optimizer, weight decay "
+        "or EMA), resume with the recorded config (WORKDIR/config.json) or train in a new "
+        "--workdir; otherwise check that the checkpoint files are readable from here.")
 
-  def _move_aside(self, step: int, error: Exception) -> None:
+  def _move_aside(self, step: int, error: str) -> None:
     aside = self.directory / f"{step}.damaged"
-    logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); moving it to %s and "
-                    "falling back to the previous step.", step, self.directory,
-                    type(error).__name__, str(error).splitlines()[0][:300], aside)
+    logging.warning("Checkpoint step %d in %s cannot be restored (%s) while an older one can; "
+                    "moving it to %s.", step, self.directory, error, aside)
     if jax.process_index() == 0:
       if aside.exists():
         aside.rmtree()
@@ -98,6 +113,13 @@ class TrainStateCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process (all must call this): they all restore the same step."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).all())
 
 
 def saved_steps(directory: epath.Path) -> list[int]:

@@ -153,10 +153,20 @@ class Workdir:
     return bool(summary and summary.get("done"))
 
   def metric_rows(self) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl (none if it does not exist)."""
+    """The rows of metrics.jsonl (none if it does not exist), without a line that is not JSON
+    (a write a crash or a full disk cut short: a warning says so)."""
     if not self.metrics.exists():
       return []
-    return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+    rows, broken = [], 0
+    for line in filter(str.strip, self.metrics.read_text().splitlines()):
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        broken += 1
+    if broken:
+      logging.warning("%s: skipped %d line(s) that are not JSON (a write cut short).",
+                      self.metrics, broken)
+    return rows
 
   def final_metrics(self) -> tuple[dict[str, Any], bool]:
     """(final metrics, done): summary.json's once done, else each key's latest value so far."""

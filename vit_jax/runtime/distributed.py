@@ -35,7 +35,6 @@ from absl import logging
 import jax
 from jax._src import distributed as jax_distributed  # The client: not public API.
 
-DEFAULT_PEER_TIMEOUT_SECONDS = 120
 _KEYS = "vit_jax/peer_watchdog"  # Key-value store directory of the watchdog.
 
 
@@ -60,7 +59,7 @@ def jax_heartbeat_timeout(peer_timeout_seconds: float) -> int:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *,
-               peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS,
+               peer_timeout_seconds: float,
                peer_lost_exit_code: int = 1) -> None:
   """Starts multi-process JAX when asked to (explicit address) or when a cluster is detected, and
   the watchdog that stops every process `peer_timeout_seconds` after one of them stopped

@@ -36,7 +36,6 @@ from typing import Any
 from etils import epath
 
 from vit_jax.checkpoints import workdir as workdir_lib
-from vit_jax.efficiency import projection
 from vit_jax.study import sweep
 
 # Columns of the Markdown table: (row key, header, format).
@@ -329,7 +328,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str | None) -> str:
   devices = sorted({str(r["device"]) for r in rows if r.get("device")})
   lines.append("")
   lines.append(f"Measured on: {', '.join(devices) or 'unknown'}. Plots: {_seed_text(rows)} "
-               f"Projected columns are {projection.LABEL}s, not measurements (see "
+               "Projected columns are projections, not measurements (see "
                "vit_jax/efficiency/projection.py for the model and its check against published "
                "runs).")
   return "\n".join(lines) + "\n"

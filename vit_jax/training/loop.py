@@ -189,7 +189,8 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
       workdir.checkpoints, save_every_steps=config.checkpoint_every_steps,
       keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   if run.resuming:
-    state, data_state, start = checkpointer.restore(program.abstract_state())
+    with bad_input():  # No step fits this run's state: one message, every file left in place.
+      state, data_state, start = checkpointer.restore(program.abstract_state())
     train_iter.set_state(data_state)
     logging.info("Resumed from %s/%d.", workdir.checkpoints, start)
   else:
@@ -238,9 +239,8 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
           final.update(metrics)
 
         stopping = stop.should_stop(step)
-        force_save = stopping or step == total_steps
-        if pending and (step % config.log_every_steps == 0 or
-                        checkpointer.is_due(step, force=force_save)):
+        saving = checkpointer.is_due(step, force=stopping or step == total_steps)
+        if pending and (step % config.log_every_steps == 0 or saving):
           bad_step, loss, grad_norm = _first_nonfinite(pending)
           pending.clear()
           if bad_step:
@@ -261,7 +261,9 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
           final.update(results)
           progress.reset_clock(step)
 
-        checkpointer.save(step, state, train_iter, force=force_save)
+        if saving:
+          writer.flush()  # A resume from this checkpoint never writes its rows again.
+          checkpointer.save(step, state, train_iter, force=True)
         if stopping:
           logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same command to "
                           "resume.", stop.signal_name, step)

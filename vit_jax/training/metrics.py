@@ -81,7 +81,8 @@ class MetricsWriter:
   Args:
     workdir: the run's workdir (`metrics.jsonl` and `tb/` in it).
     resume_step: the step the run starts from; rows of later steps (logged after the checkpoint
-      being resumed) are dropped, so a resumed run leaves one row per step.
+      being resumed) are dropped, so a resumed run leaves one row per step, and so is a last line
+      a crash cut short.
     enabled: False on every process but the one that writes (process 0).
   """
 
@@ -89,10 +90,10 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
-    rows = workdir.metrics.read_text().splitlines() if workdir.metrics.exists() else []
-    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= resume_step]
-    replaced = None if len(kept) == len(rows) else "".join(r + "\n" for r in kept).encode()
-    self._jsonl = _GrowingFile(workdir.metrics, replaced)
+    old = workdir.metrics.read_text() if workdir.metrics.exists() else ""
+    kept = "".join(json.dumps(row) + "\n" for row in workdir.metric_rows()
+                   if row["step"] <= resume_step)
+    self._jsonl = _GrowingFile(workdir.metrics, None if kept == old else kept.encode())
     name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.v2"
     self._events = _GrowingFile(workdir.tensorboard / name, b"")
     self._records = record_writer.RecordWriter(self._events)
