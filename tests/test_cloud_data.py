@@ -190,8 +190,11 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
   save = manager.TrainStateCheckpointer.save
 
   def save_and_look(self, step, *args, **kwargs):
-    in_bucket_at_save[step] = cloud.read("run/metrics.jsonl").decode()
-    return save(self, step, *args, **kwargs)
+    in_bucket = cloud.read("run/metrics.jsonl").decode()
+    saved = save(self, step, *args, **kwargs)
+    if saved:
+      in_bucket_at_save[step] = in_bucket
+    return saved
   monkeypatch.setattr(manager.TrainStateCheckpointer, "save", save_and_look)
 
   with monkeypatch.context() as patch:
@@ -213,7 +216,8 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
 
   names = cloud.names("run")
   assert {"config.json", "metrics.jsonl", "summary.json", "eval.json"} <= names
-  # Saved at 2, 3 (the stop), 4 and 6; the oldest rotated out (keep_checkpoints=3), in the bucket.
+  # Saved at 1 (Orbax saves a run's first step), 2, 3 (the stop), 4 and 6; the oldest rotated
+  # out (keep_checkpoints=3), in the bucket.
   assert {n for n in names if n.endswith("commit_success.txt") and n.count("/") == 2} == {
       f"checkpoints/{step}/commit_success.txt" for step in (3, 4, 6)}
   assert len([n for n in names if n.startswith("tb/events.out.tfevents.")]) == 2  # One per session.
@@ -221,7 +225,7 @@ def test_train_resume_evaluate_export_with_data_and_workdir_in_a_bucket(cloud, m
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, TOTAL_STEPS + 1))
   # A run killed right after a save (no time to flush) resumes after that step: the rows up to it
   # were already in the bucket.
-  assert sorted(in_bucket_at_save) == [2, 3, 4, 6]
+  assert sorted(in_bucket_at_save) == [1, 2, 3, 4, 6]
   for step, text in in_bucket_at_save.items():
     assert [json.loads(line) for line in text.splitlines()] == [r for r in rows
                                                                if r["step"] <= step], step
