@@ -369,7 +369,8 @@ class SlurmLauncher:
   itself (`scontrol requeue`) and `--requeue` lets SLURM requeue it after a preemption, so the trial
   resumes from its checkpoints. `sequential` chains the trials' jobs (`--dependency=afterany`) so
   that they run one after another instead of competing for the allocation. The sweep dir must be
-  on a filesystem every node sees, or in a bucket.
+  on a filesystem every node sees (sbatch reads each job's script and writes its log there: not a
+  bucket).
   """
   sweep_dir: str
   repo_dir: str
@@ -388,6 +389,10 @@ class SlurmLauncher:
     if self.nodes < 1 or self.gpus_per_node < 1:
       raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: "
                        "both must be >= 1.")
+    if workdir_lib.is_remote(self.sweep_dir):
+      raise ValueError(f"--sweep_dir={self.sweep_dir}: SLURM reads each job's script and writes "
+                       "its log on a filesystem, not in a bucket; give a directory every node "
+                       "mounts (the trials' data may stay in the bucket).")
     self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
     self.repo_dir = os.path.abspath(self.repo_dir)  # A local checkout, by definition.
 
