@@ -5,9 +5,8 @@ lock (WORKDIR/lock.json: host, pid, start and heartbeat times) is taken before a
 and released when the run ends. A holder refreshes its heartbeat from a background thread, so a
 lock whose process died is recognised and taken over: at once on the same host (the pid is gone,
 or is this process's own: a restarted container), after STALE_SECONDS without a heartbeat
-otherwise. Object stores have no exclusive create,
-so taking the lock writes it and reads it back: of two runs starting in the same instant, the one
-whose token is not read back gives way.
+otherwise. Object stores have no exclusive create, so taking the lock writes it and reads it back:
+of two runs starting in the same instant, the one whose token is not read back gives way.
 """
 from __future__ import annotations
 
