@@ -153,20 +153,10 @@ class Workdir:
     return bool(summary and summary.get("done"))
 
   def metric_rows(self) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl (none if it does not exist), without a line that is not JSON
-    (a write a crash or a full disk cut short: a warning says so)."""
+    """The rows of metrics.jsonl (none if it does not exist): `parse_metric_rows`."""
     if not self.metrics.exists():
       return []
-    rows, broken = [], 0
-    for line in filter(str.strip, self.metrics.read_text().splitlines()):
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        broken += 1
-    if broken:
-      logging.warning("%s: skipped %d line(s) that are not JSON (a write cut short).",
-                      self.metrics, broken)
-    return rows
+    return parse_metric_rows(self.metrics.read_text(), self.metrics)
 
   def final_metrics(self) -> tuple[dict[str, Any], bool]:
     """(final metrics, done): summary.json's once done, else each key's latest value so far."""
@@ -177,6 +167,21 @@ class Workdir:
     for row in self.metric_rows():
       latest.update({k: v for k, v in row.items() if v is not None})
     return latest, False
+
+
+def parse_metric_rows(text: str, source: epath.PathLike) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl's `text`, without a line that is not JSON (a write a crash or a
+  full disk cut short: a warning names `source`)."""
+  rows, broken = [], 0
+  for line in filter(str.strip, text.splitlines()):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      broken += 1
+  if broken:
+    logging.warning("%s: skipped %d line(s) that are not JSON (a write cut short).", source,
+                    broken)
+  return rows
 
 
 def recorded_config(input_path: str | epath.PathLike) -> dict[str, Any] | None:

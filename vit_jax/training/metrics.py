@@ -91,8 +91,8 @@ class MetricsWriter:
     if not enabled:
       return
     old = workdir.metrics.read_text() if workdir.metrics.exists() else ""
-    kept = "".join(json.dumps(row) + "\n" for row in workdir.metric_rows()
-                   if row["step"] <= resume_step)
+    kept = "".join(json.dumps(row) + "\n" for row in workdir_lib.parse_metric_rows(
+        old, workdir.metrics) if row["step"] <= resume_step)
     self._jsonl = _GrowingFile(workdir.metrics, None if kept == old else kept.encode())
     name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.v2"
     self._events = _GrowingFile(workdir.tensorboard / name, b"")
