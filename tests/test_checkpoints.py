@@ -198,6 +198,24 @@ def test_pre_logits_is_dropped_for_a_model_without_it(tmp_path):
   assert flax.linen.unbox(loaded)["pre_logits"]["kernel"].shape == (32, 16)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_checkpoint_params_the_model_lacks_are_refused_unless_named(tmp_path, scan):
+  """A LayerScale, 3-block checkpoint into a plain 2-block model would compute otherwise."""
+  rich = models.get_model("ViT-Ti/16", num_classes=10, layerscale_init=1e-4,
+                          **dict(TINY, depth=3))
+  path = tmp_path / "rich.npz"
+  checkpoints.save_npz(flax.linen.unbox(_init(rich, 16)), path)
+  plain_init = _init(models.get_model("ViT-Ti/16", num_classes=10, scan=scan, **TINY), 16)
+  with pytest.raises(ValueError, match="checkpoint params the model does not have") as error:
+    checkpoints.load_pretrained(plain_init, path)
+  assert "LayerScale_attn/scale" in str(error.value) and "dont_load" in str(error.value)
+  if not scan:  # Scanned, the third block is a shape mismatch of the stacked params instead.
+    assert "encoderblock_2/" in str(error.value)
+    loaded = checkpoints.load_pretrained(plain_init, path,
+                                         dont_load=(r".*LayerScale_.*", r".*encoderblock_2/.*"))
+    assert "encoderblock_2" not in flax.linen.unbox(loaded)["Transformer"]
+
+
 @pytest.mark.parametrize("classifier,prefix", [("token", 1), ("gap", 0)])
 def test_resolution_change_resizes_the_posemb_grid(tmp_path, classifier, prefix):
   kw = dict(TINY, classifier=classifier)

@@ -17,7 +17,7 @@ import transformers
 from helpers import REPO, tiny_config
 from vit_jax import checkpoints, models
 from vit_jax.checkpoints import export, hf, imports, npz, pretrained
-from vit_jax.training import checks
+from vit_jax.training import checks, evaluation
 from vit_jax.training import program as program_lib
 
 TINY_HF = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -243,6 +243,17 @@ def test_init_from_an_hf_dir_needs_its_numerics(hf_dirs, data_root):
   program = program_lib.TrainProgram.from_config(config, devices=jax.devices()[:1])
   params = program.pretrained_params()
   np.testing.assert_array_equal(params["cls"], hf.read_params(hf_dirs["gelu"][0])[0]["cls"])
+
+
+def test_evaluate_refuses_an_hf_dir_of_other_numerics(hf_dirs, data_root, tmp_path):
+  """Evaluation loads a checkpoint as it is (no shape may change), and as it computes: the exact
+  GELU is not evaluated with the tanh approximation, which no shape check would notice."""
+  config = tiny_config(data_root)
+  config.model.update(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64)
+  with pytest.raises(ValueError, match=r"gelu_approximate=False .*set "
+                                       r"--config\.model\.gelu_approximate=False"):
+    evaluation.evaluate_checkpoint(config, str(tmp_path), checkpoint=hf_dirs["gelu"][0],
+                                   devices=jax.devices()[:1])
 
 
 def test_convert_from_hf_to_npz_and_orbax_loads_back(hf_dirs, tmp_path):

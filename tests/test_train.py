@@ -17,6 +17,7 @@ from helpers import TOTAL_STEPS, final_params, losses, metric_rows, stop_at_step
 from vit_jax.checkpoints import manager
 from vit_jax.runtime import hardware
 from vit_jax.training import evaluation, loop
+from vit_jax.training import program as program_lib
 
 pytestmark = pytest.mark.slow  # End-to-end training runs.
 
@@ -77,12 +78,46 @@ def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
                final_params(reference_workdir))
 
 
+def test_frozen_params_keep_their_init_through_a_resume(data_root, tmp_path, monkeypatch):
+  """`optim.freeze` on an FSDP mesh: the frozen params have no optimizer moments (MaskedNode),
+  which the state's shardings, the checkpoint and the restore must all carry."""
+  config = tiny_config(data_root, mesh=(("fsdp", -1),))
+  config.optim.freeze = ("embedding/.*",)
+  with monkeypatch.context() as patch:
+    stop_at_step(patch, 3)
+    assert loop.train_and_evaluate(config, str(tmp_path))["stopped_by"] == "SIGTERM"
+  loop.train_and_evaluate(config, str(tmp_path))
+  assert sorted(losses(str(tmp_path))) == list(range(1, TOTAL_STEPS + 1))
+  init = jax.device_get(program_lib.TrainProgram.from_config(config).init().params)
+  final = final_params(str(tmp_path))
+  np.testing.assert_array_equal(final["embedding"]["kernel"], init["embedding"]["kernel"])
+  assert not np.array_equal(final["Transformer"]["encoder_norm"]["scale"],
+                            init["Transformer"]["encoder_norm"]["scale"])
+
+
 def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
   config, workdir, final = fsdp_run
   results = evaluation.evaluate_checkpoint(config, str(tmp_path),
                                            checkpoint=os.path.join(workdir, "checkpoints"))
   assert results["val/prec@1"] == final["val/prec@1"]
   np.testing.assert_allclose(results["val/loss"], final["val/loss"], rtol=1e-5)
+
+
+def test_evaluate_refuses_a_config_whose_model_computes_otherwise(data_root, tmp_path):
+  """Without a position embedding and with a 2-D sin-cos one, the model has the same params: only
+  the run's recorded config tells them apart."""
+  config = tiny_config(data_root, total_steps=2, mesh=(("data", -1),))
+  config.model.posemb = "none"
+  loop.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+  config.model.posemb = "sincos2d"
+  with pytest.raises(ValueError, match=r"posemb='none' \(the config has 'sincos2d'\)"):
+    evaluation.evaluate_checkpoint(config, str(tmp_path / "eval"),
+                                   checkpoint=str(tmp_path / "run" / "checkpoints"),
+                                   devices=jax.devices()[:1])
+  config.model.update(posemb="none", dropout=0.5)  # Training-only fields may differ.
+  evaluation.evaluate_checkpoint(config, str(tmp_path / "eval"),
+                                 checkpoint=str(tmp_path / "run" / "checkpoints"),
+                                 devices=jax.devices()[:1])
 
 
 def test_unknown_device_peak_trains_with_mfu_reported_unknown(data_root, tmp_path, monkeypatch,

@@ -26,6 +26,9 @@ _HEAD_PREFIX = "head/"
 # Params of architecture options (vit_jax.models.vit) that a checkpoint trained without the option
 # lacks; fine-tuning adds them at their init value (registers, QK-norm scales, LayerScale).
 _OPTION_PARAMS = re.compile(r"(registers|.*/(query_ln|key_ln|LayerScale_attn|LayerScale_mlp)/.*)")
+# Checkpoint params a fine-tuning model may lack: a new head, no representation layer, pooling
+# instead of a class token. Dropping anything else changes what the pretrained model computes.
+_DROPPED_BY_DESIGN = re.compile(r"(head|pre_logits)/.*|cls")
 _SHOWN = 5  # How many offending keys an error message lists.
 
 
@@ -65,8 +68,9 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
       or abstract). It decides the result's structure, layout (scanned or not), shapes and dtypes;
       its values are kept wherever nothing is loaded.
     pretrained: pretrained params, nested or flat ("/"-joined keys), either layer layout.
-    dont_load: regexes; params whose "/"-joined name fully matches one keep their init value
-      (e.g. `('head/.*', 'pre_logits/.*')`).
+    dont_load: regexes; model params whose "/"-joined name fully matches one keep their init
+      value (e.g. `('head/.*', 'pre_logits/.*')`), and checkpoint params the model lacks that
+      match one are dropped on purpose.
     posemb_method: 'bilinear' (official vit_jax numerics) or 'bicubic', for a grid change.
     source: names the checkpoint in messages.
 
@@ -74,11 +78,12 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
     A tree like `init_params` (boxes kept) whose loaded leaves are host NumPy arrays. Adaptations: a
     `head` that is missing or of another shape (new num_classes) keeps its init value, as do the
     params of architecture options the checkpoint was trained without (registers, QK-norm,
-    LayerScale); a position
-    embedding of another grid is resized (class-token entry kept); a patch kernel of another patch
-    size is PI-resized (FlexiViT). Checkpoint params the model lacks (e.g. `pre_logits` when the
-    model has no representation layer) are dropped. Anything else that does not fit raises a
-    ValueError listing it.
+    LayerScale); a position embedding of another grid is resized (class-token entry kept); a patch
+    kernel of another patch size is PI-resized (FlexiViT). The checkpoint's head, `pre_logits` and
+    class token are dropped when the model lacks them. Anything else that does not fit raises a
+    ValueError listing it, including checkpoint params the model lacks (LayerScale, registers,
+    extra blocks: the model would compute otherwise than the checkpoint) unless `dont_load` names
+    them.
   """
   if set(init_params) == {"params"}:
     raise ValueError("init_params looks like a variables dict {'params': ...}: "
@@ -119,18 +124,14 @@ def merge_pretrained(init_params: Mapping[str, Any], pretrained: Mapping[str, An
       logging.warning("dont_load pattern %r matches no model param (it must match the whole "
                       "'/'-joined name, e.g. 'head/.*').", pattern.pattern)
   unused = sorted(set(ckpt) - set(init_flat))
-  if missing or mismatched:
-    raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unused,
+  dropped = [k for k in unused if _DROPPED_BY_DESIGN.fullmatch(k)
+             or any(p.fullmatch(k) for p in patterns)]
+  unwanted = [k for k in unused if k not in dropped]
+  if missing or mismatched or unwanted:
+    raise ValueError(_mismatch_message(source, sorted(missing), sorted(mismatched), unwanted,
                                        _LOAD_FIX))
-  # Dropping the pretraining head is the usual fine-tuning move; dropping anything else may be a
-  # slip.
-  dropped_head = [k for k in unused if k.startswith((_HEAD_PREFIX, "pre_logits/"))]
-  dropped_other = [k for k in unused if k not in dropped_head]
-  if dropped_head:
-    logging.info("Dropped the checkpoint's head params:%s", _first(dropped_head))
-  if dropped_other:
-    logging.warning("Dropped %d params of %s that the model does not have:%s", len(dropped_other),
-                    source, _first(dropped_other))
+  if dropped:
+    logging.info("Dropped the checkpoint's params the model does not have:%s", _first(dropped))
   return unflatten(out)
 
 
@@ -143,14 +144,14 @@ def match_layout(flat: Mapping[str, Any], like: Mapping[str, Any]) -> FlatParams
   return dict(flat)
 
 
-def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *,
-               fix: str) -> dict[str, Any]:
+def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *, fix: str,
+               model_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Params of `path` that must be exactly the model of `expected` (names and shapes), e.g. for
-  eval.
+  eval; with `model_fields`, computed as the checkpoint was trained (`read_params`).
 
   Either layer layout is accepted; anything else that differs raises the `check_matches` error.
   """
-  flat = match_layout(read_params(path), flatten(expected))
+  flat = match_layout(read_params(path, model_fields=model_fields), flatten(expected))
   check_matches(flat, expected, source=str(path), fix=fix)
   return unflatten(flat)
 
@@ -216,8 +217,9 @@ def _first(keys: Sequence[str]) -> str:
 
 
 _LOAD_FIX = ("Fix: build the model the checkpoint was trained with (variant, classifier, "
-             "representation_size, resnet), or keep params at their init value with "
-             "dont_load=(regex, ...), e.g. dont_load=('MAPHead_0/.*',).")
+             "representation_size, resnet, num_registers, qk_norm, layerscale_init), or name "
+             "the params to leave out (the model's keep their init value, the checkpoint's are "
+             "dropped) with dont_load=(regex, ...), e.g. dont_load=('MAPHead_0/.*',).")
 
 
 def _mismatch_message(source: str, missing: list[str], mismatched: list[str], unused: list[str],

@@ -8,7 +8,8 @@ import jax
 import ml_collections
 
 from vit_jax import config as config_lib
-from vit_jax.checkpoints import pretrained
+from vit_jax import models
+from vit_jax.checkpoints import imports, pretrained
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.config import bad_input
 from vit_jax.data import pipeline
@@ -41,10 +42,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     program = TrainProgram.from_config(
         config, devices=devices, image_shape=pipeline.example_shape(next(iter(evals.values()))),
         schedule_steps=(1, 0))
+    _check_trained_model(path, program.model_fields)
     evaluators = program.evaluators()
     params = pretrained.load_exact(
         path, program.abstract_params, fix=f"evaluate with the config the checkpoint was trained "
-        f"with (config.model={config.model.to_dict()} does not fit it).")
+        f"with (config.model={config.model.to_dict()} does not fit it).",
+        model_fields=program.model_fields)
     workdir.check_writable()
 
   params = jax.device_put(params, program.param_shardings)
@@ -55,3 +58,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     workdir_lib.write_json(workdir.eval_results, {"checkpoint": path, "metrics": results})
   return results
+
+
+# Model fields that do not change what trained params compute at eval: training-only
+# regularisation, init, layer layout and speed settings.
+_FREE_AT_EVAL = ("dropout", "attention_dropout", "stoch_depth", "head_bias_init", "scan",
+                 "remat_policy", "attention_impl", "dtype")
+
+
+def _check_trained_model(path: str, model_fields: dict) -> None:
+  """Raises ValueError if `path` is a run's checkpoint whose recorded model computes otherwise than
+  `model_fields` (e.g. posemb sincos2d vs none: the same params, other logits)."""
+  if imports.detect(path) != "orbax" or not (recorded := imports.model_fields(path, "orbax")):
+    return
+  trained = models.model_kwargs(**recorded)
+  differ = [f"{k}={trained.get(k)!r} (the config has {v!r})" for k, v in model_fields.items()
+            if k not in _FREE_AT_EVAL and trained.get(k) != v]
+  if differ:
+    raise ValueError(f"{path} was trained with {', '.join(differ)}: evaluate it with the config "
+                     "it was trained with (its run's config.json), or set those fields.")
