@@ -347,3 +347,40 @@ def test_a_study_file_reports_its_trials_and_prior_rows_fill_the_ones_run_elsewh
                            "--prior=nope/results.csv"], capture_output=True, text=True)
   assert result.returncode == 2 and "--prior=nope/results.csv" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_a_study_file_whose_trials_ran_with_other_flags_is_refused(tmp_path, monkeypatch):
+  """Reporting an edited study before relaunching it would label the old runs with the new
+  values: refused as the launch would refuse it."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "study.py").write_text(textwrap.dedent("""
+      from vit_jax.study import sweep
+      def get_sweep():
+        return sweep.Study("demo", "configs/x.py", sweep.trials(sweep.axis("patch", [7])),
+                           base_args={"epochs": 3.0})
+      """))
+  here = tmp_path / sweep.default_sweep_dir("demo")
+  sweep.write_manifest(sweep.Study("demo", "configs/x.py", sweep.trials(sweep.axis("patch", [7])),
+                                   base_args={"epochs": 2.0}), str(here))
+  _trial_with_curve(here, "patch=7", 32, 7, [(50, 0.8), (100, 0.9)])
+  with pytest.raises(ValueError, match="patch=7 ran with"):
+    report.load_rows("study.py")
+  result = subprocess.run([sys.executable, "-m", "vit_jax.report", "study.py"],
+                          capture_output=True, text=True)
+  assert result.returncode == 2 and "patch=7 ran with" in result.stderr
+
+
+def test_the_same_trials_given_twice_are_refused_not_pooled_as_seeds(sweep_dir):
+  with pytest.raises(ValueError, match="the same trials more than once"):
+    report.load_rows([str(sweep_dir), str(sweep_dir)])
+
+
+def test_val_is_the_metric_when_an_eval_is_named_val(tmp_path):
+  """Alphabetically `minival` comes first; a held-out slice of train is not the headline."""
+  study = sweep.Study("s", "configs/x.py", sweep.trials(sweep.axis("patch", [7])))
+  sweep.write_manifest(study, str(tmp_path))
+  (tmp_path / "patch=7").mkdir()
+  (tmp_path / "patch=7" / "summary.json").write_text(json.dumps(
+      {"done": True, "final": {"minival/prec@1": 0.99, "val/prec@1": 0.8}}))
+  rows, metric = report.load_rows(str(tmp_path))
+  assert metric == "val/prec@1" and rows[0]["accuracy"] == 0.8

@@ -91,6 +91,18 @@ def test_manifest_accepts_the_same_config_args_in_another_order(tmp_path):
                                      base_args={"depth": 2}), str(tmp_path))
 
 
+def test_manifest_remembers_trials_the_study_dropped(tmp_path):
+  """patch=7 ran, left the study, and came back with other flags: its dir would be skipped as
+  done under the new flags unless the manifest kept what it ran with."""
+  four, seven = sweep.trials(sweep.axis("patch", [4, 7]))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", [four, seven]), str(tmp_path))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", [four]), str(tmp_path))
+  changed = sweep.Trial(seven.name, {**seven.config_args, "epochs": 9.0}, {})
+  with pytest.raises(ValueError, match="patch=7 ran with"):
+    sweep.write_manifest(sweep.Study("s", "configs/x.py", [four, changed]), str(tmp_path))
+  sweep.write_manifest(sweep.Study("s", "configs/x.py", [four, seven]), str(tmp_path))
+
+
 def test_without_seed_names_the_setting_seeds_share():
   names = [t.name for t in sweep.trials(sweep.product(sweep.axis("config.seed", [0, 1]),
                                                       sweep.axis("patch", [4])))]

@@ -25,6 +25,7 @@ its data, the seeds per point and what its error bars are.
 """
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 import csv
 import math
@@ -52,10 +53,11 @@ CONVERGED_CHANGE = 0.003  # 0.3 points of accuracy over the last quarter of trai
 
 
 def _pick_metric(finals: Sequence[dict[str, Any]]) -> str | None:
-  """The first eval top-1 key (`val/prec@1`), FlexiViT `@p<patch>` suffixes stripped."""
+  """`val/prec@1` if an eval has it, else the first other eval's top-1 key; FlexiViT `@p<patch>`
+  suffixes stripped."""
   keys = {_FLEXI_METRIC.sub(r"\g<base>", k) for final in finals for k in final}
   candidates = sorted(k for k in keys if k.endswith("prec@1") and not k.startswith("train"))
-  return candidates[0] if candidates else None
+  return "val/prec@1" if "val/prec@1" in keys else candidates[0] if candidates else None
 
 
 class Rows(list):
@@ -105,6 +107,12 @@ def load_rows(sources: str | Sequence[str], metric: str | None = None,
     studies.append(study)
     roots.append(root)
     loaded += [t for t in trials if not only or any(re.search(p, t[1]) for p in only)]
+  twice = [f"{study}/{name}" for (study, name), n in
+           collections.Counter((t[0], t[1]) for t in loaded).items() if n > 1]
+  if twice:  # Their rows would pool as extra seeds.
+    raise ValueError(f"{sources} hold the same trials more than once ({', '.join(twice[:3])}"
+                     f"{', ...' if len(twice) > 3 else ''}): pass each sweep dir or study once, "
+                     "and report two sweep dirs of one study separately.")
   if not loaded:
     raise ValueError(f"--only={list(only)} matches no trial of {sources}.")
   metric = metric or _pick_metric([t[4] for t in loaded])
@@ -136,6 +144,8 @@ def _load_source(source: str) -> tuple[list[tuple], dict[str, Any], epath.Path]:
     study = sweep.load_study(source)
     manifest = study.to_json()
     root = workdir_lib.resolve(sweep.default_sweep_dir(study.name))
+    sweep.check_ran_as_defined(manifest, workdir_lib.read_json(workdir_lib.sweep_manifest(root)),
+                               root)
   else:
     root = workdir_lib.resolve(source)
     if not root.is_dir():

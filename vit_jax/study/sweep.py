@@ -239,22 +239,39 @@ def default_sweep_dir(study_name: str) -> str:
   return os.path.join("runs", "sweeps", study_name)
 
 
+def check_ran_as_defined(study: dict[str, Any], manifest: dict[str, Any] | None,
+                         sweep_dir: str | os.PathLike) -> None:
+  """Raises ValueError if a trial of `study` (a `Study.to_json`) ran in `sweep_dir` with other
+  flags than it defines now, by the sweep dir's `manifest` (its trials, and those an earlier
+  version of the study dropped): its results would stand for a run it no longer describes."""
+  if not manifest:
+    return
+  ran = {t["name"]: t.get("flags")
+         for t in [*manifest.get("earlier_trials", ()), *manifest["trials"]]}
+  for trial in study["trials"]:
+    flags = ran.get(trial["name"])
+    if flags is not None and _same_run(flags) != _same_run(trial["flags"]):
+      raise ValueError(f"{sweep_dir}/{trial['name']} ran with {flags}, "
+                       f"the study now says {trial['flags']}; "
+                       "use another --sweep_dir or delete that trial's dir.")
+
+
 def write_manifest(study: Study, sweep_dir: str) -> None:
   """Records the study next to its trials so the report can label every row.
 
-  Refuses a sweep dir whose trials of the same name ran with other flags: they would be skipped as
-  done (or resumed from checkpoints) although the study changed.
+  Refuses a sweep dir whose trials of the same name ran with other flags (`check_ran_as_defined`):
+  they would be skipped as done (or resumed from checkpoints) although the study changed. Trials
+  the study no longer defines stay recorded (`earlier_trials`), so one added back is checked too.
   """
   manifest = workdir.sweep_manifest(sweep_dir)
   new = study.to_json()
   old = workdir.read_json(manifest)
+  check_ran_as_defined(new, old, sweep_dir)
   if old:
-    old_flags = {t["name"]: t.get("flags") for t in old["trials"]}
-    for trial in new["trials"]:
-      ran = old_flags.get(trial["name"])
-      if ran is not None and _same_run(ran) != _same_run(trial["flags"]):
-        raise ValueError(f"{sweep_dir}/{trial['name']} ran with {ran}, "
-                         f"the study now says {trial['flags']}; "
-                         "use another --sweep_dir or delete that trial's dir.")
+    names = {t["name"] for t in new["trials"]}
+    earlier = {t["name"]: t for t in [*old.get("earlier_trials", ()), *old["trials"]]
+               if t["name"] not in names}
+    if earlier:
+      new["earlier_trials"] = list(earlier.values())
   manifest.parent.mkdir(parents=True, exist_ok=True)
   workdir.write_json(manifest, new)
