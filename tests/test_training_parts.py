@@ -9,6 +9,7 @@ import pytest
 
 from vit_jax import models
 from vit_jax.config import base_config
+from vit_jax.evaluators import classification
 from vit_jax.training import losses, optimizers, schedules
 from vit_jax.training import state as state_lib
 from vit_jax.training import step as step_lib
@@ -130,3 +131,18 @@ def test_gradient_accumulation_matches_the_full_batch():
   np.testing.assert_allclose(m1["train/loss"], m4["train/loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                one.params, four.params)
+
+
+def test_eval_counts_a_hit_only_on_the_largest_label():
+  """A smoothed label is positive everywhere: only its true class may count as a hit. A multi-label
+  row counts any of its labels; a row with no label counts nothing."""
+  class Fixed(nn.Module):
+    @nn.compact
+    def __call__(self, images, train=False, patch_size=None):
+      return images  # The "images" are the logits.
+  logits = jnp.asarray([[0.0, 0.0, 9.0], [0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [9.0, 0.0, 0.0]])
+  labels = jnp.asarray([[0.05, 0.05, 0.9], [0.05, 0.05, 0.9], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  step = classification.make_eval_step(Fixed(), lambda logits, labels: jnp.zeros(len(logits)))
+  zeros = {k: jnp.zeros(()) for k in ("loss", "correct@1", "correct@5", "count")}
+  sums = step({}, {"image": logits, "label": labels}, zeros)
+  assert (sums["correct@1"], sums["correct@5"], sums["count"]) == (2.0, 3.0, 4.0)

@@ -23,7 +23,8 @@ def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
   count.
 
   Padding examples (batch["mask"] == 0) count for nothing; a label counts as hit when any of the
-  top-k predicted classes is labelled positive (so multi-label datasets work too). `patch_size`
+  top-k predicted classes carries the row's largest label value, above 0 (so multi-label datasets
+  work too, and smoothed labels count only their true class). `patch_size`
   runs the model at another patch size than its own (FlexiViT).
   """
   def eval_step(params, batch, sums):
@@ -32,7 +33,8 @@ def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32)).astype(jnp.float32)
     k = min(5, logits.shape[-1])
     top_k = jax.lax.top_k(logits, k)[1]
-    hits = jnp.take_along_axis(labels, top_k, axis=-1) > 0
+    top_labels = jnp.take_along_axis(labels, top_k, axis=-1)
+    hits = (top_labels > 0) & (top_labels >= jnp.max(labels, axis=-1, keepdims=True))
     batch_sums = {
         "loss": jnp.sum(loss_fn(logits, labels) * mask),
         "correct@1": jnp.sum(hits[:, 0] * mask),
