@@ -5,8 +5,8 @@ trainer reads every field from the config as it is, so a default lives in `base.
 else.
 """
 from vit_jax.config.args import parse_arg
-from vit_jax.config.base import base_config, resolve_evals, shrink_to_runlocal
+from vit_jax.config.base import base_config, check_known_fields, resolve_evals, shrink_to_runlocal
 from vit_jax.config.errors import BadInputError, bad_input
 
-__all__ = ["BadInputError", "bad_input", "base_config", "parse_arg", "resolve_evals",
-           "shrink_to_runlocal"]
+__all__ = ["BadInputError", "bad_input", "base_config", "check_known_fields", "parse_arg",
+           "resolve_evals", "shrink_to_runlocal"]

@@ -107,6 +107,39 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming every field of `config` that `base_config` lacks: a config file
+  that sets `optim.warmup_step` (for `warmup_steps`) would otherwise train with the default.
+
+  `--config.<field>=` flags are checked by ml_collections; this checks what a config file adds.
+  An eval's `data` has the fields of `input.data`; the rest of an eval is `resolve_evals`' to
+  check, `model` is `vit_jax.models.model_kwargs`'.
+  """
+  base = base_config()
+  unknown = [*_unknown(config, base, "")]
+  for name, entry in config.evals.items():
+    if isinstance(entry.get("data"), (dict, ml_collections.ConfigDict)):
+      unknown += _unknown(ml_collections.ConfigDict(dict(entry["data"])), base.input.data,
+                          f"evals.{name}.data.")
+  if unknown:
+    raise ValueError(f"config.{', config.'.join(unknown)}: no such field (a typo?); every field "
+                     "and its default is in vit_jax/config/base.py.")
+
+
+def _unknown(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+             prefix: str) -> list[str]:
+  """Dotted names of `config`'s fields that `base` lacks, looking into the sub-configs `base` has
+  (not into `evals` or `model`, checked elsewhere)."""
+  found = []
+  for key, value in config.items():
+    if key not in base:
+      found.append(prefix + key)
+    elif (isinstance(base[key], ml_collections.ConfigDict) and key not in ("evals", "model")
+          and isinstance(value, ml_collections.ConfigDict)):
+      found += _unknown(value, base[key], f"{prefix}{key}.")
+  return found
+
+
 def resolve_evals(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
   """Every `config.evals` entry completed: defaults, the inherited data fields and reader settings.
 

@@ -73,6 +73,7 @@ class TrainProgram:
       schedule_steps: (total, warmup) steps of the lr schedule instead of the config's durations,
         for programs that never run a whole training (benchmarks, evaluation).
     """
+    config_lib.check_known_fields(config)
     devices = tuple(jax.devices() if devices is None else devices)
     mesh = sharding.make_mesh(config.mesh, devices, config.dcn_mesh)
     rules = config.sharding_rules or sharding.DEFAULT_RULES
@@ -259,8 +260,12 @@ def _state_shardings(tx: optax.GradientTransformation, abstract: Any, param_shar
   """Optimizer state is sharded like the params it mirrors (moments of an FSDP kernel are FSDP)."""
   replicated = sharding.replicated(mesh)
   init_shapes = lambda params: jax.eval_shape(tx.init, params)  # An eager init would compile.
-  opt_shardings = optax.tree_map_params(init_shapes, lambda _, s: s, init_shapes(abstract),
-                                        param_shardings, transform_non_params=lambda _: replicated)
+  # A frozen param (`optim.freeze`) has an empty MaskedNode for its moments: kept as it is, so the
+  # shardings have the state's structure.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  opt_shardings = optax.tree_map_params(init_shapes, lambda x, s: x if masked(x) else s,
+                                        init_shapes(abstract), param_shardings,
+                                        transform_non_params=lambda _: replicated, is_leaf=masked)
   return state_lib.TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                               rng=replicated, ema_params=param_shardings if ema else None)
 
