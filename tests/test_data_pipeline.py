@@ -159,6 +159,22 @@ def test_decoded_cache_holds_read_only_images(folder):
   assert isinstance(head["image"], np.ndarray) and not head["image"].flags.writeable
 
 
+def test_decoded_caches_stop_at_their_memory_budget(folder, monkeypatch, caplog):
+  """An eval head that enlarges (resize(64) of 16-px images, as 32 px -> 384) must not fill the
+  host's memory: past the budget, examples are decoded each time, with the same output."""
+  budget = pipeline.CacheBudget(limit_bytes=3 * 64 * 64 * 3)
+  monkeypatch.setattr(pipeline, "DECODED_CACHE_BUDGET", budget)
+  cache = {}
+  read = pipeline.Preprocess("decode|resize(64)", cache=cache)
+  uncached = pipeline.Preprocess("decode|resize(64)")
+  records = sources.open_source(_cfg(folder)["data"]).records
+  for example in (records[i] for i in range(5)):
+    np.testing.assert_array_equal(read(example, np.random.default_rng(0))["image"],
+                                  uncached(example, np.random.default_rng(0))["image"])
+  assert len(cache) == 3
+  assert sum("decoded caches reached" in r.getMessage() for r in caplog.records) == 1
+
+
 def _delete_images(root):
   for path in root.rglob("*.png"):
     path.unlink()  # With cache_raw, later passes must read nothing.

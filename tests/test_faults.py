@@ -136,6 +136,31 @@ def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(finished, data
   assert (workdir / "metrics.jsonl").read_text().endswith("}\n")
 
 
+def test_an_eval_that_fails_keeps_the_checkpoint_of_its_step(data_root, tmp_path, monkeypatch):
+  """An eval out of memory at a save step must not cost the training up to it; at the last step,
+  the rerun evaluates the saved final state and records it."""
+  evaluate_all = loop.evaluate_all
+  def fail_at(step):
+    def evaluate(evaluators, state):
+      if int(state.step) == step:
+        raise MemoryError("injected: the eval ran out of host memory")
+      return evaluate_all(evaluators, state)
+    return evaluate
+  config = tiny_config(data_root)
+  config.evals.val.every_steps = 2
+  for step in (4, TOTAL_STEPS):
+    with monkeypatch.context() as patch:
+      patch.setattr(loop, "evaluate_all", fail_at(step))
+      with pytest.raises(MemoryError):
+        _train(config, tmp_path)
+    assert manager.TrainStateCheckpointer(str(tmp_path / "checkpoints"),
+                                          save_every_steps=2).latest_step() == step
+  final = _train(config, tmp_path)
+  assert final["step"] == TOTAL_STEPS and "val/prec@1" in final
+  evals = [r["step"] for r in metric_rows(str(tmp_path)) if "val/prec@1" in r]
+  assert evals == [2, TOTAL_STEPS]  # Step 4's eval failed; resumed runs do not repeat it.
+
+
 @pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA",
                                     "deleted data/metadata"])
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_restored(

@@ -181,6 +181,8 @@ def test_dead_process_stops_the_other_with_one_message(tmp_path, config_file):
       "is stopping; rerun the same command (all processes) to resume from the last checkpoint."]
   for crash in _CRASHES + ("Traceback",):
     assert crash not in output, output[-3000:]
+  # The survivor (process 0) released the workdir: a rerun on other hosts may start at once.
+  assert not (tmp_path / "two_processes" / "lock.json").exists()
   print(f"survivor exited {elapsed:.1f} s after the kill (--peer_timeout_seconds={PEER_TIMEOUT_S})")
 
 

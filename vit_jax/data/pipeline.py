@@ -31,6 +31,7 @@ import concurrent.futures
 import itertools
 import logging
 import math
+import os
 import sys
 import threading
 from typing import Any, Callable, Iterator, Mapping
@@ -86,7 +87,9 @@ class Preprocess:
       key = (self._head_pp, example["id"])
       head = self._cache.get(key)
       if head is None:  # Two threads may both compute it: the same output, stored twice.
-        head = self._cache[key] = _read_only_image(self._head(example, rng))
+        head = _read_only_image(self._head(example, rng))
+        if DECODED_CACHE_BUDGET.take(head["image"].nbytes):
+          self._cache[key] = head
     return self._tail(head, rng) if self._tail else head
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
@@ -100,6 +103,32 @@ class Preprocess:
                       example["id"], e, next(self._skipped))
       return None  # grain drops None elements.
     return {"image": preprocess.to_array(out["image"]), "label": np.asarray(out["label"])}
+
+
+class CacheBudget:
+  """Bytes the decoded caches (data.cache_decoded) of this process may hold in all. Evals inherit
+  the setting, and an eval's deterministic head may enlarge its images (resize(384) of 32-px
+  ones, then floats): past the budget, examples are decoded each time, with one warning, instead
+  of the host running out of memory."""
+
+  def __init__(self, limit_bytes: int):
+    self.limit_bytes, self._used, self._lock = limit_bytes, 0, threading.Lock()
+
+  def take(self, nbytes: int) -> bool:
+    """Reserves `nbytes` if they fit; warns the first time they do not."""
+    with self._lock:
+      fits = self._used + nbytes <= self.limit_bytes
+      if fits:
+        self._used += nbytes
+      elif self._used <= self.limit_bytes:
+        self._used = self.limit_bytes + 1  # Warn once.
+        logging.warning("data.cache_decoded: the decoded caches reached %.1f GB, a quarter of "
+                        "this host's memory; further examples are decoded each time they are "
+                        "read.", self.limit_bytes / 1e9)
+      return fits
+
+
+DECODED_CACHE_BUDGET = CacheBudget(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
 
 
 def _read_only_image(example: dict[str, Any]) -> dict[str, Any]:

@@ -25,11 +25,12 @@ survivors cleanly: JAX aborts them at once (bounded, but with XLA's fatal-error 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import jax
@@ -85,6 +86,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     # atexit runs last-registered first: `leave` comes before JAX's own shutdown (registered at
     # import), which waits for every process.
     atexit.register(watchdog.leave)
+
+
+# Run (each bounded, best effort) when the watchdog ends this process with os._exit, which skips
+# every `finally`: e.g. releasing the workdir lock, so a rerun on other hosts is not refused.
+_BEFORE_FORCED_EXIT: list[Callable[[], Any]] = []
+
+
+@contextlib.contextmanager
+def before_forced_exit(action: Callable[[], Any]) -> Iterator[None]:
+  """Within the block, `action` runs if the peer watchdog ends this process."""
+  _BEFORE_FORCED_EXIT.append(action)
+  try:
+    yield
+  finally:
+    _BEFORE_FORCED_EXIT.remove(action)
 
 
 def _client() -> Any:
@@ -222,6 +238,8 @@ class PeerWatchdog:
       _best_effort(stream.flush)
     if lost:
       os.write(2, (lost_message(lost, self._n, self.timeout_s) + "\n").encode())
+    for action in list(_BEFORE_FORCED_EXIT):
+      _bounded(action, timeout_s=5.0)
     if self._me != 0:
       _bounded(lambda: self._client.key_value_set(f"{_KEYS}/leaving/{self._me}", "1", True))
     os._exit(self._exit_code if lost else 1)

@@ -30,7 +30,7 @@ from vit_jax.checkpoints import manager, pretrained
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.config import BadInputError, bad_input
 from vit_jax.data import pipeline
-from vit_jax.runtime import preemption
+from vit_jax.runtime import distributed, preemption
 from vit_jax.training import checks, recipe
 from vit_jax.training import metrics as metrics_lib
 from vit_jax.training.program import TrainProgram
@@ -161,7 +161,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     lock = _take(workdir)
 
   try:
-    return _train(config, run)
+    with distributed.before_forced_exit(lock.release if lock else lambda: None):
+      return _train(config, run)
   except OSError as e:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
       raise BadInputError(
@@ -210,6 +211,7 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
   with program.mesh_context(), preemption.StopRequests() as stop:
     if start >= total_steps:  # Finished, but summary.json was never written: evaluate again.
       final.update(evaluate_all(run.evaluators, state))
+      writer.write(start, final)
     try:
       for step in range(start + 1, total_steps + 1):
         batch = next(train_iter)
@@ -251,19 +253,23 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
                 "config.optim.lr (or raise the warmup, or clip harder), then rerun the same "
                 "command with --accept_config_change to resume from that checkpoint.")
 
+        # Saved before the evals: an eval that fails (out of memory) costs no training.
+        if saving:
+          writer.flush()  # A resume from this checkpoint never writes its rows again.
+          checkpointer.save(step, state, train_iter, force=True)
+
         due = {name: evaluate for name, evaluate in run.evaluators.items()
                if step == total_steps or run.eval_every[name] and
                step % run.eval_every[name] == 0}
         if due:
           results = evaluate_all(due, state)
           writer.write(step, results)
+          if saving:
+            writer.flush()  # This step's eval rows too.
           logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
           final.update(results)
           progress.reset_clock(step)
 
-        if saving:
-          writer.flush()  # A resume from this checkpoint never writes its rows again.
-          checkpointer.save(step, state, train_iter, force=True)
         if stopping:
           logging.warning("Stopped by %s at step %d; checkpoint saved. Rerun the same command to "
                           "resume.", stop.signal_name, step)
