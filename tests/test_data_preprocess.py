@@ -53,6 +53,18 @@ def test_decode_channels(fmt):
     np.testing.assert_array_equal(np.asarray(rgb), _gradient())
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sixteen_bit_images_decode_to_their_high_byte(channels):
+  """As TensorFlow's decode_png to uint8 (medical / scientific PNGs); PIL's own conversion clips
+  every sample above 255 to white."""
+  samples = (np.arange(16, dtype=np.uint16) * 4000).reshape(4, 4)
+  out = preprocess.to_array(_run(f"decode({channels})", _encoded(samples, "PNG"))["image"])
+  assert out.shape == (4, 4, channels) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[..., 0], samples >> 8)
+  with pytest.raises(ValueError, match="floating-point image"):
+    _run("decode", _encoded(samples.astype(np.float32), "TIFF"))
+
+
 def test_grayscale_to_rgb():
   digit = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
   out = preprocess.to_array(_run("decode(3)", _encoded(digit[..., 0], "PNG"))["image"])

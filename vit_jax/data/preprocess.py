@@ -157,11 +157,24 @@ def decode(channels: int = 3) -> Op:
         image.draft(mode, image.size)  # Let libjpeg do the colour conversion while decoding.
     else:  # Already pixels (e.g. a source that stores arrays).
       image = to_pil(data)
+    image = _eight_bit(image)
     if image.mode == mode:
       image.load()  # Decode now (errors surface here), in place: convert() would copy.
       return _with_image(example, image)
     return _with_image(example, image.convert(mode))
   return op
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+  """16-bit samples (PNG mode I;16, or I) as their high byte, as TensorFlow's decode_png to
+  uint8: PIL's convert would clip them at 255 and leave near-blank images."""
+  if image.mode == "F":
+    raise ValueError("decode: a floating-point image (PIL mode F, e.g. a float TIFF); convert "
+                     "the dataset to 8- or 16-bit images.")
+  if not image.mode.startswith("I"):
+    return image
+  samples = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+  return Image.fromarray((samples >> 8).astype(np.uint8))
 
 
 @register("resize")
