@@ -384,3 +384,25 @@ def test_val_is_the_metric_when_an_eval_is_named_val(tmp_path):
       {"done": True, "final": {"minival/prec@1": 0.99, "val/prec@1": 0.8}}))
   rows, metric = report.load_rows(str(tmp_path))
   assert metric == "val/prec@1" and rows[0]["accuracy"] == 0.8
+
+
+def test_a_prior_row_that_ran_with_other_flags_is_refused(tmp_path, monkeypatch):
+  """The earlier report records each trial's flags; a study edited since cannot take its rows."""
+  monkeypatch.chdir(tmp_path)
+  def study_file(epochs):
+    (tmp_path / "study.py").write_text(textwrap.dedent(f"""
+        from vit_jax.study import sweep
+        def get_sweep():
+          return sweep.Study("demo", "configs/x.py", sweep.trials(sweep.axis("patch", [7])),
+                             base_args={{"epochs": {epochs}}})
+        """))
+  study_file(2.0)
+  elsewhere = tmp_path / "elsewhere"
+  sweep.write_manifest(sweep.load_study("study.py"), str(elsewhere))
+  _trial_with_curve(elsewhere, "patch=7", 32, 7, [(50, 0.8), (100, 0.9)])
+  report.write_report(*report.load_rows(str(elsewhere)), str(tmp_path / "earlier"))
+  prior = [str(tmp_path / "earlier" / "results.csv")]
+  assert [r["accuracy"] for r in report.load_rows("study.py", prior=prior)[0]] == [0.9]
+  study_file(3.0)
+  with pytest.raises(ValueError, match="--prior's demo/patch=7 ran with"):
+    report.load_rows("study.py", prior=prior)

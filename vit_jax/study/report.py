@@ -28,11 +28,12 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 import csv
+import json
 import math
 import re
 import statistics
 import textwrap
-from typing import Any
+from typing import Any, NamedTuple
 
 from etils import epath
 
@@ -106,21 +107,25 @@ def load_rows(sources: str | Sequence[str], metric: str | None = None,
     trials, study, root = _load_source(source)
     studies.append(study)
     roots.append(root)
-    loaded += [t for t in trials if not only or any(re.search(p, t[1]) for p in only)]
+    loaded += [t for t in trials if not only or any(re.search(p, t.name) for p in only)]
   twice = [f"{study}/{name}" for (study, name), n in
-           collections.Counter((t[0], t[1]) for t in loaded).items() if n > 1]
+           collections.Counter((t.study, t.name) for t in loaded).items() if n > 1]
   if twice:  # Their rows would pool as extra seeds.
     raise ValueError(f"{sources} hold the same trials more than once ({', '.join(twice[:3])}"
                      f"{', ...' if len(twice) > 3 else ''}): pass each sweep dir or study once, "
                      "and report two sweep dirs of one study separately.")
   if not loaded:
     raise ValueError(f"--only={list(only)} matches no trial of {sources}.")
-  metric = metric or _pick_metric([t[4] for t in loaded])
+  metric = metric or _pick_metric([t.final for t in loaded])
   recorded = read_prior(prior)
   rows = Rows()
   for trial in loaded:
-    earlier = recorded.get((trial[0], trial[1]))
-    rows += earlier if earlier and trial[5] != "done" else _trial_rows(*trial, metric)
+    earlier = recorded.get((trial.study, trial.name))
+    if earlier and trial.status != "done":
+      _check_prior(earlier[0], trial)
+      rows += earlier
+    else:
+      rows += _trial_rows(trial, metric)
   rows.study = " + ".join(m.get("name", "") or "sweep" for m in studies)
   rows.description = " | ".join(m["description"] for m in studies if m.get("description"))
   rows.sweep_dir = ", ".join(sources)
@@ -137,9 +142,21 @@ def _is_study_file(source: str) -> bool:
   return source.partition(":")[0].endswith(".py")
 
 
-def _load_source(source: str) -> tuple[list[tuple], dict[str, Any], epath.Path]:
-  """(study, name, values, bench, final, status, history, batch) per trial, the manifest (a study
-  file's `to_json`) and the sweep dir."""
+class _Trial(NamedTuple):
+  """What a sweep dir holds of one trial; `flags` are the manifest's (None without one)."""
+  study: str
+  name: str
+  values: dict[str, Any]
+  bench: dict[str, Any]
+  final: dict[str, Any]
+  status: str
+  history: list[dict[str, Any]]
+  batch: int | None
+  flags: list[str] | None
+
+
+def _load_source(source: str) -> tuple[list[_Trial], dict[str, Any], epath.Path]:
+  """The trials of a source, its manifest (a study file's `to_json`) and its sweep dir."""
   if _is_study_file(source):  # Its trials as defined now; a trial not run yet is missing.
     study = sweep.load_study(source)
     manifest = study.to_json()
@@ -153,9 +170,9 @@ def _load_source(source: str) -> tuple[list[tuple], dict[str, Any], epath.Path]:
                               "launch (default runs/sweeps/<study>), or the study file.")
     manifest = workdir_lib.read_json(workdir_lib.sweep_manifest(root))
   if manifest:
-    trials = [(t["name"], t["values"]) for t in manifest["trials"]]
+    trials = [(t["name"], t["values"], t.get("flags")) for t in manifest["trials"]]
   else:
-    trials = [(p.name, {}) for p in sorted(root.iterdir())
+    trials = [(p.name, {}, None) for p in sorted(root.iterdir())
               if p.is_dir() and (workdir_lib.Workdir(p).bench.exists() or
                                  workdir_lib.Workdir(p).summary.exists())]
   if not trials:
@@ -163,15 +180,15 @@ def _load_source(source: str) -> tuple[list[tuple], dict[str, Any], epath.Path]:
                      "summary.json).")
   manifest = manifest or {}
   loaded = []
-  for name, values in trials:
+  for name, values, flags in trials:
     trial = workdir_lib.trial_workdir(root, name)
     final, done = trial.final_metrics()
     started = done or any(p.exists() for p in (trial.bench, trial.metrics, trial.summary))
     status = "done" if done else "running" if started else "missing"
     config = workdir_lib.read_json(trial.config) or {}
-    loaded.append((manifest.get("name", ""), name, values,
-                   workdir_lib.read_json(trial.bench) or {}, final, status, trial.metric_rows(),
-                   config.get("batch_size")))
+    loaded.append(_Trial(manifest.get("name", ""), name, values,
+                         workdir_lib.read_json(trial.bench) or {}, final, status,
+                         trial.metric_rows(), config.get("batch_size"), flags))
   return loaded, manifest, root
 
 
@@ -207,10 +224,18 @@ def _parse_cell(text: str) -> Any:
   return text
 
 
-def _trial_rows(study: str, name: str, values: dict[str, Any], bench: dict[str, Any],
-                final: dict[str, Any], status: str, history: Sequence[dict[str, Any]],
-                batch: int | None, metric: str | None) -> list[dict[str, Any]]:
+def _check_prior(row: dict[str, Any], trial: _Trial) -> None:
+  """Raises ValueError if an earlier report's row of `trial` ran with other flags than the trial
+  has now (rows of reports older than the `flags` column are taken on their name)."""
+  if row.get("flags") and trial.flags is not None and (
+      sweep.same_run(json.loads(row["flags"])) != sweep.same_run(trial.flags)):
+    raise ValueError(f"--prior's {trial.study}/{trial.name} ran with {row['flags']}, the study "
+                     f"now says {trial.flags}: rerun that trial, or drop the --prior.")
+
+
+def _trial_rows(trial: _Trial, metric: str | None) -> list[dict[str, Any]]:
   """One row, or one per patch size for a FlexiViT trial (metrics `<metric>@p<patch>`)."""
+  study, name, values, bench, final, status, history, batch, flags = trial
   flexi = {int(m["patch"]): v for k, v in final.items()
            if metric and (m := _FLEXI_METRIC.match(k)) and m["base"] == metric}
   profiles = {int(p): prof for p, prof in bench.get("per_patch_size", {}).items()}
@@ -223,7 +248,7 @@ def _trial_rows(study: str, name: str, values: dict[str, Any], bench: dict[str, 
   base = {"study": study, "trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()},
           "done": status == "done", "status": status, "model": bench.get("model_name", ""),
           "width": bench.get("model", {}).get("width"), "steps": steps,
-          "total_train_gflops": total}
+          "total_train_gflops": total, "flags": json.dumps(flags) if flags else None}
 
   def convergence(key: str) -> dict[str, Any]:
     curve = {h["step"]: h[key] for h in history if key in h}  # The last eval of a step counts.

@@ -225,7 +225,7 @@ def load_study(spec: str, only: Sequence[str] | None = None,
   return selected
 
 
-def _same_run(flags: Sequence[str]) -> tuple[frozenset[str], ...]:
+def same_run(flags: Sequence[str]) -> tuple[frozenset[str], ...]:
   """What makes two trials' flags the same run: each flag, and each `file:a=1,b=2` config arg,
   whatever their order (a base arg a trial overrides moves, e.g. when a study's default changes)."""
   config = [f for f in flags if f.startswith("--config=")]
@@ -250,7 +250,7 @@ def check_ran_as_defined(study: dict[str, Any], manifest: dict[str, Any] | None,
          for t in [*manifest.get("earlier_trials", ()), *manifest["trials"]]}
   for trial in study["trials"]:
     flags = ran.get(trial["name"])
-    if flags is not None and _same_run(flags) != _same_run(trial["flags"]):
+    if flags is not None and same_run(flags) != same_run(trial["flags"]):
       raise ValueError(f"{sweep_dir}/{trial['name']} ran with {flags}, "
                        f"the study now says {trial['flags']}; "
                        "use another --sweep_dir or delete that trial's dir.")
