@@ -61,8 +61,9 @@ def test_sixteen_bit_images_decode_to_their_high_byte(channels):
   out = preprocess.to_array(_run(f"decode({channels})", _encoded(samples, "PNG"))["image"])
   assert out.shape == (4, 4, channels) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[..., 0], samples >> 8)
-  with pytest.raises(ValueError, match="floating-point image"):
-    _run("decode", _encoded(samples.astype(np.float32), "TIFF"))
+  for wide in (np.float32, np.int32):
+    with pytest.raises(ValueError, match="32-bit samples .* no known value range"):
+      _run("decode", _encoded(samples.astype(wide), "TIFF"))
 
 
 def test_grayscale_to_rgb():

@@ -166,15 +166,16 @@ def decode(channels: int = 3) -> Op:
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-  """16-bit samples (PNG mode I;16, or I) as their high byte, as TensorFlow's decode_png to
-  uint8: PIL's convert would clip them at 255 and leave near-blank images."""
-  if image.mode == "F":
-    raise ValueError("decode: a floating-point image (PIL mode F, e.g. a float TIFF); convert "
-                     "the dataset to 8- or 16-bit images.")
-  if not image.mode.startswith("I"):
-    return image
-  samples = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-  return Image.fromarray((samples >> 8).astype(np.uint8))
+  """16-bit samples (mode I;16, or I from a PNG, as older Pillow opens them) as their high byte,
+  as TensorFlow's decode_png to uint8: PIL's convert would clip them at 255, leaving near-blank
+  images. Other wide samples (32-bit int or float TIFFs) have no known range: refused."""
+  sixteen_bit = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
+  if sixteen_bit:
+    return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+  if image.mode in ("I", "F"):
+    raise ValueError(f"decode: an image of 32-bit samples (PIL mode {image.mode}, e.g. a TIFF) "
+                     "has no known value range; convert the dataset to 8- or 16-bit images.")
+  return image
 
 
 @register("resize")

@@ -24,8 +24,8 @@ def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
 
   Padding examples (batch["mask"] == 0) count for nothing; a label counts as hit when any of the
   top-k predicted classes carries the row's largest label value, above 0 (so multi-label datasets
-  work too, and smoothed labels count only their true class). `patch_size`
-  runs the model at another patch size than its own (FlexiViT).
+  work too, and smoothed labels count only their true class). `patch_size` runs the model at
+  another patch size than its own (FlexiViT).
   """
   def eval_step(params, batch, sums):
     logits = model.apply({"params": params}, batch["image"], train=False, patch_size=patch_size)
