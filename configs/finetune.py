@@ -33,7 +33,9 @@ depend on it); no gradient accumulation (the repository's accum_steps=8 only sav
 
 Expected (published for the ViT-B/16 ImageNet-21k checkpoint, vision_transformer README; not
 reproduced here): 99.02% CIFAR-10, 92.06% CIFAR-100, 84.53% ImageNet top-1 at 384 px. For Pets and
-Flowers, big_vision's configs/transfer.py gives 93.78% and 99.43% (AugReg B/32, its protocol).
+Flowers, big_vision's configs/transfer.py gives 93.78% and 99.43% (AugReg B/32) with its protocol,
+not this one: lr 0.003 (lr=0.003 here; the presets' 0.03 is vision_transformer's) and an eval
+resize_small(448)|central_crop(384) where this recipe resizes to 384.
 Published cost: CIFAR-10 2.2 h, ImageNet 6.5 h on an A100 machine (README; the GPU count is not
 given); 7.2 h for CIFAR-10 on 8x V100 (the first README). Our projection (not measured): B/16 at
 384 px trains at 333 GFLOP/img, CIFAR-10's 10k x 512 images = 1.7e18 FLOP, about 2 h on one H100

@@ -89,6 +89,8 @@ def test_vit_i21k_is_the_vit_paper_recipe():
     ("B/16", "randaug(2, 15)", 0.2, 0.1),   # B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0
     ("L/16", "randaug(2, 20)", 0.5, 0.1),   # L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0
     ("Ti/16", None, 0.0, 0.03),             # Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0
+    # S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0: the index's light1 is big_vision's light2.
+    ("S/16", "randaug(2, 10)", 0.2, 0.03),
 ])
 def test_augreg_i21k_is_the_released_checkpoints_recipe(variant, randaug, mixup_alpha, wd):
   c = load_config("augreg_i21k", f"variant={variant}")
