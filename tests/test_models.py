@@ -228,3 +228,16 @@ def test_flexivit_call_at_another_patch_size_preserves_upsampled_tokens():
   np.testing.assert_allclose(apply(params, x_up, (16, 16)), apply(params, x, None), atol=1e-4)
   # Another grid: the learned position embedding is resized on the fly.
   assert apply(params, x, (4, 4)).shape == (2, 4)
+
+
+def test_a_learned_posemb_is_not_resized_to_a_non_square_grid_it_cannot_read():
+  """2x8 and 4x4 grids both have 16 tokens: read as square, the embedding would be scrambled."""
+  model = models.get_model("ViT-mu/16", num_classes=2)
+  x = jnp.zeros((1, 32, 128, 3))
+  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x))
+  with pytest.raises(ValueError, match="non-square 4x16 grid.*posemb='sincos2d'"):
+    jax.eval_shape(lambda v: model.apply(v, x, patch_size=(8, 8)), variables)
+  sincos = models.get_model("ViT-mu/16", num_classes=2, posemb="sincos2d")
+  variables = jax.eval_shape(lambda: sincos.init({"params": jax.random.key(0)}, x))
+  logits = jax.eval_shape(lambda v: sincos.apply(v, x, patch_size=(8, 8)), variables)
+  assert logits.shape == (1, 2)

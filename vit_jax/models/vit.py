@@ -194,6 +194,8 @@ class AddPositionEmbs(nn.Module):
 
   The parameter keeps the grid it was initialised with; when a call sees another grid (FlexiViT
   patch sizes), the grid part is resized bilinearly on the fly and the prefix tokens are kept.
+  Its token count does not say the shape of a non-square grid, so on-the-fly resizing takes the
+  stored grid to be square and is refused for non-square images (sincos2d has no such limit).
   """
   num_prefix_tokens: int = 0
   grid: Optional[tuple[int, int]] = None
@@ -207,6 +209,12 @@ class AddPositionEmbs(nn.Module):
                     _init(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
                     shape, jnp.float32)
     if pe.shape[1] != x.shape[1]:
+      if self.grid[0] != self.grid[1]:
+        raise ValueError(
+            f"A learned position embedding of {pe.shape[1] - self.num_prefix_tokens} grid tokens "
+            f"cannot be resized on the fly to the non-square {self.grid[0]}x{self.grid[1]} grid: "
+            "its stored grid's shape is unknown. Use posemb='sincos2d' or square images, or "
+            "resize it once with vit_jax.models.resize.resize_posemb(..., old_grid=...).")
       pe = resize.resize_posemb(pe, self.grid, self.num_prefix_tokens)
     return x + pe.astype(x.dtype)
 

@@ -56,9 +56,15 @@ def check_batch(batch_size: int, *, data_parallel: int, num_processes: int, grad
         f"use a multiple of {step}, e.g. {max(step, batch_size - batch_size % step)}.")
 
 
-def check_flexi_patch_sizes(patch_sizes: Sequence[int], image_hw: Sequence[int]) -> None:
-  """FlexiViT patch sizes (`config.flexi.patch_sizes`) must be positive ints dividing the image."""
+def check_flexi_patch_sizes(patch_sizes: Sequence[int], image_hw: Sequence[int],
+                            posemb: str) -> None:
+  """FlexiViT patch sizes (`config.flexi.patch_sizes`) must be positive ints dividing the image;
+  a learned position embedding resizes between them on square images only (models.vit)."""
   h, w = image_hw
+  if patch_sizes and h != w and posemb == "learn":
+    raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)} on {h}x{w} images: a learned "
+                     "position embedding is resized between patch sizes on square images only; "
+                     "set --config.model.posemb=sincos2d, or make the images square.")
   for patch in patch_sizes:
     if not isinstance(patch, int) or isinstance(patch, bool) or patch <= 0:
       raise ValueError(f"config.flexi.patch_sizes={tuple(patch_sizes)}: {patch!r} is not "

@@ -82,7 +82,8 @@ class TrainProgram:
     loss_fn = losses.get_loss(config.loss)
     checks.check_labels(config)
     image_shape = tuple(image_shape or pipeline.example_shape(config.input))
-    checks.check_flexi_patch_sizes(config.flexi.patch_sizes, image_shape[:2])
+    checks.check_flexi_patch_sizes(config.flexi.patch_sizes, image_shape[:2],
+                                   model_fields["posemb"])
     abstract, param_shardings = _abstract_params(model, image_shape, mesh, rules)
     if schedule_steps is None:
       schedule_steps = _schedule_steps(config)
