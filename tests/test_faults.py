@@ -159,6 +159,10 @@ def test_an_eval_that_fails_keeps_the_checkpoint_of_its_step(data_root, tmp_path
   assert final["step"] == TOTAL_STEPS and "val/prec@1" in final
   evals = [r["step"] for r in metric_rows(str(tmp_path)) if "val/prec@1" in r]
   assert evals == [2, TOTAL_STEPS]  # Step 4's eval failed; resumed runs do not repeat it.
+  # Stopped after its last evals but before its summary: the rerun evaluates again, one row kept.
+  os.remove(tmp_path / "summary.json")
+  assert _train(config, tmp_path)["val/prec@1"] == final["val/prec@1"]
+  assert [r["step"] for r in metric_rows(str(tmp_path)) if "val/prec@1" in r] == evals
 
 
 @pytest.mark.parametrize("damage", ["truncated data file", "deleted _METADATA",
