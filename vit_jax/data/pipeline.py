@@ -112,16 +112,18 @@ class CacheBudget:
   of the host running out of memory."""
 
   def __init__(self, limit_bytes: int):
-    self.limit_bytes, self._used, self._lock = limit_bytes, 0, threading.Lock()
+    self.limit_bytes, self._used, self._full = limit_bytes, 0, False
+    self._lock = threading.Lock()
 
   def take(self, nbytes: int) -> bool:
-    """Reserves `nbytes` if they fit; warns the first time they do not."""
+    """Reserves `nbytes` if they fit and the budget was never exceeded; warns the first time they
+    do not."""
     with self._lock:
-      fits = self._used + nbytes <= self.limit_bytes
+      fits = not self._full and self._used + nbytes <= self.limit_bytes
       if fits:
         self._used += nbytes
-      elif self._used <= self.limit_bytes:
-        self._used = self.limit_bytes + 1  # Warn once.
+      elif not self._full:
+        self._full = True
         logging.warning("data.cache_decoded: the decoded caches reached %.1f GB, a quarter of "
                         "this host's memory; further examples are decoded each time they are "
                         "read.", self.limit_bytes / 1e9)

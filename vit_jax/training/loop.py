@@ -211,8 +211,7 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
   with program.mesh_context(), preemption.StopRequests() as stop:
     if start >= total_steps:  # Finished, but summary.json was never written: evaluate again.
       final.update(evaluate_all(run.evaluators, state))
-      if not any(row["step"] == start and final.keys() <= row.keys()
-                 for row in workdir.metric_rows()):  # Its evals failed after the last save.
+      if not final.keys() <= writer.keys_at_resume:  # Its evals failed after the last save.
         writer.write(start, final)
     try:
       for step in range(start + 1, total_steps + 1):

@@ -84,15 +84,21 @@ class MetricsWriter:
       being resumed) are dropped, so a resumed run leaves one row per step, and so is a last line
       a crash cut short.
     enabled: False on every process but the one that writes (process 0).
+
+  Attributes:
+    keys_at_resume: the metric names the kept rows hold at `resume_step`.
   """
 
   def __init__(self, workdir: workdir_lib.Workdir, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
+    self.keys_at_resume: set[str] = set()
     if not enabled:
       return
     old = workdir.metrics.read_text() if workdir.metrics.exists() else ""
-    kept = "".join(json.dumps(row) + "\n" for row in workdir_lib.parse_metric_rows(
-        old, workdir.metrics) if row["step"] <= resume_step)
+    rows = [row for row in workdir_lib.parse_metric_rows(old, workdir.metrics)
+            if row["step"] <= resume_step]
+    self.keys_at_resume = {k for row in rows if row["step"] == resume_step for k in row}
+    kept = "".join(json.dumps(row) + "\n" for row in rows)
     self._jsonl = _GrowingFile(workdir.metrics, None if kept == old else kept.encode())
     name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.v2"
     self._events = _GrowingFile(workdir.tensorboard / name, b"")
