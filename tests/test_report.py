@@ -386,8 +386,9 @@ def test_val_is_the_metric_when_an_eval_is_named_val(tmp_path):
   assert metric == "val/prec@1" and rows[0]["accuracy"] == 0.8
 
 
-def test_a_prior_row_that_ran_with_other_flags_is_refused(tmp_path, monkeypatch):
-  """The earlier report records each trial's flags; a study edited since cannot take its rows."""
+def test_a_prior_row_that_ran_with_other_flags_or_metric_is_refused(tmp_path, monkeypatch):
+  """The earlier report records each trial's flags and metric; a study edited since cannot take
+  its rows, nor can a report of another metric."""
   monkeypatch.chdir(tmp_path)
   def study_file(epochs):
     (tmp_path / "study.py").write_text(textwrap.dedent(f"""
@@ -402,7 +403,11 @@ def test_a_prior_row_that_ran_with_other_flags_is_refused(tmp_path, monkeypatch)
   _trial_with_curve(elsewhere, "patch=7", 32, 7, [(50, 0.8), (100, 0.9)])
   report.write_report(*report.load_rows(str(elsewhere)), str(tmp_path / "earlier"))
   prior = [str(tmp_path / "earlier" / "results.csv")]
-  assert [r["accuracy"] for r in report.load_rows("study.py", prior=prior)[0]] == [0.9]
+  rows, metric = report.load_rows("study.py", prior=prior)
+  assert [r["accuracy"] for r in rows] == [0.9] and metric == "val/prec@1"  # Named by the prior.
+  # One accuracy column never mixes two metrics.
+  with pytest.raises(ValueError, match="reports val/prec@1, this report minival/prec@1"):
+    report.load_rows("study.py", metric="minival/prec@1", prior=prior)
   study_file(3.0)
   with pytest.raises(ValueError, match="--prior's demo/patch=7 ran with"):
     report.load_rows("study.py", prior=prior)

@@ -116,13 +116,17 @@ def load_rows(sources: str | Sequence[str], metric: str | None = None,
                      "and report two sweep dirs of one study separately.")
   if not loaded:
     raise ValueError(f"--only={list(only)} matches no trial of {sources}.")
-  metric = metric or _pick_metric([t.final for t in loaded])
   recorded = read_prior(prior)
+  taken = {(t.study, t.name): recorded[(t.study, t.name)] for t in loaded
+           if t.status != "done" and (t.study, t.name) in recorded}
+  # Rows all from --prior: the metric they name (older reports' rows name none).
+  metric = (metric or _pick_metric([t.final for t in loaded]) or
+            next((r[0]["metric"] for r in taken.values() if r[0].get("metric")), None))
   rows = Rows()
   for trial in loaded:
-    earlier = recorded.get((trial.study, trial.name))
-    if earlier and trial.status != "done":
-      _check_prior(earlier[0], trial)
+    earlier = taken.get((trial.study, trial.name))
+    if earlier:
+      _check_prior(earlier[0], trial, metric)
       rows += earlier
     else:
       rows += _trial_rows(trial, metric)
@@ -224,13 +228,18 @@ def _parse_cell(text: str) -> Any:
   return text
 
 
-def _check_prior(row: dict[str, Any], trial: _Trial) -> None:
+def _check_prior(row: dict[str, Any], trial: _Trial, metric: str | None) -> None:
   """Raises ValueError if an earlier report's row of `trial` ran with other flags than the trial
-  has now (rows of reports older than the `flags` column are taken on their name)."""
+  has now, or reports another metric than this report (rows of reports older than the `flags` or
+  `metric` column are taken on their name)."""
   if row.get("flags") and trial.flags is not None and (
       sweep.same_run(json.loads(row["flags"])) != sweep.same_run(trial.flags)):
     raise ValueError(f"--prior's {trial.study}/{trial.name} ran with {row['flags']}, the study "
                      f"now says {trial.flags}: rerun that trial, or drop the --prior.")
+  if row.get("metric") and metric and row["metric"] != metric:
+    raise ValueError(f"--prior's {trial.study}/{trial.name} reports {row['metric']}, this report "
+                     f"{metric}: pass --metric={row['metric']} (or report that --prior's metric "
+                     "again), so that one column does not mix two metrics.")
 
 
 def _trial_rows(trial: _Trial, metric: str | None) -> list[dict[str, Any]]:
@@ -248,7 +257,8 @@ def _trial_rows(trial: _Trial, metric: str | None) -> list[dict[str, Any]]:
   base = {"study": study, "trial": name, **{k.rsplit(".", 1)[-1]: v for k, v in values.items()},
           "done": status == "done", "status": status, "model": bench.get("model_name", ""),
           "width": bench.get("model", {}).get("width"), "steps": steps,
-          "total_train_gflops": total, "flags": json.dumps(flags) if flags else None}
+          "total_train_gflops": total, "flags": json.dumps(flags) if flags else None,
+          "metric": metric}
 
   def convergence(key: str) -> dict[str, Any]:
     curve = {h["step"]: h[key] for h in history if key in h}  # The last eval of a step counts.
