@@ -98,6 +98,28 @@ def test_imagefolder_splits_slice_like_tfds(folder):
     ids("train[:5]+val[:3]")
 
 
+def test_a_resume_refuses_an_image_folder_whose_files_changed(folder):
+  """Files added, removed or renamed reshuffle the folder's slices: a held-out `train[90%:]` image
+  could then be trained on, so a saved position in `train[:90%]` is refused, naming why."""
+  cfg = _cfg(folder, split="train[:90%]", pp="decode|onehot(2)", threads=0)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0)
+  next(it)
+  state = it.get_state()
+  pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0).set_state(state)
+  (folder / "data_moved").mkdir()  # The same files elsewhere (e.g. copied to a bucket): resumes.
+  moved = folder / "data_moved"
+  (folder / "train").rename(moved / "train")
+  pipeline.make_train_iterator(_cfg(moved, split="train[:90%]", pp="decode|onehot(2)", threads=0),
+                               global_batch_size=8, seed=0).set_state(state)
+  # One file out, another in: the slice still holds 36 of the 40, other ones.
+  (moved / "train" / "cat" / "0000.png").rename(moved / "train" / "cat" / "new.png")
+  assert len(sources.open_source(_cfg(moved, split="train[:90%]")["data"]).records) == 36
+  with pytest.raises(ValueError, match=r"files of imagefolder:train\[:90%\] changed since this "
+                                       r"run started .* restore the folder"):
+    pipeline.make_train_iterator(_cfg(moved, split="train[:90%]", pp="decode|onehot(2)",
+                                      threads=0), global_batch_size=8, seed=0).set_state(state)
+
+
 def test_corrupt_images_are_skipped_or_fatal(folder, caplog):
   # The order depends on the seed and the split size only: read it before breaking two files.
   order = _ids(np.concatenate([b["image"] for b in _take(
@@ -234,9 +256,12 @@ def test_exact_mid_epoch_resume(folder, threads, prefetch):
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
   # One global position (prefetched batches excluded), not per-host ones.
+  fingerprint = state.pop("examples")  # Which files, in which order (below).
   assert state == {"format": "vit_jax.data.pipeline/2", "seed": 7, "global_batch_size": 8,
                    "dataset": "imagefolder:train", "num_examples": 40, "next_batch": 7,
                    "examples_consumed": 56, "epoch": 1}
+  resumed.set_state(state)  # Saved before fingerprints were recorded: resumes.
+  state["examples"] = fingerprint
   with pytest.raises(ValueError, match="seed=7 but this run has 8"):
     pipeline.make_train_iterator(cfg, global_batch_size=8, seed=8).set_state(state)
   with pytest.raises(ValueError, match="global_batch_size=8 but this run has 16"):

@@ -476,8 +476,16 @@ class TrainIterator(_DevicePrefetch):
              "it, or start a new run." if saved_format == "vit_jax.data.pipeline/1" else "")
       raise ValueError(f"Data-iterator state has format {saved_format!r}, not {STATE_FORMAT}: "
                        f"{state!r:.200}.{why}")
+    # A state saved before fingerprints were recorded has none: nothing to compare.
+    saved, now = state.get("examples"), self._identity.get("examples")
+    if saved and now and saved != now:
+      raise ValueError(
+          f"The files of {self._identity['dataset']} changed since this run started (added, "
+          f"removed or renamed: the examples' fingerprint was {saved}, now {now}), so its "
+          "slices and example order changed too, and images of a held-out slice could reach "
+          "training: restore the folder as it was, or start a new run.")
     for key, value in self._identity.items():
-      if state.get(key) != value:
+      if key != "examples" and state.get(key) != value:
         raise ValueError(f"Data-iterator state has {key}={state.get(key)!r} but this run has "
                          f"{value!r}; an exact resume needs the same {key} (seed, "
                          "global_batch_size, dataset and num_examples define the example order): "
@@ -515,6 +523,8 @@ def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int, seed: in
   identity = {"seed": seed, "global_batch_size": global_batch_size,
               "dataset": f"{cfg['data']['name']}:{cfg['data']['split']}",
               "num_examples": len(source.records)}
+  if source.fingerprint:
+    identity["examples"] = source.fingerprint
   return TrainIterator(host_stream, sharding, int(cfg["prefetch"]), identity)
 
 

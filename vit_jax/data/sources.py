@@ -13,6 +13,7 @@ bucket, so a dataset (bundled_mnist too) is prepared locally and copied up.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import types
 from typing import Any, Mapping, Sequence
@@ -35,6 +36,9 @@ class Source:
   description: str  # For logs and errors, e.g. "cifar10:train in /data/tfds".
   # data.cache_decoded: each example's output of a pp chain's deterministic head, by (head, id).
   decoded: dict | None = None
+  # Which examples, in which order, where the name and split do not fix them (an image folder's
+  # files can change); "" where they do (a tfds version is immutable).
+  fingerprint: str = ""
 
 
 class ImageFolderRecords(Sequence):
@@ -140,7 +144,7 @@ def _select(source: Source, classes: Sequence[int], per_class: int) -> Source:
                      f"classes {short} (label: count); lower per_class.")
   what = f"classes {classes}" + (f", {per_class} per class" if per_class else "")
   return Source(SelectedRecords(source.records, indices, relabel), len(classes),
-                f"{source.description} ({what})")
+                f"{source.description} ({what})", fingerprint=source.fingerprint)
 
 
 def _imagefolder_classes(root: epath.Path) -> list[str]:
@@ -183,7 +187,11 @@ def _open_imagefolder(root: str | None, split: str) -> Source:
     order = np.random.default_rng(0).permutation(len(files))
     rows = [i for span in spans for i in order[span.from_ or 0:span.to]]
     files, labels = [files[i] for i in rows], [labels[i] for i in rows]
-  return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}")
+  listing = hashlib.sha256()
+  for file, label in zip(files, labels):  # Relative paths: the data may move (into a bucket).
+    listing.update(f"{label}\t{file[len(str(split_dir)):]}\n".encode())
+  return Source(ImageFolderRecords(files, labels), len(class_names), f"imagefolder:{split_dir}",
+                fingerprint=listing.hexdigest()[:16])
 
 
 def _is_remote(path: str) -> bool:
