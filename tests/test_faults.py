@@ -1,12 +1,14 @@
 """Faults a run left alone overnight must survive without losing or faking results: divergence,
 a changed recipe on resume, a second run on the same workdir, a damaged checkpoint, a finished run
-started again, a kill without a checkpoint, a full disk, and a stopped sweep."""
+started again, a kill without a checkpoint, a full disk, a read that never returns, and a stopped
+sweep."""
 import errno
 import gc
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,12 +24,13 @@ from helpers import (
   TOTAL_STEPS,
   final_params,
   metric_rows,
+  stop_at_step,
   tiny_config,
   tiny_config_file,
 )
 from vit_jax.checkpoints import manager
 from vit_jax.config import BadInputError
-from vit_jax.training import loop, metrics
+from vit_jax.training import evaluation, loop, metrics
 
 pytestmark = pytest.mark.slow  # Training runs.
 
@@ -126,6 +129,21 @@ def test_a_state_no_checkpoint_fits_is_refused_and_every_file_left_in_place(fini
   assert _snapshot(workdir) == before  # A rerun resumes as before; nothing restarts at step 0.
 
 
+def test_a_resume_after_the_image_folder_changed_is_refused_touching_nothing(data_root, tmp_path,
+                                                                            monkeypatch):
+  folder = tmp_path / "data"
+  shutil.copytree(data_root, folder)
+  config, workdir = tiny_config(str(folder)), tmp_path / "run"
+  with monkeypatch.context() as patch:
+    stop_at_step(patch, 3)
+    assert _train(config, workdir)["stopped_by"] == "SIGTERM"
+  (folder / "train" / "class_0" / "0.png").rename(folder / "train" / "class_0" / "new.png")
+  before = _snapshot(workdir)
+  with pytest.raises(BadInputError, match="files of imagefolder:train changed since this run"):
+    _train(config, workdir)
+  assert _snapshot(workdir) == before
+
+
 def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(finished, data_root, tmp_path):
   workdir = _copy(finished, tmp_path)
   shutil.rmtree(workdir / "checkpoints" / "6")
@@ -140,18 +158,21 @@ def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(finished, data
 def test_an_eval_that_fails_keeps_the_checkpoint_of_its_step(data_root, tmp_path, monkeypatch):
   """An eval out of memory at a save step must not cost the training up to it; at the last step,
   the rerun evaluates the saved final state and records it."""
-  evaluate_all = loop.evaluate_all
-  def fail_at(step):
-    def evaluate(evaluators, state):
-      if int(state.step) == step:
+  evaluate_all = evaluation.evaluate_all
+  def failing_call(n):
+    calls = []
+    def evaluate(*args):
+      calls.append(args)
+      if len(calls) == n:
         raise MemoryError("injected: the eval ran out of host memory")
-      return evaluate_all(evaluators, state)
+      return evaluate_all(*args)
     return evaluate
   config = tiny_config(data_root)
   config.evals.val.every_steps = 2
-  for step in (4, TOTAL_STEPS):
+  # Evals at steps 2 and 4 (the second fails), then, resumed from step 4, at step 6 (the first).
+  for step, call in ((4, 2), (TOTAL_STEPS, 1)):
     with monkeypatch.context() as patch:
-      patch.setattr(loop, "evaluate_all", fail_at(step))
+      patch.setattr(evaluation, "evaluate_all", failing_call(call))
       with pytest.raises(MemoryError):
         _train(config, tmp_path)
     assert manager.TrainStateCheckpointer(str(tmp_path / "checkpoints"),
@@ -258,6 +279,29 @@ def test_sigkill_then_resume_keeps_one_metrics_row_per_step(data_root, tmp_path)
   assert restarted.returncode == 0, output[-3000:]
   steps = [r["step"] for r in metric_rows(str(workdir)) if "train/loss" in r]
   assert steps == list(range(1, 31))
+  assert json.loads((workdir / "summary.json").read_text())["done"]
+
+
+def test_a_read_that_never_returns_ends_the_run_resumably_naming_what_it_was_doing(
+    data_root, tmp_path):
+  folder = tmp_path / "data"
+  shutil.copytree(data_root, folder)
+  stuck = folder / "train" / "class_1" / "stuck.png"
+  os.mkfifo(stuck)  # Opening it blocks until a writer comes: a hung network filesystem.
+  config_file = tiny_config_file(tmp_path / "config.py", str(folder))
+  workdir = tmp_path / "run"
+  stalled = _start_training(config_file, workdir, "--stall_timeout_seconds=20")
+  output = stalled.communicate(timeout=300)[0]
+  assert stalled.returncode == 6, output[-3000:]
+  assert re.search(r"^error: no progress for 2\d s while reading the batch of step \d+; ", output,
+                   re.MULTILINE), output[-3000:]
+  assert "sources.py" in output and "in __getitem__" in output  # The reader thread's stack.
+  assert not (workdir / "lock.json").exists() and not (workdir / "summary.json").exists()
+  stuck.unlink()
+  shutil.copy(folder / "train" / "class_1" / "0.png", stuck)  # The filesystem recovered.
+  rerun = _start_training(config_file, workdir, "--stall_timeout_seconds=20")
+  output = rerun.communicate(timeout=300)[0]
+  assert rerun.returncode == 0, output[-3000:]
   assert json.loads((workdir / "summary.json").read_text())["done"]
 
 

@@ -4,7 +4,8 @@ A SIGTERM to every process (a pod or SLURM preemption), or a Ctrl-C to one of th
 them at the same step, checkpointed, with exit code 3, and the rerun resumes exactly. A process
 that dies (SIGKILL) or fails alone (an exception) makes the other one exit within
 --peer_timeout_seconds with one message naming it, instead of blocking in its next collective
-until JAX aborts it (a C++ fatal error and a stack dump, ~90 s later with JAX's defaults).
+until JAX aborts it (a C++ fatal error and a stack dump, ~90 s later with JAX's defaults); one
+whose main thread is stuck ends after --stall_timeout_seconds, naming where.
 
 The processes run `vit_jax.train` through a launcher that holds every process after step
 PAUSE_STEP until the test has sent its signals, so the signals land mid-run however loaded the
@@ -54,6 +55,8 @@ def log(self, step, values):
       time.sleep(0.02)
     if os.environ.get("FAIL_PROCESS") == str(jax.process_index()):
       raise RuntimeError("injected failure")
+    if os.environ.get("HANG_PROCESS") == str(jax.process_index()):
+      time.sleep(600)  # Stands for a read from a hung filesystem.
   elif step > {PAUSE_STEP}:
     time.sleep(0.3)
 
@@ -72,7 +75,7 @@ def _free_port() -> int:
 class TwoProcesses:
   """`vit_jax.train` on 2 processes; output in files, so it can be watched while they run."""
 
-  def __init__(self, tmp_path, config_file, workdir, name, paused=True, **env):
+  def __init__(self, tmp_path, config_file, workdir, name, paused=True, flags=(), **env):
     self.go_file = tmp_path / f"{name}.go"
     self.logs = [tmp_path / f"{name}.{i}.log" for i in range(2)]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -85,7 +88,7 @@ class TwoProcesses:
         self.procs.append(subprocess.Popen(
             [sys.executable, *program, f"--config={config_file}", f"--workdir={workdir}",
              f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}",
-             f"--peer_timeout_seconds={PEER_TIMEOUT_S}"],
+             f"--peer_timeout_seconds={PEER_TIMEOUT_S}", *flags],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
 
   def output(self, i: int) -> str:
@@ -204,3 +207,35 @@ def test_failing_process_stops_the_other_and_exits_with_its_error(tmp_path, conf
   for output in outputs:
     for crash in _CRASHES:
       assert crash not in output, output[-3000:]
+
+
+@pytest.mark.parametrize("stuck", [1, 0])
+def test_a_stuck_process_ends_the_run_naming_where_it_is_stuck(tmp_path, config_file, stuck):
+  # One process's main thread stops (its heartbeat thread still beats, so the peer watchdog alone
+  # would wait forever); the other waits in the next step's gradient sum. After the stall timeout
+  # the stuck one names what it was doing and where and tells the other, which stops at once
+  # naming it (its own stall clock started 3 s later); process 0, host of the coordination
+  # service, leaves last either way (its exit would abort the other). The workdir is released.
+  other = 1 - stuck
+  stall_timeout_s = 30
+  workdir = tmp_path / "two_processes"
+  run = TwoProcesses(tmp_path, config_file, str(workdir), "stuck", HANG_PROCESS=str(stuck),
+                     flags=[f"--stall_timeout_seconds={stall_timeout_s}"])
+  run.wait_until_paused()
+  time.sleep(3)
+  run.go()
+  codes = run.wait(timeout_s=stall_timeout_s + 60)
+  outputs = [run.output(i) for i in range(2)]
+  assert codes[stuck] == cli.EXIT_STALLED and codes[other] == cli.EXIT_PEER_LOST, (
+      outputs[0][-3000:] + outputs[1][-3000:])
+  assert re.search(rf"^error: no progress for \d+ s while running step {PAUSE_STEP}; the main "
+                   r"thread is stuck in log \(.* With 2 processes this may be a wait for another "
+                   "one", outputs[stuck], re.MULTILINE), outputs[stuck][-3000:]
+  assert [line for line in outputs[other].splitlines() if line.startswith("error:")] == [
+      f"error: process {stuck} of 2 made no progress for --stall_timeout_seconds (its log says "
+      "where it is stuck); this run is stopping; rerun the same command (all processes) to "
+      "resume from the last checkpoint."]
+  for output in outputs:
+    for crash in _CRASHES + ("Traceback",):
+      assert crash not in output, output[-3000:]
+  assert not (workdir / "lock.json").exists() and not (workdir / "summary.json").exists()

@@ -101,6 +101,20 @@ def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
                                            checkpoint=os.path.join(workdir, "checkpoints"))
   assert results["val/prec@1"] == final["val/prec@1"]
   np.testing.assert_allclose(results["val/loss"], final["val/loss"], rtol=1e-5)
+  assert not any("_ema/" in key for key in results)  # Trained without EMA.
+
+
+def test_evaluate_reproduces_the_final_eval_of_the_ema_params_too(data_root, tmp_path):
+  config = tiny_config(data_root, mesh=(("data", -1),))
+  config.ema_decay = 0.5
+  final = loop.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+  config.model.scan = True  # Evaluated in the other layer layout: both entries are converted.
+  results = evaluation.evaluate_checkpoint(config, str(tmp_path / "eval"),
+                                           checkpoint=str(tmp_path / "run"),
+                                           devices=jax.devices()[:1])
+  assert results["val_ema/loss"] != results["val/loss"]
+  for key in ("val/loss", "val_ema/loss"):
+    np.testing.assert_allclose(results[key], final[key], rtol=1e-5)
 
 
 def test_evaluate_refuses_a_config_whose_model_computes_otherwise(data_root, tmp_path):

@@ -28,7 +28,9 @@ EXIT_BAD_INPUT = 2  # bad input: one message, nothing compiled or written
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint: rerun to resume
 EXIT_DIVERGED = 4  # non-finite loss or gradients: nothing from that step on was saved
 EXIT_PEER_LOST = 5  # another process of a multi-process run died: rerun all to resume
+EXIT_STALLED = 6  # this process made no progress for --stall_timeout_seconds: rerun to resume
 PEER_TIMEOUT_SECONDS = 120  # --peer_timeout_seconds's default
+STALL_TIMEOUT_SECONDS = 3600  # --stall_timeout_seconds's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RunFlags:
   num_processes: flags.FlagHolder
   process_id: flags.FlagHolder
   peer_timeout_seconds: flags.FlagHolder
+  stall_timeout_seconds: flags.FlagHolder
 
 
 @functools.cache
@@ -63,7 +66,13 @@ def run_flags() -> RunFlags:
           "Multi-process runs: once another process has not been heard from for this many "
           "seconds (killed, crashed, its host lost), this one prints one message naming it and "
           f"exits with code {EXIT_PEER_LOST} instead of waiting in its next collective.",
-          lower_bound=1))
+          lower_bound=1),
+      stall_timeout_seconds=flags.DEFINE_integer(
+          "stall_timeout_seconds", STALL_TIMEOUT_SECONDS,
+          "Training: once one part of a step (reading its batch, running it, an eval, a "
+          "checkpoint save) has taken this many seconds, this process prints where it is stuck "
+          f"and exits with code {EXIT_STALLED} (rerun to resume) instead of hanging until its "
+          "job's time limit. 0: wait forever.", lower_bound=0))
 
 
 def required_config() -> ml_collections.ConfigDict:
@@ -81,13 +90,15 @@ def required_config() -> ml_collections.ConfigDict:
 def start_process() -> None:
   """What a program that runs on devices does first: readable logs, the CPU defaults (before
   anything touches a device: XLA reads its flags once), multi-process start-up."""
-  from vit_jax.runtime import distributed  # Imports JAX: only the programs that run on devices.
+  # Import JAX: only the programs that run on devices.
+  from vit_jax.runtime import distributed, stall
   logs.quiet_library_logs()
   cpu.apply_cpu_defaults()
   f = run_flags()
   distributed.initialize(f.coordinator_address.value, f.num_processes.value, f.process_id.value,
                          peer_timeout_seconds=f.peer_timeout_seconds.value,
                          peer_lost_exit_code=EXIT_PEER_LOST)
+  stall.configure(f.stall_timeout_seconds.value, EXIT_STALLED)
 
 
 def no_positional_args(argv: Sequence[str]) -> None:

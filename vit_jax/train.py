@@ -11,7 +11,8 @@ Rerunning the same command resumes; rerunning a finished run changes nothing.
 Exit codes: 0 finished (or already finished); 2 bad input (one message, nothing compiled or
 written); 3 stopped by SIGTERM / Ctrl-C / preemption after saving a checkpoint (resumable: rerun
 the same command); 4 diverged (non-finite loss or gradients; nothing from that step on was saved);
-5 another process of a multi-process run was lost (rerun all processes to resume).
+5 another process of a multi-process run was lost (rerun all processes to resume); 6 this process
+made no progress for --stall_timeout_seconds (its stack is printed; rerun to resume).
 The loop itself is vit_jax.training.loop.
 """
 import sys

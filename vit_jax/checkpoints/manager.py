@@ -140,13 +140,13 @@ def saved_params(directory: epath.Path, step: int) -> Any | None:
 
 def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
   """Resolves an Orbax path given as a step directory, a checkpoints root or a run's workdir (the
-  latter two: their latest step)."""
+  latter two: their latest finalized step, not one a running or killed save is still writing)."""
   path = workdir.resolve(path)
   if (path / "state").is_dir():
     return path
   if workdir.Workdir(path).checkpoints.is_dir():
     path = workdir.Workdir(path).checkpoints
-  steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()] if path.is_dir() else []
+  steps = saved_steps(path)
   if not steps:
     raise FileNotFoundError(
         f"No Orbax checkpoint at {path}: expected a step directory containing 'state' or a "
@@ -154,20 +154,28 @@ def checkpoint_step_dir(path: str | epath.PathLike) -> epath.Path:
   return path / str(max(steps))
 
 
-def load_params(path: str | epath.PathLike) -> dict[str, Any]:
-  """The `params` of an Orbax train-state checkpoint as host numpy arrays, at their saved shapes.
+def saved_entries(path: str | epath.PathLike) -> set[str]:
+  """The train-state entries an Orbax checkpoint holds (e.g. {'params', 'ema_params', ...}); an
+  entry saved empty (no EMA) is not one."""
+  tree = ocp.PyTreeCheckpointer().metadata(checkpoint_step_dir(path) / "state").item_metadata.tree
+  return {name for name, value in tree.items() if value is not None}
+
+
+def load_params(path: str | epath.PathLike, entry: str = "params") -> dict[str, Any]:
+  """The `params` (or another params-shaped `entry`: 'ema_params') of an Orbax train-state
+  checkpoint as host numpy arrays, at their saved shapes.
 
   Used to initialise a fine-tune from a previous run (the caller adapts head and position
-  embedding).
+  embedding) and to evaluate a run's checkpoint.
   """
   state_dir = checkpoint_step_dir(path) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(state_dir).item_metadata.tree
-  if "params" not in metadata:
-    raise ValueError(f"Orbax checkpoint {state_dir} has no 'params' entry "
-                     f"(found {sorted(metadata)}).")
-  target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata["params"])}
+  if metadata.get(entry) is None:
+    raise ValueError(f"Orbax checkpoint {state_dir} has no {entry!r} entry "
+                     f"(found {sorted(k for k, v in metadata.items() if v is not None)}).")
+  target = {entry: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata[entry])}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item=target, restore_args=restore_args, partial_restore=True))
-  return restored["params"]
+  return restored[entry]

@@ -151,8 +151,16 @@ def load_exact(path: str | epath.PathLike, expected: Mapping[str, Any], *, fix: 
 
   Either layer layout is accepted; anything else that differs raises the `check_matches` error.
   """
-  flat = match_layout(read_params(path, model_fields=model_fields), flatten(expected))
-  check_matches(flat, expected, source=str(path), fix=fix)
+  return fit_exact(read_params(path, model_fields=model_fields), expected, source=str(path),
+                   fix=fix)
+
+
+def fit_exact(flat: Mapping[str, Any], expected: Mapping[str, Any], *, source: str,
+              fix: str) -> dict[str, Any]:
+  """Flat params, in `expected`'s layer layout and nesting; `check_matches` raises if they are
+  not exactly its names and shapes."""
+  flat = match_layout(flat, flatten(expected))
+  check_matches(flat, expected, source=source, fix=fix)
   return unflatten(flat)
 
 

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, NoReturn, Sequence
 
 from absl import logging
 import jax
@@ -83,19 +83,24 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     watchdog = PeerWatchdog(client, jax.process_index(), jax.process_count(),
                             peer_timeout_seconds, exit_code=peer_lost_exit_code)
     watchdog.start()
+    global _peer_watchdog
+    _peer_watchdog = watchdog
     # atexit runs last-registered first: `leave` comes before JAX's own shutdown (registered at
     # import), which waits for every process.
     atexit.register(watchdog.leave)
 
 
-# Run (each bounded, best effort) when the watchdog ends this process with os._exit, which skips
-# every `finally`: e.g. releasing the workdir lock, so a rerun on other hosts is not refused.
+# Run (each bounded, best effort) when a watchdog (this module's, or vit_jax.runtime.stall's) ends
+# this process with os._exit, which skips every `finally`: e.g. releasing the workdir lock, so a
+# rerun on other hosts is not refused.
 _BEFORE_FORCED_EXIT: list[Callable[[], Any]] = []
+_EXITING = threading.Lock()  # Taken by the first forced_exit, never released.
+_peer_watchdog: PeerWatchdog | None = None  # Of a multi-process run.
 
 
 @contextlib.contextmanager
 def before_forced_exit(action: Callable[[], Any]) -> Iterator[None]:
-  """Within the block, `action` runs if the peer watchdog ends this process."""
+  """Within the block, `action` runs if a watchdog ends this process (forced_exit)."""
   _BEFORE_FORCED_EXIT.append(action)
   try:
     yield
@@ -103,18 +108,45 @@ def before_forced_exit(action: Callable[[], Any]) -> Iterator[None]:
     _BEFORE_FORCED_EXIT.remove(action)
 
 
+def forced_exit(exit_code: int, message: str, then: Callable[[], Any] | None = None) -> NoReturn:
+  """Ends this process at once (os._exit: a call its main thread is blocked in never returns):
+  runs the before-forced-exit actions, prints `message`, then runs `then`. Each part is bounded:
+  a log on a hung filesystem must not keep the process, and its workdir lock, alive. A second
+  watchdog's call waits for the first's exit."""
+  _EXITING.acquire()
+  for action in list(_BEFORE_FORCED_EXIT):
+    _bounded(action, timeout_s=5.0)
+  for stream in (sys.stdout, sys.stderr):
+    _bounded(stream.flush)
+  if message:
+    _bounded(lambda: os.write(2, (message + "\n").encode()))
+  if then is not None:
+    then()
+  os._exit(exit_code)
+
+
+def announce_stall() -> None:
+  """This process is ending on its stall timeout (vit_jax.runtime.stall): in a multi-process run,
+  the others stop at once naming it, and process 0 (whose exit would abort them) waits for them."""
+  if _peer_watchdog is not None:
+    _peer_watchdog.stalled()
+
+
 def _client() -> Any:
   """The coordination-service client of jax.distributed (None if it moved: no watchdog)."""
   return getattr(getattr(jax_distributed, "global_state", None), "client", None)
 
 
-def lost_message(lost: Sequence[int], num_processes: int, timeout_s: float) -> str:
-  """The one line every survivor prints."""
+def lost_message(lost: Sequence[int], num_processes: int, timeout_s: float,
+                 stalled: Collection[int] = ()) -> str:
+  """The one line every survivor prints; `stalled`: the processes that ended on their stall
+  timeout."""
   names = (f"process {lost[0]}" if len(lost) == 1 else
            f"processes {', '.join(str(p) for p in lost)}")
-  return (f"error: {names} of {num_processes} stopped responding (no heartbeat for "
-          f"{timeout_s:g} s); this run is stopping; rerun the same command (all processes) to "
-          "resume from the last checkpoint.")
+  why = ("made no progress for --stall_timeout_seconds (its log says where it is stuck)"
+         if set(lost) <= set(stalled) else f"stopped responding (no heartbeat for {timeout_s:g} s)")
+  return (f"error: {names} of {num_processes} {why}; this run is stopping; rerun the same command "
+          "(all processes) to resume from the last checkpoint.")
 
 
 class PeerWatchdog:
@@ -146,7 +178,8 @@ class PeerWatchdog:
     self._seen = {p: ("", now) for p in self._watched}  # Last counter value, when it changed.
     self._last_read = now  # When the beat thread last read the records.
     self._rpc_since: float | None = None  # When the beat thread's pending call started.
-    self._records: dict[str, set[int]] = {"lost": set(), "leaving": set(), "exiting": set()}
+    self._records: dict[str, set[int]] = {"lost": set(), "stalled": set(), "leaving": set(),
+                                          "exiting": set()}
     self._leaving = threading.Event()
     self._ending = threading.Lock()  # Held by the thread that ends the process.
 
@@ -176,10 +209,12 @@ class PeerWatchdog:
       entries = dict(self._call("key_value_dir_get", f"{_KEYS}/lost/"))
       entries[f"{_KEYS}/beat/0"] = self._call("key_value_try_get", f"{_KEYS}/beat/0")
     records = {kind: set() for kind in self._records}
-    for key in entries:
+    for key, value in entries.items():
       kind, process = key[len(_KEYS) + 1:].split("/")
       if kind in records:
         records[kind].add(int(process))
+      if kind == "lost" and value == "stalled":  # Published by the process itself (`stalled`).
+        records["stalled"].add(int(process))
     return entries, records
 
   def _beat(self) -> None:
@@ -216,7 +251,9 @@ class PeerWatchdog:
           stale = [0]  # The coordination service (on process 0) stopped answering.
         records = self._records
       if not self._leaving.is_set():
-        lost = sorted(records["lost"]) if self._me != 0 and records["lost"] else stale
+        published = records["lost"] - {self._me}
+        lost = (sorted(published) if self._me != 0 and published else
+                sorted(set(stale) | (records["stalled"] - {self._me})))
         if lost:
           self._end(lost, records)
       elif (records["lost"] if self._me != 0 else
@@ -231,18 +268,26 @@ class PeerWatchdog:
       return
     if self._me == 0 and lost:
       _best_effort(lambda: [self._client.key_value_set(f"{_KEYS}/lost/{p}", "1", True)
-                            for p in lost])
+                            for p in lost if p not in records["lost"]])  # Keeps "stalled".
       alive = (set(self._others) - set(lost)) | (set(lost) & records["exiting"])
       _best_effort(lambda: self._wait_until_left(alive))
-    for stream in (sys.stdout, sys.stderr):
-      _best_effort(stream.flush)
-    if lost:
-      os.write(2, (lost_message(lost, self._n, self.timeout_s) + "\n").encode())
-    for action in list(_BEFORE_FORCED_EXIT):
-      _bounded(action, timeout_s=5.0)
-    if self._me != 0:
-      _bounded(lambda: self._client.key_value_set(f"{_KEYS}/leaving/{self._me}", "1", True))
-    os._exit(self._exit_code if lost else 1)
+    # "leaving" comes last: process 0 exits once it has every one, and JAX then aborts the others.
+    forced_exit(self._exit_code if lost else 1,
+                lost_message(lost, self._n, self.timeout_s, records["stalled"]) if lost else "",
+                then=self._say_leaving if self._me != 0 else None)
+
+  def stalled(self) -> None:
+    """This process ends on its stall timeout: published as lost, so that the others stop at once;
+    process 0 then waits for them to leave (its exit would abort them), the others say they
+    leave."""
+    _bounded(lambda: self._client.key_value_set(f"{_KEYS}/lost/{self._me}", "stalled", True))
+    if self._me == 0:
+      _best_effort(lambda: self._wait_until_left(set(self._others)))
+    else:
+      self._say_leaving()
+
+  def _say_leaving(self) -> None:
+    _bounded(lambda: self._client.key_value_set(f"{_KEYS}/leaving/{self._me}", "1", True))
 
   def _wait_until_left(self, processes: set[int]) -> None:
     deadline = time.monotonic() + max(3 * self.beat_s, 2.0)

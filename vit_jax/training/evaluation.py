@@ -2,14 +2,14 @@
 each."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 
 from vit_jax import config as config_lib
 from vit_jax import models
-from vit_jax.checkpoints import imports, pretrained
+from vit_jax.checkpoints import imports, manager, npz, pretrained
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.config import bad_input
 from vit_jax.data import pipeline
@@ -21,8 +21,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | None = None,
                         devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """Runs every evaluator on the params of `checkpoint` (an official `.npz` or an Orbax directory;
-  default: the latest in WORKDIR/checkpoints); returns `<eval>/<metric>` and writes
-  WORKDIR/eval.json.
+  default: the latest in WORKDIR/checkpoints); returns `<eval>/<metric>` (and `<eval>_ema/<metric>`
+  for a checkpoint with EMA params) and writes WORKDIR/eval.json.
 
   Raises:
     vit_jax.config.BadInputError: for a bad config value, data or checkpoint, before compiling.
@@ -38,25 +38,46 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           "--workdir first, or pass --checkpoint=PATH (an .npz or an Orbax checkpoint directory).")
     path = checkpoint or str(workdir.checkpoints)
     checks.check_checkpoint_path(path, what="--checkpoint")
+    if imports.detect(path) == "orbax":  # One step for every read below, named in eval.json.
+      path = str(manager.checkpoint_step_dir(path))
     # The model is built for the images the evals feed it (and no training data is needed).
     program = TrainProgram.from_config(
         config, devices=devices, image_shape=pipeline.example_shape(next(iter(evals.values()))),
         schedule_steps=(1, 0))
     _check_trained_model(path, program.model_fields)
     evaluators = program.evaluators()
-    params = pretrained.load_exact(
-        path, program.abstract_params, fix=f"evaluate with the config the checkpoint was trained "
-        f"with (config.model={config.model.to_dict()} does not fit it).",
-        model_fields=program.model_fields)
+    fix = (f"evaluate with the config the checkpoint was trained with (config.model="
+           f"{config.model.to_dict()} does not fit it).")
+    params = pretrained.load_exact(path, program.abstract_params, fix=fix,
+                                   model_fields=program.model_fields)
+    # A run trained with EMA (config.ema_decay) is evaluated with both, as its evals were.
+    ema_params = None
+    if imports.detect(path) == "orbax" and "ema_params" in manager.saved_entries(path):
+      ema_params = pretrained.fit_exact(npz.flatten(manager.load_params(path, "ema_params")),
+                                        program.abstract_params, source=f"{path} (EMA)", fix=fix)
     workdir.check_writable()
 
   params = jax.device_put(params, program.param_shardings)
-  results = {}
+  if ema_params is not None:
+    ema_params = jax.device_put(ema_params, program.param_shardings)
   with program.mesh_context():
-    for name, evaluate in evaluators.items():
-      results.update({f"{name}/{k}": v for k, v in evaluate(params).items()})
+    results = evaluate_all(evaluators, params, ema_params)
   if jax.process_index() == 0:
     workdir_lib.write_json(workdir.eval_results, {"checkpoint": path, "metrics": results})
+  return results
+
+
+def evaluate_all(evaluators: dict[str, Callable], params: Any, ema_params: Any = None,
+                 progress_to: Callable[[str], None] = lambda doing: None) -> dict[str, float]:
+  """`<eval>/<metric>` of every evaluator, and `<eval>_ema/<metric>` with EMA params if given;
+  `progress_to(doing)` as each pass begins (the stall watchdog's clock)."""
+  results = {}
+  for name, evaluator in evaluators.items():
+    progress_to(f"evaluating {name}")
+    results.update({f"{name}/{k}": v for k, v in evaluator(params).items()})
+    if ema_params is not None:
+      progress_to(f"evaluating {name} with the EMA params")
+      results.update({f"{name}_ema/{k}": v for k, v in evaluator(ema_params).items()})
   return results
 
 

@@ -9,7 +9,8 @@ vit_jax.checkpoints.workdir's.
 What a run may trust: a finished run is never rewritten; a resume continues the recipe the run was
 started with (or refuses, naming the changed fields); one run writes a workdir at a time; nothing
 non-finite is ever saved (a non-finite loss or gradient norm stops the run, `Diverged`); a
-checkpoint that cannot be read back is moved aside and the one before it restored.
+checkpoint that cannot be read back is moved aside and the one before it restored; a part of a
+step stuck past the stall timeout ends the process resumably, naming it (vit_jax.runtime.stall).
 """
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ from vit_jax.checkpoints import manager, pretrained
 from vit_jax.checkpoints import workdir as workdir_lib
 from vit_jax.config import BadInputError, bad_input
 from vit_jax.data import pipeline
-from vit_jax.runtime import distributed, preemption
-from vit_jax.training import checks, recipe
+from vit_jax.runtime import distributed, preemption, stall
+from vit_jax.training import checks, evaluation, recipe
 from vit_jax.training import metrics as metrics_lib
 from vit_jax.training.program import TrainProgram
-from vit_jax.training.state import TrainState
 
 
 class Diverged(RuntimeError):
@@ -47,16 +47,6 @@ def sample_patch_size(patch_sizes: Sequence[int], seed: int, step: int) -> int:
   A function of (seed, step) only, so a resumed run repeats the sequence of the uninterrupted one.
   """
   return int(np.random.default_rng((seed, step)).choice(patch_sizes))
-
-
-def evaluate_all(evaluators: dict[str, Callable], state: TrainState) -> dict[str, float]:
-  """`<eval>/<metric>` of every evaluator, and `<eval>_ema/<metric>` with EMA params."""
-  results = {}
-  for name, evaluator in evaluators.items():
-    results.update({f"{name}/{k}": v for k, v in evaluator(state.params).items()})
-    if state.ema_params is not None:
-      results.update({f"{name}_ema/{k}": v for k, v in evaluator(state.ema_params).items()})
-  return results
 
 
 @dataclasses.dataclass
@@ -150,32 +140,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       and for a full disk (what was committed stays).
     Diverged: a non-finite loss or gradient norm; nothing from that step on was saved.
   """
-  with bad_input():
-    workdir = workdir_lib.Workdir(workdir)
-    summary = workdir.read_summary()
-    if summary and summary.get("done"):  # Results are facts: a finished run is never rewritten.
-      logging.info("%s finished already; its final metrics are in %s.", workdir, workdir.summary)
-      return {**summary["final"], "already_finished": True}
-    run = _check(config, workdir, devices, accept_config_change)
-    workdir.check_writable()
-    lock = _take(workdir)
+  with stall.StallWatchdog() as watchdog:  # From here on, a part stuck for too long ends the run.
+    watchdog.progress("checking the run (its config, data, workdir and checkpoints)")
+    with bad_input():
+      workdir = workdir_lib.Workdir(workdir)
+      summary = workdir.read_summary()
+      if summary and summary.get("done"):  # Results are facts: a finished run is never rewritten.
+        logging.info("%s finished already; its final metrics are in %s.", workdir, workdir.summary)
+        return {**summary["final"], "already_finished": True}
+      run = _check(config, workdir, devices, accept_config_change)
+      workdir.check_writable()
+      watchdog.progress(f"taking {workdir}")
+      lock = _take(workdir)
 
-  try:
-    with distributed.before_forced_exit(lock.release if lock else lambda: None):
-      return _train(config, run)
-  except OSError as e:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-      raise BadInputError(
-          f"No space left writing {workdir} ({e}): free space or move the run to another "
-          "--workdir, then rerun the same command; it resumes from the newest committed "
-          "checkpoint.") from e
-    raise
-  finally:
-    if lock is not None:
-      lock.release()
+    try:
+      with distributed.before_forced_exit(lock.release if lock else lambda: None):
+        return _train(config, run, watchdog.progress)
+    except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise BadInputError(
+            f"No space left writing {workdir} ({e}): free space or move the run to another "
+            "--workdir, then rerun the same command; it resumes from the newest committed "
+            "checkpoint.") from e
+      raise
+    finally:
+      if lock is not None:
+        lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, run: _Run,
+           progress_to: Callable[[str], None]) -> dict[str, Any]:
+  """The run itself; `progress_to(doing)` as each part of it begins (the stall watchdog's clock)."""
   program, workdir, train_iter = run.program, run.workdir, run.train_iter
   total_steps, batch_size = program.total_steps, config.batch_size
   logging.info("Model %s: %s params; mesh %s; %d steps of %d images (%d warmup).",
@@ -186,15 +181,19 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
   if program.peak.flops is None:
     logging.warning("MFU is reported as unknown: %s.", program.peak.source)
 
+  progress_to(f"opening {workdir.checkpoints}")
   checkpointer = manager.TrainStateCheckpointer(
       workdir.checkpoints, save_every_steps=config.checkpoint_every_steps,
       keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   if run.resuming:
-    with bad_input():  # No step fits this run's state: one message, every file left in place.
+    progress_to(f"restoring the newest checkpoint of {workdir.checkpoints}")
+    # No step fits this run's state, or its data changed: one message, every file left in place.
+    with bad_input():
       state, data_state, start = checkpointer.restore(program.abstract_state())
-    train_iter.set_state(data_state)
+      train_iter.set_state(data_state)
     logging.info("Resumed from %s/%d.", workdir.checkpoints, start)
   else:
+    progress_to("initialising the train state")
     state, start = program.init(run.pretrained_params), 0
   if jax.process_index() == 0 and (start == 0 or not workdir.config.exists() or
                                    recipe.changes(workdir_lib.read_json(workdir.config), config)):
@@ -210,15 +209,18 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
   t_start = time.perf_counter()
   with program.mesh_context(), preemption.StopRequests() as stop:
     if start >= total_steps:  # Finished, but summary.json was never written: evaluate again.
-      final.update(evaluate_all(run.evaluators, state))
+      final.update(evaluation.evaluate_all(run.evaluators, state.params, state.ema_params,
+                                           lambda doing: progress_to(f"{doing} at step {start}")))
       if not final.keys() <= writer.keys_at_resume:  # Its evals failed after the last save.
         writer.write(start, final)
     try:
       for step in range(start + 1, total_steps + 1):
+        progress_to(f"reading the batch of step {step}")
         batch = next(train_iter)
         patch = sample_patch_size(flexi_sizes, config.seed, step) if flexi_sizes else None
         compiling = patch not in compiled_sizes
         compiled_sizes.add(patch)
+        progress_to(f"{'compiling and ' if compiling else ''}running step {step}")
         t_step = time.perf_counter()
         state, metrics = program.train_step(patch)(state, batch)
         pending.append((step, metrics["train/loss"], metrics["grad_norm"]))
@@ -256,6 +258,7 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
 
         # Saved before the evals: an eval that fails (out of memory) costs no training.
         if saving:
+          progress_to(f"saving the checkpoint of step {step}")
           writer.flush()  # A resume from this checkpoint never writes its rows again.
           checkpointer.save(step, state, train_iter, force=True)
 
@@ -263,7 +266,9 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
                if step == total_steps or run.eval_every[name] and
                step % run.eval_every[name] == 0}
         if due:
-          results = evaluate_all(due, state)
+          results = evaluation.evaluate_all(
+              due, state.params, state.ema_params,
+              lambda doing, step=step: progress_to(f"{doing} at step {step}"))
           writer.write(step, results)
           if saving:
             writer.flush()  # This step's eval rows too.
@@ -276,6 +281,7 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
                           "resume.", stop.signal_name, step)
           break
     finally:
+      progress_to(f"finishing the checkpoint writes (last step {step})")
       checkpointer.close()
       writer.close()
 
@@ -283,6 +289,7 @@ def _train(config: ml_collections.ConfigDict, run: _Run) -> dict[str, Any]:
   if stop.signal_name:
     final["stopped_by"] = stop.signal_name
   elif jax.process_index() == 0:
+    progress_to("writing the summary")
     workdir.write_summary({"done": True, "final": final, "config": config.to_dict(),
                            "mesh": dict(program.mesh.shape), "num_devices": len(program.devices),
                            "num_processes": jax.process_count()})
