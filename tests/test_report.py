@@ -69,6 +69,7 @@ def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
   assert rows[5]["img_per_s"] == "950" and rows[0]["proj_img_per_s@h100-8x"] == "90000"
   table = (out / "results.md").read_text()
   assert "| trial | patch | val/prec@1 |" in table and "projected img/s h100-8x" in table
+  assert "| MFU | peak mem (MiB) |" in table and "| 5.0% | 300 |" in table  # 300 * 2**20 bytes.
   assert "| width=64,patch_size=4 | 4 | 97.00% |" in table and "width=128 (running)" in table
   assert "projections, not measurements" in table
   for name in written[2:]:
