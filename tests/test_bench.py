@@ -65,7 +65,7 @@ def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   assert profile["fwd_gflops_per_image"] * 3 == pytest.approx(profile["train_gflops_per_image"])
   assert profile["xla_train_gflops_per_image"] > 2 * profile["xla_fwd_gflops_per_image"]
   assert profile["step_s"] > 0 and profile["img_per_s"] == pytest.approx(16 / profile["step_s"])
-  assert 0 < profile["mfu"] < 1 and profile["peak_memory_bytes"] > 3 * 4 * 15_274
+  assert 0 < profile["mfu"] < 1 and profile["step_memory_bytes"] > 3 * 4 * 15_274
   [h100] = profile["projections"]
   assert (h100["label"], h100["target"]) == ("projection", "h100-8x")
   assert h100["global_batch"] == 16 and h100["comm_bytes_per_chip"] > 0  # Gradient all-reduce.

@@ -199,7 +199,7 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
       "xla_train_gflops_per_image": xla_train_flops_per_image(config, hwc, patch_size) / 1e9,
       "compile_s": compile_s, "step_s": step_s, "step_s_min": min(times), "img_per_s": img_per_s,
       "mfu": program.mfu(img_per_s, patch), "peak_source": program.peak.source,
-      "peak_memory_bytes": step_memory_bytes(compiled), "memory_source": STEP_MEMORY_SOURCE,
+      "step_memory_bytes": step_memory_bytes(compiled), "memory_source": STEP_MEMORY_SOURCE,
   }
   result["projections"] = _projections(config, hwc, targets, batch_size, train_flops, assumed_mfu)
   return result
@@ -272,12 +272,12 @@ def format_profile(p: dict[str, Any]) -> str:
       f"  compile                {p['compile_s']:.2f} s",
       f"  step                   {p['step_s'] * 1e3:.2f} ms (median), {p['img_per_s']:,.1f} img/s",
       f"  MFU                    {mfu} (against the {p['peak_source']})",
-      f"  step memory            {_mib(p['peak_memory_bytes'])} ({p['memory_source']})",
+      f"  step memory            {_mib(p['step_memory_bytes'])} ({p['memory_source']})",
   ]
   lines += ["  " + projection.format_projection(proj) for proj in p["projections"]]
   for patch, sub in p.get("per_patch_size", {}).items():
     sub_mfu = "unknown" if sub["mfu"] is None else f"{sub['mfu']:.1%}"
     lines.append(f"  FlexiViT patch {patch} (the same weights): "
                  f"{sub['train_gflops_per_image']:.4g} train GFLOPs/img, {sub['img_per_s']:,.1f} "
-                 f"img/s, MFU {sub_mfu}, step memory {_mib(sub['peak_memory_bytes'])}")
+                 f"img/s, MFU {sub_mfu}, step memory {_mib(sub['step_memory_bytes'])}")
   return "\n".join(lines)

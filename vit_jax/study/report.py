@@ -48,7 +48,7 @@ _TABLE_COLUMNS = (
     ("step_ms", "step (ms)", "{:.1f}"),
     ("mfu", "MFU", "{:.1%}"),
     # bytes / 2**20; the key keeps its old name (results.csv files that --prior reads have it).
-    ("peak_memory_mb", "peak mem (MiB)", "{:.0f}"),
+    ("step_memory_mib", "step mem (MiB)", "{:.0f}"),
 )
 _FLEXI_METRIC = re.compile(r"^(?P<base>.+)@p(?P<patch>\d+)$")
 CONVERGED_CHANGE = 0.003  # 0.3 points of accuracy over the last quarter of training.
@@ -274,8 +274,8 @@ def _efficiency(bench: dict[str, Any]) -> dict[str, Any]:
       "step_ms": bench["step_s"] * 1e3 if "step_s" in bench else None,
       "compile_s": bench.get("compile_s"),
       "mfu": bench.get("mfu"),
-      "peak_memory_mb": (bench["peak_memory_bytes"] / 2**20
-                         if bench.get("peak_memory_bytes") is not None else None),
+      "step_memory_mib": (bench["step_memory_bytes"] / 2**20
+                         if bench.get("step_memory_bytes") is not None else None),
       "device": bench.get("device"),
   }
   for proj in bench.get("projections", []):
