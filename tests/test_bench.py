@@ -65,7 +65,7 @@ def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   assert profile["fwd_gflops_per_image"] * 3 == pytest.approx(profile["train_gflops_per_image"])
   assert profile["xla_train_gflops_per_image"] > 2 * profile["xla_fwd_gflops_per_image"]
   assert profile["step_s"] > 0 and profile["img_per_s"] == pytest.approx(16 / profile["step_s"])
-  assert 0 < profile["mfu"] < 1 and profile["peak_memory_bytes"] > 2**20
+  assert 0 < profile["mfu"] < 1 and profile["step_memory_bytes"] > 3 * 4 * 15_274
   [h100] = profile["projections"]
   assert (h100["label"], h100["target"]) == ("projection", "h100-8x")
   assert h100["global_batch"] == 16 and h100["comm_bytes_per_chip"] > 0  # Gradient all-reduce.
@@ -77,6 +77,79 @@ def test_bench_cli_bad_target_exits_2_before_compiling():
                            "--targets=tpu-v9-8", "--image_size=28"], cwd=REPO, capture_output=True,
                           text=True)
   assert result.returncode == 2 and "tpu-v9-8" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--steps=0", "--batch_size=0", "--assumed_mfu=0",
+                                  "--assumed_mfu=1.5"])
+def test_bench_cli_bad_flag_value_exits_2_naming_it(flag):
+  """Each was accepted: steps=0 failed after compiling, batch_size=0 was replaced by the config's,
+  an assumed MFU was checked only after the whole profile."""
+  result = subprocess.run([sys.executable, "-m", "vit_jax.bench", "--config=configs/quickstart.py",
+                           "--image_size=28", flag], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert flag in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_bench_zero_threads_exits_2_before_measuring():
+  """tf.data, the last method, cannot map with 0 threads: it failed after the others had run."""
+  result = subprocess.run([sys.executable, "-m", "vit_jax.data_bench", "--threads=0",
+                           "--num_images=32", "--files=32", "--size=32"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and "--threads=0" in result.stderr, result.stderr[-3000:]
+  assert "| method" not in result.stdout
+
+
+_TINY = "patch=7,width=32,depth=1,heads=2,batch=8"
+
+
+@pytest.fixture(scope="module")
+def plain_xla_train_flops():
+  return bench.xla_train_flops_per_image(_quickstart(_TINY), (28, 28, 1))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"grad_accum_steps": 2},  # A scan's body is counted once: the count halved.
+    {"grad_accum_steps": 3},  # Does not divide the count's batch of 4: failed to compile.
+    {"mesh": (("data", -1), ("tensor", 2))},  # Two devices per model: none on one device.
+    {"dcn_mesh": (("data", 2),)},  # Multi-slice devices only.
+], ids=["accum2", "accum3", "tensor", "multislice"])
+def test_xla_train_flops_per_image_do_not_depend_on_accumulation_or_mesh(
+    overrides, plain_xla_train_flops):
+  config = _quickstart(_TINY)
+  config.update(overrides)
+  assert bench.xla_train_flops_per_image(config, (28, 28, 1)) == pytest.approx(
+      plain_xla_train_flops, rel=1e-6)
+
+
+def _flexi_config():
+  config = _quickstart(_TINY)
+  config.flexi.patch_sizes = (4, 7)
+  return config
+
+
+def test_flexivit_profile_counts_the_patch_size_it_times():
+  """FLOPs and MFU of the size timed, not the mean over flexi.patch_sizes; params of the one model
+  trained (its patch kernel resized), not of a model native at that size."""
+  config = _flexi_config()
+  at_4 = bench.profile(config, (28, 28, 1), 8, 1, patch_size=4)
+  program = bench.program_for(config, (28, 28, 1))
+  kwargs = models.model_kwargs(**config.model.to_dict())
+  analytic = flops.train_flops_per_image({**kwargs, "patch_size": (4, 4)}, 28, 1, 10)
+  assert at_4["patch_size"] == [4, 4] and at_4["model"]["patch_size"] == (7, 7)
+  assert at_4["train_gflops_per_image"] == pytest.approx(analytic / 1e9)
+  assert analytic > 2 * program.train_flops_per_image((7, 7))  # 50 tokens against 17.
+  if program.peak.flops is not None:  # One CPU peak for the 8 fake devices.
+    assert at_4["mfu"] == pytest.approx(at_4["img_per_s"] * analytic / program.peak.flops)
+  assert at_4["params"] == program.num_params
+  assert at_4["memory_source"] == bench.STEP_MEMORY_SOURCE
+
+
+def test_step_memory_is_each_compiled_steps_own():
+  """Not a process-wide peak, which a smaller FlexiViT profile after a larger one inherited."""
+  program = bench.program_for(_flexi_config(), (28, 28, 1))
+  at_4, own = (bench.step_memory_bytes(bench.compile_train_step(program, 8, p)[0])
+               for p in (4, None))
+  assert 3 * 4 * program.num_params < own < at_4  # fp32 params and two Adam moments, at least.
 
 
 @pytest.mark.slow

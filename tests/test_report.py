@@ -17,7 +17,7 @@ def _bench(width, patch, img_per_s):
   return {"model": {"width": width, "depth": 2, "patch_size": [patch, patch]},
           "params": width * 1000, "fwd_gflops_per_image": gflops,
           "train_gflops_per_image": 3 * gflops, "img_per_s": img_per_s,
-          "step_s": 128 / img_per_s, "mfu": 0.05, "peak_memory_bytes": 300 * 2**20, "device": "cpu",
+          "step_s": 128 / img_per_s, "mfu": 0.05, "step_memory_bytes": 300 * 2**20, "device": "cpu",
           "projections": [{"label": "projection", "target": "h100-8x",
                            "img_per_s": 100 * img_per_s}]}
 
@@ -69,6 +69,7 @@ def test_report_writes_table_csv_and_plots(sweep_dir, tmp_path):
   assert rows[5]["img_per_s"] == "950" and rows[0]["proj_img_per_s@h100-8x"] == "90000"
   table = (out / "results.md").read_text()
   assert "| trial | patch | val/prec@1 |" in table and "projected img/s h100-8x" in table
+  assert "| MFU | step mem (MiB) |" in table and "| 5.0% | 300 |" in table  # 300 * 2**20 bytes.
   assert "| width=64,patch_size=4 | 4 | 97.00% |" in table and "width=128 (running)" in table
   assert "projections, not measurements" in table
   for name in written[2:]:

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from helpers import abstract_params
 from vit_jax import models
 from vit_jax.efficiency import projection
 from vit_jax.runtime import hardware
@@ -45,6 +46,22 @@ def test_data_parallel_gradient_all_reduce_moves_the_parameters():
   # Patch 4 on 16x16 images: 16 patches + the class token; mlp 64, 2 heads, one layer.
   assert cost.shape == projection.ModelShape(tokens=17, width=32, mlp_dim=64, heads=2, depth=1)
   assert projection.ProgramCost.from_json(cost.to_json()) == cost
+
+
+@pytest.mark.parametrize("model_fields, hw, tokens", [
+    # The quickstart's stem (a root conv and max-pool, /4) at patch 1: 7x7 patches + class token.
+    (dict(patch_size=1, width=32, depth=1, mlp_dim=64, num_heads=2, posemb="sincos2d",
+          resnet=dict(num_layers=(), width_factor=1)), (28, 28), 50),
+    # R50+B/16 at 224 (stem /16, patch 1): 14x14 patches + class token.
+    (dict(variant="R50+B/16", posemb="sincos2d"), (224, 224), 197),
+])
+def test_model_shape_counts_the_tokens_after_a_resnet_stem(model_fields, hw, tokens):
+  """Without a learned position embedding the tokens come from the image, cut by the stem first
+  (not the raw image: 785 and 50,177 tokens)."""
+  model = models.Model(num_classes=10, **models.model_kwargs(**model_fields))
+  image = jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32)
+  shape = projection.model_shape((abstract_params(model, (*hw, 3)), {"image": image}))
+  assert shape.tokens == tokens
 
 
 @pytest.mark.parametrize("line, op, full_bytes, group", [

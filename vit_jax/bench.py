@@ -5,9 +5,11 @@ r"""Efficiency profile of a training config: what a step costs, measured and cou
 
 Prints and writes the profile of vit_jax.efficiency.bench: parameters, analytic and XLA-counted
 GFLOPs per image, compile time, step time, img/s and MFU of the trainer's own jitted step on random
-data, peak memory, and per `--targets` a projection onto hardware we don't have. For a FlexiViT
-config (`config.flexi.patch_sizes`) every patch size is profiled too. The image shape comes from
-one preprocessed training example, or `--image_size` when the data is not prepared here.
+data, the step's memory per device as XLA planned it, and per `--targets` a projection onto hardware
+we don't have. For a FlexiViT config (`config.flexi.patch_sizes`) the step at every patch size is
+profiled too, as training runs it: the same weights, the patch kernel resized, FLOPs and MFU of
+that size. The image shape comes from one preprocessed training example, or `--image_size` when the
+data is not prepared here.
 """
 from typing import Sequence
 
@@ -24,14 +26,19 @@ from vit_jax.training import checks
 cli.run_flags()
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Write the profile as JSON here (a trial's bench.json).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed training steps (after 2 warm-up steps).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (default: config.batch_size).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed training steps (after 2 warm-up steps).",
+                              lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (default: config.batch_size).",
+                              lower_bound=1)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image side; skips reading the data.")
 _CHANNELS = flags.DEFINE_integer("channels", 3, "Image channels, with --image_size.")
 _TARGETS = flags.DEFINE_list("targets", [], f"Projection targets: {sorted(projection.TARGETS)}.")
 _MFU = flags.DEFINE_float(
     "assumed_mfu", projection.DEFAULT_MFU, "Fraction of peak FLOP/s the projections assume large "
     "matmuls reach (default: the model's calibrated value; see vit_jax.efficiency.projection).")
+flags.register_validator("assumed_mfu", lambda mfu: mfu is None or 0 < mfu <= 1,
+                         "must be in (0, 1], a fraction of peak FLOP/s (e.g. 0.5), or left out for "
+                         "the calibrated model")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -48,8 +55,7 @@ def main(argv: Sequence[str]) -> None:
   result = bench.profile(config, hwc, batch_size, _STEPS.value, _TARGETS.value, _MFU.value)
   if config.flexi.patch_sizes:
     result["per_patch_size"] = {
-        str(p): bench.profile(bench.with_model(config, patch_size=p), hwc, batch_size,
-                              _STEPS.value, (), _MFU.value)
+        str(p): bench.profile(config, hwc, batch_size, _STEPS.value, patch_size=p)
         for p in config.flexi.patch_sizes}
   print(bench.format_profile(result), flush=True)
   if _OUTPUT.value and jax.process_index() == 0:

@@ -27,8 +27,9 @@ def main(argv: Sequence[str]) -> None:
       raise BadInputError(f"--{flag.name}={flag.value} must be positive.")
   if _FILES.value < 32:
     raise BadInputError(f"--files={_FILES.value}: give at least one batch (32) of files.")
-  if _THREADS.value < 0:
-    raise BadInputError(f"--threads={_THREADS.value} must be 0 (no reader threads) or more.")
+  if _THREADS.value < 1:
+    raise BadInputError(f"--threads={_THREADS.value}: give 1 or more (tf.data, one of the methods "
+                        "compared, cannot read with 0 threads).")
   load_before = os.getloadavg()[0]
   rows = data_bench.run(_NUM_IMAGES.value, _THREADS.value, _SIZE.value, _FILES.value)
   print(data_bench.format_table(rows, _THREADS.value))

@@ -5,14 +5,16 @@ own (vit_jax.training.program.TrainProgram: same model, optimizer, mesh and shar
 holds: parameters; analytic forward / training GFLOPs per image (vit_jax.models.flops); XLA's FLOP
 count of the unscanned forward and training step (a scanned body would be counted once); compile
 time; step time and img/s on random data; MFU against the device peak (vit_jax.runtime.hardware);
-peak memory (the allocator's peak on GPU/TPU, the process's peak RSS on CPU); and projections of the
-step onto hardware we don't have (vit_jax.efficiency.projection).
+the step's memory per device as XLA planned it when compiling (see `step_memory_bytes`); and
+projections of the step onto hardware we don't have (vit_jax.efficiency.projection).
+
+A FlexiViT profile at a patch size (`profile(..., patch_size=p)`) times the step that training runs
+at that size: the model's own weights, its patch kernel resized. Its FLOPs and MFU are those of p.
 """
 from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,13 +54,14 @@ def program_for(config: ml_collections.ConfigDict, image_shape: Sequence[int],
                                   schedule_steps=_SCHEDULE_STEPS)
 
 
-def compile_train_step(program: TrainProgram, batch_size: int) -> tuple[jax.stages.Compiled, float]:
-  """The program's train step compiled for a global batch of `batch_size`, and the seconds it
-  took."""
+def compile_train_step(program: TrainProgram, batch_size: int, patch_size: int | None = None
+                       ) -> tuple[jax.stages.Compiled, float]:
+  """The program's train step (at `patch_size` for FlexiViT) compiled for a global batch of
+  `batch_size`, and the seconds it took."""
   with program.mesh_context():
     start = time.perf_counter()
-    compiled = program.train_step().lower(program.abstract_state(),
-                                          program.abstract_batch(batch_size)).compile()
+    compiled = program.train_step(patch_size).lower(program.abstract_state(),
+                                                    program.abstract_batch(batch_size)).compile()
   return compiled, time.perf_counter() - start
 
 
@@ -110,41 +113,63 @@ def fixed_batch_trainer(config: ml_collections.ConfigDict, images: np.ndarray | 
   return run
 
 
-def xla_forward_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int]) -> float:
-  """XLA's FLOP count of the unscanned model's forward pass, per image."""
+def xla_forward_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int],
+                                patch_size: int | None = None) -> float:
+  """XLA's FLOP count of the unscanned model's forward pass (at `patch_size`: FlexiViT), per
+  image."""
   model = models.get_model(num_classes=config.num_classes,
                            **with_model(config, scan=False).model.to_dict())
   images = jax.ShapeDtypeStruct((_XLA_COUNT_BATCH, *hwc), jnp.float32)
   params = jax.eval_shape(lambda: nn.meta.unbox(model.init(
       {"params": jax.random.key(0)}, jnp.zeros((1, *hwc)), train=False)["params"]))
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(
-      params, images).compile()
+  patch = (patch_size, patch_size) if patch_size else None
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False, patch_size=patch)
+                    ).lower(params, images).compile()
   return projection.program_cost(forward, 1, _XLA_COUNT_BATCH).flops / _XLA_COUNT_BATCH
 
 
-def xla_train_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int]) -> float:
-  """XLA's FLOP count of the unscanned model's whole training step (optimizer included), per
-  image."""
-  program = program_for(with_model(config, scan=False), hwc, jax.devices()[:1])
-  compiled, _ = compile_train_step(program, _XLA_COUNT_BATCH)
+def xla_train_flops_per_image(config: ml_collections.ConfigDict, hwc: Sequence[int],
+                              patch_size: int | None = None) -> float:
+  """XLA's FLOP count of the unscanned model's whole training step (optimizer included, at
+  `patch_size`: FlexiViT), per image.
+
+  Compiled on one device, data-parallel, without gradient accumulation: a tensor-parallel or
+  multi-slice mesh needs other devices, and XLA counts an accumulation scan's body once. Neither
+  changes the FLOPs of an image.
+  """
+  config = with_model(config, scan=False)
+  config.update(mesh=(("data", -1),), dcn_mesh=(), grad_accum_steps=1)
+  program = program_for(config, hwc, jax.devices()[:1])
+  compiled, _ = compile_train_step(program, _XLA_COUNT_BATCH, patch_size)
   return projection.program_cost(compiled, 1, _XLA_COUNT_BATCH).flops / _XLA_COUNT_BATCH
 
 
-def _peak_memory() -> tuple[int, str]:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return (int(stats["peak_bytes_in_use"]),
-            f"peak_bytes_in_use of {jax.local_devices()[0].device_kind}")
-  # Linux reports ru_maxrss in KiB: the process's peak resident memory, compilation included.
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (CPU)"
+STEP_MEMORY_SOURCE = ("XLA's memory plan of the compiled step, per device: arguments + outputs "
+                      "not aliased to donated arguments + temporaries")
+
+
+def step_memory_bytes(compiled: jax.stages.Compiled) -> int | None:
+  """The memory the compiled step needs per device (STEP_MEMORY_SOURCE), None where the backend
+  has no memory analysis.
+
+  A bound on the step's peak that is this profile's own: the allocator's and the process's peaks
+  are process-wide, so a profile after a larger one (FlexiViT's patch sizes) would report its peak.
+  """
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+             + m.temp_size_in_bytes)
 
 
 def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: int, steps: int,
             targets: Sequence[str] = (),
-            assumed_mfu: float | None = projection.DEFAULT_MFU) -> dict[str, Any]:
-  """The efficiency profile of one model/config (see the module docstring)."""
+            assumed_mfu: float | None = projection.DEFAULT_MFU,
+            patch_size: int | None = None) -> dict[str, Any]:
+  """The efficiency profile of one model/config (see the module docstring), at `patch_size` for
+  FlexiViT (default: the model's own)."""
   program = program_for(config, hwc)
-  compiled, compile_s = compile_train_step(program, batch_size)
+  compiled, compile_s = compile_train_step(program, batch_size, patch_size)
   state = program.init()
   batch = random_batch(program, batch_size)
   times = []
@@ -156,27 +181,25 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
       times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
   img_per_s = batch_size / step_s
-  fields, image_hw, channels = program.model_fields, tuple(hwc[:2]), hwc[2]
-  train_flops = flops.train_flops_per_image(fields, image_hw, channels, config.num_classes)
-  peak_memory, memory_source = _peak_memory()
-  memory = compiled.memory_analysis()
+  patch = (patch_size, patch_size) if patch_size else tuple(program.model_fields["patch_size"])
+  fields = {**program.model_fields, "patch_size": patch}
+  train_flops = program.train_flops_per_image(patch)
   devices = program.devices
   result = {
       "model_name": (models.variants.canonical_name(config.model.variant) if config.model.variant
                      else "ViT"),
-      "model": {k: str(v) if k == "dtype" else v for k, v in fields.items()},
-      "image_shape": list(hwc), "batch_size": batch_size,
+      "model": {k: str(v) if k == "dtype" else v for k, v in program.model_fields.items()},
+      "patch_size": list(patch), "image_shape": list(hwc), "batch_size": batch_size,
       "device": f"{len(devices)} x {devices[0].device_kind}", "num_devices": len(devices),
       "params": program.num_params,
-      "fwd_gflops_per_image": flops.forward_flops_per_image(fields, image_hw, channels,
+      "fwd_gflops_per_image": flops.forward_flops_per_image(fields, hwc[:2], hwc[2],
                                                             config.num_classes) / 1e9,
       "train_gflops_per_image": train_flops / 1e9,
-      "xla_fwd_gflops_per_image": xla_forward_flops_per_image(config, hwc) / 1e9,
-      "xla_train_gflops_per_image": xla_train_flops_per_image(config, hwc) / 1e9,
+      "xla_fwd_gflops_per_image": xla_forward_flops_per_image(config, hwc, patch_size) / 1e9,
+      "xla_train_gflops_per_image": xla_train_flops_per_image(config, hwc, patch_size) / 1e9,
       "compile_s": compile_s, "step_s": step_s, "step_s_min": min(times), "img_per_s": img_per_s,
-      "mfu": program.mfu(img_per_s), "peak_source": program.peak.source,
-      "peak_memory_bytes": peak_memory, "memory_source": memory_source,
-      "compiled_temp_bytes": int(getattr(memory, "temp_size_in_bytes", 0)),
+      "mfu": program.mfu(img_per_s, patch), "peak_source": program.peak.source,
+      "step_memory_bytes": step_memory_bytes(compiled), "memory_source": STEP_MEMORY_SOURCE,
   }
   result["projections"] = _projections(config, hwc, targets, batch_size, train_flops, assumed_mfu)
   return result
@@ -232,12 +255,15 @@ def serve_program_costs() -> None:
   print(json.dumps({b: c.to_json() for b, c in costs.items()}))
 
 
+def _mib(num_bytes: int | None) -> str:
+  return "unknown" if num_bytes is None else f"{num_bytes / 2**20:,.1f} MiB"
+
+
 def format_profile(p: dict[str, Any]) -> str:
   mfu = "unknown" if p["mfu"] is None else f"{p['mfu']:.1%}"
   lines = [
       f"{p['model_name']} {p['model']['width']}w x {p['model']['depth']} patch "
-      f"{p['model']['patch_size']} on {p['image_shape']} images, batch {p['batch_size']}, "
-      f"{p['device']}",
+      f"{p['patch_size']} on {p['image_shape']} images, batch {p['batch_size']}, {p['device']}",
       f"  params                 {p['params']:,}",
       f"  GFLOPs/image analytic  forward {p['fwd_gflops_per_image']:.4g}, train "
       f"{p['train_gflops_per_image']:.4g}",
@@ -246,11 +272,12 @@ def format_profile(p: dict[str, Any]) -> str:
       f"  compile                {p['compile_s']:.2f} s",
       f"  step                   {p['step_s'] * 1e3:.2f} ms (median), {p['img_per_s']:,.1f} img/s",
       f"  MFU                    {mfu} (against the {p['peak_source']})",
-      f"  peak memory            {p['peak_memory_bytes'] / 2**20:,.0f} MiB ({p['memory_source']})",
+      f"  step memory            {_mib(p['step_memory_bytes'])} ({p['memory_source']})",
   ]
   lines += ["  " + projection.format_projection(proj) for proj in p["projections"]]
   for patch, sub in p.get("per_patch_size", {}).items():
     sub_mfu = "unknown" if sub["mfu"] is None else f"{sub['mfu']:.1%}"
-    lines.append(f"  FlexiViT patch {patch}: {sub['train_gflops_per_image']:.4g} train GFLOPs/img, "
-                 f"{sub['img_per_s']:,.1f} img/s, MFU {sub_mfu}")
+    lines.append(f"  FlexiViT patch {patch} (the same weights): "
+                 f"{sub['train_gflops_per_image']:.4g} train GFLOPs/img, {sub['img_per_s']:,.1f} "
+                 f"img/s, MFU {sub_mfu}, step memory {_mib(sub['step_memory_bytes'])}")
   return "\n".join(lines)

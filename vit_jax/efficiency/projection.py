@@ -61,6 +61,7 @@ are kept for reference only.
 """
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
@@ -71,6 +72,7 @@ from typing import Any
 import jax
 
 from vit_jax.models import flops as flops_lib
+from vit_jax.models import resnet
 from vit_jax.runtime import hardware
 
 LABEL = "projection"
@@ -163,6 +165,7 @@ class ModelShape:
 
 
 _BLOCK = re.compile(r"\['encoderblock(?:_(\d+))?'\]")
+_STEM_UNIT = re.compile(r"\['block(\d+)'\]\['unit(\d+)'\]")
 
 
 def model_shape(args_info: Any) -> ModelShape | None:
@@ -193,11 +196,18 @@ def model_shape(args_info: Any) -> ModelShape | None:
   if posemb:  # Patches and the class token.
     tokens = posemb[1]
   else:
+    # A hybrid cuts its patches from the output of its ResNet stem (`conv_root`, `block<s>`).
+    root = find("['conv_root']['kernel']")
+    channels = root[2] if root else embed[2]
     image = find("['image']") or next((s for s in shapes.values()
-                                       if len(s) == 4 and s[-1] == embed[2]), None)
+                                       if len(s) == 4 and s[-1] == channels), None)
     if image is None:
       return None
-    tokens = (image[1] // embed[0]) * (image[2] // embed[1]) + (1 if find("['cls']") else 0)
+    units = {m.groups() for k in shapes if (m := _STEM_UNIT.search(k))}
+    num_layers = collections.Counter(stage for stage, _ in units).values()
+    stride = resnet.stem_stride(tuple(num_layers)) if root else 1
+    tokens = ((image[1] // stride // embed[0]) * (image[2] // stride // embed[1])
+              + (1 if find("['cls']") else 0))
   tokens += registers[1] if registers else 0
   return ModelShape(tokens=tokens, width=embed[-1], mlp_dim=mlp[-1], heads=query[-2], depth=depth)
 

@@ -211,23 +211,27 @@ class TrainProgram:
     CPU that hides its boost clock it times a matmul, and bad input must compile nothing."""
     return hardware.peak_flops_per_device(self.devices[0])
 
-  def train_flops_per_image(self) -> float:
-    """Analytic training FLOPs per image; with FlexiViT the mean over the patch sizes drawn."""
-    sizes = [{**self.model_fields, "patch_size": (p, p)} for p in self.config.flexi.patch_sizes]
-    return float(np.mean([
-        flops.train_flops_per_image(fields, self.image_shape[:2], channels=self.image_shape[2],
-                                    num_classes=self.config.num_classes)
-        for fields in sizes or [self.model_fields]]))
+  def train_flops_per_image(self, patch_size: tuple[int, int] | None = None) -> float:
+    """Analytic training FLOPs per image at `patch_size`. By default those of a training run: with
+    FlexiViT the mean over `flexi.patch_sizes` (each drawn equally often), else the model's own."""
+    if patch_size is None and self.config.flexi.patch_sizes:
+      return float(np.mean([self.train_flops_per_image((p, p))
+                            for p in self.config.flexi.patch_sizes]))
+    fields = {**self.model_fields, "patch_size": patch_size or self.model_fields["patch_size"]}
+    return float(flops.train_flops_per_image(fields, self.image_shape[:2],
+                                             channels=self.image_shape[2],
+                                             num_classes=self.config.num_classes))
 
-  def mfu(self, img_per_s: float) -> float | None:
-    """Model FLOPs utilisation at `img_per_s`, or None when the devices' peak is unknown.
+  def mfu(self, img_per_s: float, patch_size: tuple[int, int] | None = None) -> float | None:
+    """Model FLOPs utilisation at `img_per_s` of steps at `patch_size` (default: a training run's
+    mix, see `train_flops_per_image`), or None when the devices' peak is unknown.
 
     CPU "devices" (fake or not) share the cores of one nominal peak; accelerators each have theirs.
     """
     if self.peak.flops is None:
       return None
     chips = 1 if self.devices[0].platform == "cpu" else len(self.devices)
-    return img_per_s * self.train_flops_per_image() / (self.peak.flops * chips)
+    return img_per_s * self.train_flops_per_image(patch_size) / (self.peak.flops * chips)
 
 
 def _schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
