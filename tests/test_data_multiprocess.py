@@ -1,4 +1,5 @@
-"""Two real JAX processes (2 CPU devices each, gloo): each host reads its own rows, exact resume.
+"""Two real JAX processes (2 CPU devices each, gloo): each host reads its own rows, exact resume,
+and hosts that see different files refuse to start.
 
 (tests/test_elastic_data.py resumes such a run on other process counts.)
 
@@ -7,6 +8,7 @@ The test launches this file twice as `python test_data_multiprocess.py <process_
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,20 +57,31 @@ def _worker(process_id: int, port: str, root: str) -> None:
   print("RESULT " + json.dumps({
       "epoch": [int(i) for i in epoch], "local": local_ids, "state": state,
       "resumed_equal": all(np.array_equal(a, b) for a, b in zip(expected, got))}), flush=True)
+  # Process 1 sees the folder with one file renamed (a stale listing): both refuse.
+  cfg.data.root = root if process_id == 0 else f"{root}_renamed"
+  try:
+    pipeline.make_train_iterator(cfg, global_batch_size=8, seed=1)
+    print("DIFFERENT DATA ACCEPTED", flush=True)
+  except ValueError as e:
+    print(f"REFUSED {e}", flush=True)
 
 
 def test_two_processes_read_their_rows_and_resume(tmp_path):
+  root = tmp_path / "data"
   for i in range(NUM_IMAGES):
-    path = tmp_path / "train" / f"class{i % 2}" / f"{i:03d}.png"
+    path = root / "train" / f"class{i % 2}" / f"{i:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(path)
+  shutil.copytree(root, tmp_path / "data_renamed")
+  (tmp_path / "data_renamed" / "train" / "class0" / "000.png").rename(
+      tmp_path / "data_renamed" / "train" / "class0" / "100.png")
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = str(s.getsockname()[1])
   # The repository root, not helpers.REPO: importing helpers would start jax before the worker
   # sets its device count.
   env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), port, str(tmp_path)], env=env,
+  procs = [subprocess.Popen([sys.executable, __file__, str(i), port, str(root)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=240)[0] for p in procs]
@@ -84,6 +97,9 @@ def test_two_processes_read_their_rows_and_resume(tmp_path):
     assert result["local"] == [sorted(r) for r in rows.tolist()]
   assert results[0]["state"] == results[1]["state"]
   assert results[0]["state"]["next_batch"] == NUM_IMAGES // 8 + 1
+  for out in outputs:
+    assert ("REFUSED The hosts of this run see different training data in imagefolder:train "
+            "(process 0: 40 examples, process 1: 40 examples;") in out, out[-3000:]
 
 
 if __name__ == "__main__":

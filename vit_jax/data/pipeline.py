@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -38,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 
@@ -525,7 +528,25 @@ def make_train_iterator(cfg: Mapping[str, Any], global_batch_size: int, seed: in
               "num_examples": len(source.records)}
   if source.fingerprint:
     identity["examples"] = source.fingerprint
+  _check_every_host_sees(identity)
   return TrainIterator(host_stream, sharding, int(cfg["prefetch"]), identity)
+
+
+def _check_every_host_sees(identity: dict[str, Any]) -> None:
+  """Raises ValueError on every process if the hosts see different training data (a mount serving
+  a stale listing): each would shuffle other examples, and rows would repeat or go missing. A
+  collective: every process calls it."""
+  if jax.process_count() == 1:
+    return
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).digest()
+  seen = multihost_utils.process_allgather(np.array(
+      [identity["num_examples"], int.from_bytes(digest[:7], "big")], np.int64))
+  if not (seen == seen[0]).all():
+    counts = ", ".join(f"process {p}: {int(n)} examples" for p, (n, _) in enumerate(seen))
+    raise ValueError(
+        f"The hosts of this run see different training data in {identity['dataset']} ({counts}; "
+        "the same count with other files where they match): a network filesystem or bucket "
+        "mount serving a stale listing? Make every host see the same files, then rerun.")
 
 
 class EvalIterable:
