@@ -1,8 +1,8 @@
 """SLURM end to end on this machine: fake `sbatch` / `srun` / `scontrol` programs run the job
 script the launcher writes, unchanged, as local processes with the environment a real SLURM step
 sets, so `jax.distributed.initialize()` configures itself from it. A trial trains on 2 processes
-x 2 fake devices, one task is killed, the job is resubmitted, it resumes, and its final params
-equal a single-process run."""
+x 2 fake devices, one task is killed, the other one stops itself, the job is resubmitted, it
+resumes, and its final params equal a single-process run."""
 import json
 import os
 import signal
@@ -51,13 +51,14 @@ SBATCH = textwrap.dedent("""\
 
 SRUN = textwrap.dedent("""\
     #!{python}
-    # srun: one process per task with the step's environment; --kill-on-bad-exit=1 kills the
-    # step when a task fails; SIGTERM is forwarded to the tasks.
-    import json, os, signal, subprocess, sys, time
+    # srun: one process per task with the step's environment; SIGTERM is forwarded to the tasks.
+    # --kill-on-bad-exit=0 (the job script's): the step ends when every task has; its exit code
+    # is the highest of the tasks', a task killed by signal N counting as 128 + N. The tasks get
+    # FAKE_SRUN_FLAGS appended (a shorter --peer_timeout_seconds, for the test's time).
+    import json, os, signal, subprocess, sys
     args = sys.argv[1:]
-    kill_on_bad_exit = False
-    while args[0].startswith("--"):
-      kill_on_bad_exit |= args.pop(0) == "--kill-on-bad-exit=1"
+    assert args.pop(0) == "--kill-on-bad-exit=0", args
+    args += os.environ.get("FAKE_SRUN_FLAGS", "").split()
     tasks = int(os.environ["SLURM_NTASKS"])
     procs = [subprocess.Popen(args, env=dict(
         os.environ, SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_NODEID="0",
@@ -66,17 +67,10 @@ SRUN = textwrap.dedent("""\
     with open(f"{{os.environ['FAKE_SLURM_JOBS']}}/{{os.environ['SLURM_JOB_ID']}}.tasks", "a") as f:
       f.write(json.dumps([p.pid for p in procs]) + "\\n")
     signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
-    status = 0
-    while None in [p.poll() for p in procs]:  # A list: every task is polled each time.
-      failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-      if failed and kill_on_bad_exit:
-        status = status or failed[0]
-        for p in procs:
-          if p.poll() is None:
-            p.kill()
-      time.sleep(0.1)
-    codes = [p.returncode for p in procs]
-    sys.exit(status or next((c for c in codes if c), 0) % 256)
+    codes = [p.wait() for p in procs]
+    with open(f"{{os.environ['FAKE_SLURM_JOBS']}}/{{os.environ['SLURM_JOB_ID']}}.codes", "a") as f:
+      f.write(json.dumps(codes) + "\\n")
+    sys.exit(max(128 - c if c < 0 else c for c in codes))
     """)
 
 SCONTROL = textwrap.dedent("""\
@@ -97,7 +91,7 @@ def slurm(tmp_path):
     (bin_dir / name).write_text(source.format(python=sys.executable))
     (bin_dir / name).chmod(0o755)
   return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-          "FAKE_SLURM_JOBS": str(jobs),
+          "FAKE_SLURM_JOBS": str(jobs), "FAKE_SRUN_FLAGS": "--peer_timeout_seconds=5",
           "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
 
 
@@ -144,9 +138,14 @@ def test_a_slurm_trial_survives_a_killed_task_and_resumes_when_resubmitted(slurm
   _wait_for(lambda: past_a_checkpoint() or status(job) is not None, "the first checkpoint")
   assert status(job) is None, (trial / f"slurm-{job}.out").read_text()[-3000:]
   task_pids = json.loads((jobs / f"{job}.tasks").read_text().splitlines()[-1])
-  os.kill(task_pids[1], signal.SIGKILL)  # A node's task dies; srun stops the step.
+  os.kill(task_pids[1], signal.SIGKILL)  # A node's task dies; the other one stops (exit 5).
   _wait_for(lambda: status(job) is not None, "the job to end")
-  assert status(job) != 0 and not (trial / "summary.json").exists()
+  assert json.loads((jobs / f"{job}.codes").read_text()) == [5, -signal.SIGKILL]
+  assert status(job) == 128 + signal.SIGKILL and not (trial / "summary.json").exists()
+  # Not requeued: a task killed by a signal (the kernel's OOM killer, say) would be again.
+  assert not (jobs / "scontrol.calls").exists()
+  assert (trial / "attempts.log").read_text().splitlines() == [
+      f"exit {128 + signal.SIGKILL} checkpoint {manager.saved_steps(trial / 'checkpoints')[-1]}"]
 
   job = submit()  # Resubmitted: resumes from the newest checkpoint.
   _wait_for(lambda: status(job) is not None, "the resubmitted job")

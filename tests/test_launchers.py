@@ -140,21 +140,68 @@ def test_slurm_writes_one_sbatch_script_per_pending_trial(fake_bin, study_file, 
   lines = open(script_path).read().splitlines()
   assert lines[0] == "#!/bin/bash"
   # One process per GPU (what jax.distributed configures from SLURM), requeued when preempted,
-  # SIGTERM 5 minutes before the end so the trial checkpoints, and a self-requeue on exit code 3.
+  # SIGTERM 5 minutes before the end so the trial checkpoints, and a self-requeue on exit code 3
+  # (test_slurm_job_requeues_itself_after_a_stop_and_a_few_failures).
   for directive in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
                     "--time=2:00:00", "--job-name=tradeoff_tiny/variant=Ti,patch_size=8",
                     "--requeue", "--signal=TERM@300"]:
     assert f"#SBATCH {directive}" in lines
   assert not any("--gpus-per-task" in line for line in lines)
-  assert 'if [ "$status" -eq 3 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in lines
+  assert '  3) scontrol requeue "$SLURM_JOB_ID" ;;' in lines
   assert f"cd {REPO}" in lines and "source .venv/bin/activate" in lines
-  srun_lines = [shlex.split(line) for line in lines if line.startswith("srun ")]
+  bench_line = next(line for line in lines if "vit_jax.bench" in line)
+  assert bench_line.startswith(f"test -e {sweep_dir}/variant=Ti,patch_size=8/bench.json || srun ")
+  srun_lines = [shlex.split(line.split(" || ")[1] if line.startswith("test -e") else line)
+                for line in lines if "srun " in line]
   assert [argv[:6] for argv in srun_lines] == [
-      ["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.bench",
+      ["srun", "--kill-on-bad-exit=0", "python", "-m", "vit_jax.bench",
        "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"],
-      ["srun", "--kill-on-bad-exit=1", "python", "-m", "vit_jax.train",
+      ["srun", "--kill-on-bad-exit=0", "python", "-m", "vit_jax.train",
        "--config=configs/vit_i1k.py:runlocal=True,variant=Ti"]]
   assert srun_lines[1][-1] == f"--workdir={sweep_dir}/variant=Ti,patch_size=8"
+
+
+def test_slurm_job_requeues_itself_after_a_stop_and_a_few_failures(tmp_path, monkeypatch):
+  """The job script written for a trial, run by bash with an `srun` that exits with the code the
+  test gives and an `scontrol` that records its calls: a checkpointed stop (3) always requeues;
+  a lost or stalled process (5 / 6) requeues until `failed_attempts` attempts in a row ended so at
+  one checkpoint; a new checkpoint starts the count again; other failures never requeue."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text('#!/bin/sh\nexit "$(cat "$FAKE_EXIT")"\n')
+  (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$FAKE_CALLS"\n')
+  for program in bin_dir.iterdir():
+    program.chmod(0o755)
+  calls, exit_code = tmp_path / "scontrol.calls", tmp_path / "exit"
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  monkeypatch.setenv("FAKE_EXIT", str(exit_code))
+  monkeypatch.setenv("SLURM_JOB_ID", "77")
+  launcher = launchers.SlurmLauncher(str(tmp_path / "sweep"), repo_dir=str(REPO),
+                                     failed_attempts=2)
+  study = sweep.Study("s", "configs/x.py", sweep.trials([{}]))
+  trial = workdir.trial_workdir(tmp_path / "sweep", study.trials[0].name)
+  trial.bench.parent.mkdir(parents=True)
+  trial.bench.write_text("{}")
+  script = tmp_path / "job.sbatch"
+  script.write_text(launcher.script(study, study.trials[0]))
+
+  def attempt(code: int) -> bool:
+    """Runs the job once; whether it requeued itself."""
+    exit_code.write_text(str(code))
+    before = calls.read_text() if calls.exists() else ""
+    assert subprocess.run(["bash", str(script)]).returncode == code
+    after = calls.read_text() if calls.exists() else ""
+    assert after[len(before):] in ("", "requeue 77\n")
+    return after != before
+
+  assert [attempt(c) for c in (6, 5, 6, 3, 1, 2, 4, 0)] == [
+      True, False, False, True, False, False, False, False]
+  (trial.checkpoints / "200").mkdir(parents=True)  # The run got further: the count starts again.
+  (trial.checkpoints / "300.orbax-checkpoint-tmp-1").mkdir()  # Unfinished: not a checkpoint.
+  assert [attempt(c) for c in (5, 6)] == [True, False]
+  assert trial.attempts.read_text().splitlines()[-3:] == [
+      "exit 0 checkpoint none", "exit 5 checkpoint 200", "exit 6 checkpoint 200"]
 
 
 def test_slurm_dry_run_writes_nothing(fake_bin, study_file, tmp_path):

@@ -55,6 +55,9 @@ _SLURM_SETUP = flags.DEFINE_string(
     "slurm_setup", "", "slurm: shell line run before the trial, e.g. 'source .venv/bin/activate'.")
 _SIGNAL_LEAD = flags.DEFINE_integer(
     "signal_lead_s", 300, "slurm: seconds before a time limit / preemption the job gets SIGTERM.")
+_FAILED_ATTEMPTS = flags.DEFINE_integer(
+    "failed_attempts", 3, "slurm: a job that lost a process or stalled (exit 5 / 6) requeues "
+    "itself unless its last this many attempts ended so at the same checkpoint.")
 _SEQUENTIAL = flags.DEFINE_bool(
     "sequential", False, "slurm: chain the trials' jobs (--dependency=afterany) to run in turn.")
 _GKE_CLUSTER = flags.DEFINE_string(
@@ -97,7 +100,8 @@ def _launcher(study: sweep.Study):
   return launchers.SlurmLauncher(
       sweep_dir, repo_dir=os.getcwd(), nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
       time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
-      setup=_SLURM_SETUP.value, signal_lead_s=_SIGNAL_LEAD.value, sequential=_SEQUENTIAL.value,
+      setup=_SLURM_SETUP.value, signal_lead_s=_SIGNAL_LEAD.value,
+      failed_attempts=_FAILED_ATTEMPTS.value, sequential=_SEQUENTIAL.value,
       dry_run=_DRY_RUN.value)
 
 

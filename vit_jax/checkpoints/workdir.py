@@ -11,6 +11,7 @@
     WORKDIR/eval.json             metrics of python -m vit_jax.evaluate
     WORKDIR/<program>.log         output of a trial's programs under the local sweep launcher
     WORKDIR/job.sbatch, slurm-<job id>.out   a trial's SLURM job script and its output
+    WORKDIR/attempts.log                     its jobs' exit codes and newest checkpoints
     SWEEP_DIR/sweep.json          a sweep's manifest; SWEEP_DIR/<trial name>/ is each trial's
                                   workdir
 
@@ -120,6 +121,10 @@ class Workdir:
   @property
   def slurm_script(self) -> epath.Path:
     return self.root / "job.sbatch"
+
+  @property
+  def attempts(self) -> epath.Path:
+    return self.root / "attempts.log"
 
   @property
   def slurm_output(self) -> epath.Path:

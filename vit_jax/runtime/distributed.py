@@ -88,6 +88,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     # atexit runs last-registered first: `leave` comes before JAX's own shutdown (registered at
     # import), which waits for every process.
     atexit.register(watchdog.leave)
+    _stop_beating_after_jax_shutdown(watchdog)
+
+
+def _stop_beating_after_jax_shutdown(watchdog: PeerWatchdog) -> None:
+  """Makes JAX's distributed shutdown (the last thing at exit) end by stopping the watchdog's
+  beat thread: a call to the coordination service still in flight when Python finalizes aborts
+  the process as it returns ("terminate called ... exception not rethrown"), after a clean run."""
+  state = jax_distributed.global_state
+  jax_shutdown = state.shutdown
+  def shutdown() -> None:
+    try:
+      jax_shutdown()
+    finally:
+      watchdog.stop()
+  state.shutdown = shutdown
 
 
 # Run (each bounded, best effort) when a watchdog (this module's, or vit_jax.runtime.stall's) ends
@@ -181,11 +196,20 @@ class PeerWatchdog:
     self._records: dict[str, set[int]] = {"lost": set(), "stalled": set(), "leaving": set(),
                                           "exiting": set()}
     self._leaving = threading.Event()
+    self._stopped = threading.Event()  # Set once JAX's shutdown is over (`stop`).
+    self._beat_thread: threading.Thread | None = None
     self._ending = threading.Lock()  # Held by the thread that ends the process.
 
   def start(self) -> None:
-    for target, name in ((self._beat, "peer-beat"), (self._watch, "peer-watch")):
-      threading.Thread(target=target, name=name, daemon=True).start()
+    self._beat_thread = threading.Thread(target=self._beat, name="peer-beat", daemon=True)
+    self._beat_thread.start()
+    threading.Thread(target=self._watch, name="peer-watch", daemon=True).start()
+
+  def stop(self, timeout_s: float = 5.0) -> None:
+    """Ends the beat thread and waits (bounded) until its pending call has returned."""
+    self._stopped.set()
+    if self._beat_thread is not None:
+      self._beat_thread.join(timeout_s)
 
   def leave(self) -> None:
     """This process reached its exit: stop beating and say so (see the class docstring)."""
@@ -219,16 +243,14 @@ class PeerWatchdog:
 
   def _beat(self) -> None:
     count = 0
-    # Ends once JAX's shutdown has closed the client: a call still in flight when Python finalizes
-    # aborts the process as it returns ("terminate called ... exception not rethrown").
-    while _client() is not None:
+    while not self._stopped.is_set() and _client() is not None:
       count += 1
       try:
         if not self._leaving.is_set():
           self._call("key_value_set", f"{_KEYS}/beat/{self._me}", str(count), True)
         entries, records = self._read()
       except Exception:  # pylint: disable=broad-except  (no news: the watch thread judges)
-        time.sleep(self.beat_s)
+        self._stopped.wait(self.beat_s)
         continue
       now = time.monotonic()
       with self._lock:
@@ -238,7 +260,7 @@ class PeerWatchdog:
             self._seen[p] = (value, now)
         self._last_read = now
         self._records = records
-      time.sleep(self.beat_s)
+      self._stopped.wait(self.beat_s)
 
   def _watch(self) -> None:
     while True:

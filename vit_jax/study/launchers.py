@@ -367,7 +367,14 @@ class SlurmLauncher:
   Preemption and time limits: the job asks for SIGTERM `signal_lead_s` seconds before it is
   stopped (`--signal`), on which the trial saves a checkpoint and exits 3; the script then requeues
   itself (`scontrol requeue`) and `--requeue` lets SLURM requeue it after a preemption, so the trial
-  resumes from its checkpoints. `sequential` chains the trials' jobs (`--dependency=afterany`) so
+  resumes from its checkpoints. A run that lost a process or stalled (exit 5 / 6: a node died or
+  hung) is requeued too, unless its last `failed_attempts` attempts all ended that way at the same
+  checkpoint (a fault that a rerun does not clear); each attempt's exit code and newest checkpoint
+  step are appended to WORKDIR/attempts.log. srun waits for every task (--kill-on-bad-exit=0): the
+  processes stop one another (vit_jax.runtime.distributed), and killing the others at the first
+  non-zero exit would cut a stop mid-save and hide its exit code behind a signal's (srun exits with
+  the highest of its tasks' codes, 128 + N for one killed by signal N).
+  `sequential` chains the trials' jobs (`--dependency=afterany`) so
   that they run one after another instead of competing for the allocation. The sweep dir must be
   on a filesystem every node sees (sbatch reads each job's script and writes its log there: not a
   bucket).
@@ -382,6 +389,7 @@ class SlurmLauncher:
   cpus_per_task: int | None = None
   setup: str = ""
   signal_lead_s: int = 300
+  failed_attempts: int = 3
   sequential: bool = False
   dry_run: bool = False
 
@@ -389,6 +397,9 @@ class SlurmLauncher:
     if self.nodes < 1 or self.gpus_per_node < 1:
       raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: "
                        "both must be >= 1.")
+    if self.failed_attempts < 1:
+      raise ValueError(f"--failed_attempts={self.failed_attempts}: give the number of attempts "
+                       "in a row that may end lost or stalled at one checkpoint, >= 1.")
     if workdir_lib.is_remote(self.sweep_dir):
       raise ValueError(f"--sweep_dir={self.sweep_dir}: SLURM reads each job's script and writes "
                        "its log on a filesystem, not in a bucket; give a directory every node "
@@ -412,14 +423,26 @@ class SlurmLauncher:
     if self.setup:
       lines.append(self.setup)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in study.env.items()]
-    srun = ["srun", "--kill-on-bad-exit=1", "python"]
-    if not workdir.bench.exists():
-      lines.append(shlex.join([*srun, *bench_args(study, trial, workdir)]) + " || exit $?")
+    srun = ["srun", "--kill-on-bad-exit=0", "python"]  # Over a site's KillOnBadExit=1.
+    # Measured once, by the first attempt (the job runs again whole when it is requeued).
+    lines.append(f"test -e {shlex.quote(str(workdir.bench))} || "
+                 f"{shlex.join([*srun, *bench_args(study, trial, workdir)])} || exit $?")
     lines.append(shlex.join([*srun, *train_args(study, trial, workdir)]))
-    lines += ["status=$?",
-              "# 3: stopped by SIGTERM after saving a checkpoint (time limit ahead): run again.",
-              'if [ "$status" -eq 3 ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
-              "exit $status"]
+    checkpoints, attempts = (shlex.quote(str(p)) for p in (workdir.checkpoints, workdir.attempts))
+    n = self.failed_attempts
+    lines += [
+        "status=$?",
+        f"newest=$(ls {checkpoints} 2>/dev/null | grep -xE '[0-9]+' | sort -n | tail -n 1)",
+        f'echo "exit $status checkpoint ${{newest:-none}}" >> {attempts}',
+        "# 3: stopped by SIGTERM after saving a checkpoint (time limit or preemption ahead).",
+        f"# 5 / 6: a process was lost / stalled; again unless the last {n} attempts ended so at "
+        "this checkpoint.",
+        f'failed=$(tail -n {n} {attempts} | grep -cxE "exit [56] checkpoint ${{newest:-none}}")',
+        'case "$status" in',
+        '  3) scontrol requeue "$SLURM_JOB_ID" ;;',
+        f'  5|6) if [ "$failed" -lt {n} ]; then scontrol requeue "$SLURM_JOB_ID"; fi ;;',
+        "esac",
+        "exit $status"]
     return "\n".join(lines) + "\n"
 
   def launch(self, study: Study) -> None:
