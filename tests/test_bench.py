@@ -144,6 +144,19 @@ def test_flexivit_profile_counts_the_patch_size_it_times():
   assert at_4["memory_source"] == bench.STEP_MEMORY_SOURCE
 
 
+@pytest.mark.slow
+def test_a_multislice_config_projects_one_slices_program():
+  """A pod config (16-way FSDP within each slice, data parallel over 2 slices) is projected from
+  one slice's program on 16 fake devices: fake devices have no slices, and 8 hold no 16-way axis."""
+  config = _quickstart(_TINY)
+  config.update(mesh=(("data", -1), ("fsdp", 16)), dcn_mesh=(("data", 2),))
+  [projection] = bench.projections(config, (28, 28, 1), ["tpu-v4-32"], 64, 1e6, 0.5)
+  plain = _quickstart(_TINY)
+  plain.mesh = (("data", -1), ("fsdp", 16))
+  assert projection == bench.projections(plain, (28, 28, 1), ["tpu-v4-32"], 64, 1e6, 0.5)[0]
+  assert projection["comm_bytes_per_chip"] > 0  # FSDP's gathers and reductions.
+
+
 def test_step_memory_is_each_compiled_steps_own():
   """Not a process-wide peak, which a smaller FlexiViT profile after a larger one inherited."""
   program = bench.program_for(_flexi_config(), (28, 28, 1))

@@ -95,6 +95,24 @@ def test_frozen_params_keep_their_init_through_a_resume(data_root, tmp_path, mon
                             init["Transformer"]["encoder_norm"]["scale"])
 
 
+def test_an_eval_reports_progress_at_every_batch(data_root):
+  """The stall watchdog's clock restarts at each eval batch: a long eval pass is not a stall, a
+  read that hangs is."""
+  config = tiny_config(data_root)
+  program = program_lib.TrainProgram.from_config(config)
+  params = program.init().params
+  seen = []
+  with program.mesh_context():
+    results = evaluation.evaluate_all(program.evaluators(), params, params, progress_to=seen.append)
+  batches = -(-results["val/num_examples"] // config.eval_batch_size)
+  assert batches > 1
+  for name in ("val", "val with the EMA params"):
+    assert [f"evaluating {name} (reading batch {i})" for i in range(1, batches + 2)] + [
+        f"evaluating {name} (waiting for its steps to finish)"] == seen[:batches + 2]
+    del seen[:batches + 2]
+  assert not seen and results["val_ema/prec@1"] == results["val/prec@1"]
+
+
 def test_evaluate_only_reproduces_the_final_eval(fsdp_run, tmp_path):
   config, workdir, final = fsdp_run
   results = evaluation.evaluate_checkpoint(config, str(tmp_path),

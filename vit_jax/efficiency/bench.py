@@ -14,6 +14,7 @@ at that size: the model's own weights, its patch kernel resized. Its FLOPs and M
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ from vit_jax.training.program import TrainProgram
 
 # XLA FLOP counts come from programs compiled (never run) for a few images on one device.
 _XLA_COUNT_BATCH = 4
-# Fake CPU devices the projection's program is compiled for (a host's worth of chips).
+# Fake CPU devices the projection's program is compiled for (a host's worth of chips), at least.
 _PROJECTION_DEVICES = 8
 # A benchmark never trains to the end: the lr schedule's length does not change a step's cost.
 _SCHEDULE_STEPS = (1000, 10)
@@ -201,7 +202,7 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
       "mfu": program.mfu(img_per_s, patch), "peak_source": program.peak.source,
       "step_memory_bytes": step_memory_bytes(compiled), "memory_source": STEP_MEMORY_SOURCE,
   }
-  result["projections"] = _projections(config, hwc, targets, batch_size, train_flops, assumed_mfu)
+  result["projections"] = projections(config, hwc, targets, batch_size, train_flops, assumed_mfu)
   return result
 
 
@@ -216,9 +217,9 @@ def program_costs(config: ml_collections.ConfigDict, hwc: Sequence[int],
   return costs
 
 
-def _projections(config: ml_collections.ConfigDict, hwc: Sequence[int], targets: Sequence[str],
-                 batch_size: int, train_flops_per_image: float,
-                 assumed_mfu: float | None) -> list[dict[str, Any]]:
+def projections(config: ml_collections.ConfigDict, hwc: Sequence[int], targets: Sequence[str],
+                batch_size: int, train_flops_per_image: float,
+                assumed_mfu: float | None) -> list[dict[str, Any]]:
   """Each target's projection from the unscanned step compiled for its per-chip batch."""
   if not targets:
     return []
@@ -233,9 +234,14 @@ def _program_costs_on_fake_devices(config: ml_collections.ConfigDict, hwc: Seque
                                    per_device_batches: Sequence[int]
                                    ) -> dict[int, projection.ProgramCost]:
   """`program_costs` in a subprocess with a host's worth of fake CPU devices (the device count is
-  fixed when JAX starts)."""
+  fixed when JAX starts), or as many as the mesh's fixed axes need; one slice's program of a
+  multi-slice mesh (a chip's work is the same, fake devices have no slices)."""
+  fixed = math.prod(size for _, size in config.mesh if size != -1)
+  devices = fixed * -(-_PROJECTION_DEVICES // fixed)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={_PROJECTION_DEVICES}"}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.dcn_mesh = ()
   request = json.dumps({"config": json.loads(config.to_json_best_effort()),
                         "image_shape": list(hwc), "per_device_batches": list(per_device_batches)})
   result = subprocess.run(

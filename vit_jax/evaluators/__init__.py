@@ -5,6 +5,7 @@ Every evaluator is built once (compiling its step once) and then called with par
     evaluator = evaluators.build(cfg, model=model, params_sharding=..., batch_sharding=...,
                                  batch_size=256, loss_fn=..., patch_sizes=())
     metrics = evaluator(params)            # {"prec@1": 0.97, "loss": 0.11, ...}
+    metrics = evaluator(params, progress)  # progress("reading batch 3"): the stall watchdog's clock
 
 `vit_jax.training.program.TrainProgram.evaluators()` builds them for a training config.
 
@@ -22,7 +23,8 @@ from vit_jax.evaluators import classification
 
 
 class Evaluator(Protocol):
-  def __call__(self, params: Any) -> Mapping[str, float]:
+  def __call__(self, params: Any, progress: Callable[[str], None] = ...) -> Mapping[str, float]:
+    """`progress(doing)` as each part of the pass begins (e.g. "reading batch 3")."""
     ...
 
 

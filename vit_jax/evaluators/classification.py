@@ -2,6 +2,7 @@
 dataset."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -46,7 +47,9 @@ def make_eval_step(model: nn.Module, loss_fn: Callable[..., jax.Array],
 
 
 class ClassificationEvaluator:
-  """Runs `make_eval_step` over `pipeline.make_eval_iterable(cfg)`; compiled once, reused each call.
+  """Runs `make_eval_step` over `pipeline.make_eval_iterable(cfg)`; compiled once, reused each call
+  as `evaluator(params, progress)`, `progress(doing)` as it reads each batch (the stall watchdog's
+  clock: a long pass is not a stall, a read that hangs is).
 
   With FlexiViT `patch_sizes`, each batch also goes through the model at every one of those sizes
   (one compiled step per size, one pass over the data) and the metrics at size P are returned as
@@ -80,11 +83,18 @@ class ClassificationEvaluator:
                       out_shardings=replicated, donate_argnums=2)
         for size in self._suffixes}
 
-  def __call__(self, params: Any) -> dict[str, float]:
+  def __call__(self, params: Any,
+               progress: Callable[[str], None] = lambda doing: None) -> dict[str, float]:
     sums = {size: self._zeros() for size in self._steps}
-    for batch in self._batches:
+    batches = iter(self._batches)
+    for number in itertools.count(1):
+      progress(f"reading batch {number}")
+      batch = next(batches, None)
+      if batch is None:
+        break
       for size, step in self._steps.items():
         sums[size] = step(params, batch, sums[size])
+    progress("waiting for its steps to finish")
     results = {}
     for size, size_sums in jax.device_get(sums).items():
       count = max(float(size_sums["count"]), 1.0)

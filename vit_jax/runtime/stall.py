@@ -39,8 +39,8 @@ def stall_message(doing: str, stuck_s: float, where: str, exit_code: int,
   return (f"error: no progress for {stuck_s:.0f} s while {doing}; the main thread is stuck in "
           f"{where} (its stack, and those of the threads running vit_jax code, are above).{peers} "
           f"Stopping with exit code {exit_code}: rerun the same command to resume from the last "
-          "checkpoint; if this part is legitimately that slow (a first compilation, a long "
-          "eval), raise --stall_timeout_seconds.")
+          "checkpoint; if this part is legitimately that slow (a first compilation, a "
+          "checkpoint save), raise --stall_timeout_seconds.")
 
 
 class StallWatchdog:

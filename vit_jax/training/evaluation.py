@@ -70,14 +70,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 def evaluate_all(evaluators: dict[str, Callable], params: Any, ema_params: Any = None,
                  progress_to: Callable[[str], None] = lambda doing: None) -> dict[str, float]:
   """`<eval>/<metric>` of every evaluator, and `<eval>_ema/<metric>` with EMA params if given;
-  `progress_to(doing)` as each pass begins (the stall watchdog's clock)."""
+  `progress_to(doing)` as each part of each pass begins (the stall watchdog's clock)."""
   results = {}
   for name, evaluator in evaluators.items():
-    progress_to(f"evaluating {name}")
-    results.update({f"{name}/{k}": v for k, v in evaluator(params).items()})
-    if ema_params is not None:
-      progress_to(f"evaluating {name} with the EMA params")
-      results.update({f"{name}_ema/{k}": v for k, v in evaluator(ema_params).items()})
+    passes = [("", params)] + ([("_ema", ema_params)] if ema_params is not None else [])
+    for suffix, pass_params in passes:
+      pass_name = f"{name}{' with the EMA params' if suffix else ''}"
+      metrics = evaluator(pass_params,
+                          lambda part, n=pass_name: progress_to(f"evaluating {n} ({part})"))
+      results.update({f"{name}{suffix}/{k}": v for k, v in metrics.items()})
   return results
 
 
