@@ -131,6 +131,9 @@ CASES = {
     "sweep to SLURM from a bucket": Case("sweep", ("experiments/patch_size_tradeoff.py",
                                                    "--launcher=slurm", "--sweep_dir=gs://b/s"),
                                          "--sweep_dir=gs://b/s: SLURM reads each job's script"),
+    "sweep to SLURM with no failed attempt": Case(
+        "sweep", ("experiments/patch_size_tradeoff.py", "--launcher=slurm", "--failed_attempts=0",
+                  "--sweep_dir={tmp}/s"), "--failed_attempts=0: give the number of attempts"),
     "sweep into a damaged manifest": Case("sweep", ("experiments/patch_size_tradeoff.py",
                                                     "--sweep_dir={tmp}/damaged_sweep"),
                                           "sweep.json is not valid JSON"),
