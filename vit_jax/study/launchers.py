@@ -373,11 +373,10 @@ class SlurmLauncher:
   step are appended to WORKDIR/attempts.log. srun waits for every task (--kill-on-bad-exit=0): the
   processes stop one another (vit_jax.runtime.distributed), and killing the others at the first
   non-zero exit would cut a stop mid-save and hide its exit code behind a signal's (srun exits with
-  the highest of its tasks' codes, 128 + N for one killed by signal N).
-  `sequential` chains the trials' jobs (`--dependency=afterany`) so
-  that they run one after another instead of competing for the allocation. The sweep dir must be
-  on a filesystem every node sees (sbatch reads each job's script and writes its log there: not a
-  bucket).
+  the highest of its tasks' codes, 128 + N for one killed by signal N). `sequential` chains the
+  trials' jobs (`--dependency=afterany`) so that they run one after another instead of competing
+  for the allocation. The sweep dir must be on a filesystem every node sees (sbatch reads each
+  job's script and writes its log there: not a bucket).
   """
   sweep_dir: str
   repo_dir: str
