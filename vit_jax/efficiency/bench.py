@@ -240,7 +240,7 @@ def _program_costs_on_fake_devices(config: ml_collections.ConfigDict, hwc: Seque
   devices = fixed * -(-_PROJECTION_DEVICES // fixed)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = with_model(config)  # A copy.
   config.dcn_mesh = ()
   request = json.dumps({"config": json.loads(config.to_json_best_effort()),
                         "image_shape": list(hwc), "per_device_batches": list(per_device_batches)})
