@@ -269,6 +269,36 @@ def test_local_launcher_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   assert all(workdir.trial_workdir(tmp_path / "sweep", t.name).is_done() for t in study.trials)
 
 
+def test_local_launcher_runs_a_lost_or_stalled_training_again_while_it_progresses(
+    tmp_path, monkeypatch):
+  """Training exits 6 (stalled) on each of its first three attempts. Patch 8 saves a new checkpoint
+  each time, so it is run again until it finishes; patch 16 never gets past checkpoint 100, so with
+  --failed_attempts=2 it fails after two attempts there."""
+  interpreter, calls = _fake_interpreter(tmp_path, monkeypatch, """\
+      if sys.argv[2] == "vit_jax.train":
+        attempt = sum("vit_jax.train" in line and paths["workdir"] in line
+                      for line in open(os.environ["FAKE_CALLS"]))
+        step = 100 * attempt if "patch_size=8" in paths["workdir"] else 100
+        os.makedirs(os.path.join(paths["workdir"], "checkpoints", str(step)), exist_ok=True)
+        if attempt <= 3:
+          sys.exit(6)
+        open(os.path.join(paths["workdir"], "summary.json"), "w").write('{"done": true}')
+      """)
+  study = sweep.Study("t", "configs/x.py", sweep.trials(
+      sweep.axis("config.model.patch_size", [8, 16])))
+  root = tmp_path / "sweep"
+  with pytest.raises(RuntimeError, match=r"1 of 2 trials failed: \['patch_size=16'\]"):
+    launchers.LocalLauncher(str(root), targets=(), python=str(interpreter),
+                            failed_attempts=2).launch(study)
+  assert (root / "patch_size=8" / "attempts.log").read_text().splitlines() == [
+      "exit 6 checkpoint 100", "exit 6 checkpoint 200", "exit 6 checkpoint 300",
+      "exit 0 checkpoint 400"]
+  assert (root / "patch_size=16" / "attempts.log").read_text().splitlines() == [
+      "exit 6 checkpoint 100", "exit 6 checkpoint 100"]
+  assert workdir.Workdir(root / "patch_size=8").is_done()
+  assert not workdir.Workdir(root / "patch_size=16").is_done()
+
+
 def test_local_launcher_measures_a_program_once_for_all_its_seeds(tmp_path, monkeypatch):
   """Trials that differ only in seed run one program: the first seed's bench.json is lent to the
   others instead of measuring again."""

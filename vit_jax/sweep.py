@@ -56,8 +56,9 @@ _SLURM_SETUP = flags.DEFINE_string(
 _SIGNAL_LEAD = flags.DEFINE_integer(
     "signal_lead_s", 300, "slurm: seconds before a time limit / preemption the job gets SIGTERM.")
 _FAILED_ATTEMPTS = flags.DEFINE_integer(
-    "failed_attempts", 3, "slurm: a job that lost a process or stalled (exit 5 / 6) requeues "
-    "itself unless its last this many attempts ended so at the same checkpoint.")
+    "failed_attempts", 3, "local, slurm: a training that lost a process or stalled (exit 5 / "
+    "6) runs again (slurm: its job requeues itself) unless its last this many attempts ended so "
+    "at the same checkpoint.")
 _SEQUENTIAL = flags.DEFINE_bool(
     "sequential", False, "slurm: chain the trials' jobs (--dependency=afterany) to run in turn.")
 _GKE_CLUSTER = flags.DEFINE_string(
@@ -87,7 +88,7 @@ def _launcher(study: sweep.Study):
   sweep_dir = _sweep_dir(study)
   if _LAUNCHER.value == "local":
     return launchers.LocalLauncher(sweep_dir, parallel=_PARALLEL.value, dry_run=_DRY_RUN.value,
-                                   targets=_TARGETS.value)
+                                   targets=_TARGETS.value, failed_attempts=_FAILED_ATTEMPTS.value)
   if _LAUNCHER.value == "tpu":
     gke = (launchers.GkeWorkload(_GKE_CLUSTER.value, _GKE_TPU_TYPE.value, _GKE_TOPOLOGY.value,
                                  _GKE_HOSTS.value, _GKE_IMAGE.value)

@@ -33,6 +33,28 @@ DEFAULT_TARGETS = ("tpu-v3-8", "tpu-v4-32", "tpu-v5e-16", "tpu-v5p-32", "a100-8x
                    "h200-8x")
 
 
+def _check_failed_attempts(failed_attempts: int) -> None:
+  if failed_attempts < 1:
+    raise ValueError(f"--failed_attempts={failed_attempts}: give the number of attempts in a row "
+                     "that may end lost or stalled at one checkpoint, >= 1.")
+
+
+def _run_again(workdir: Workdir, exit_code: int, failed_attempts: int) -> bool:
+  """Appends `exit N checkpoint S` (S: the newest checkpoint step, or none) to WORKDIR/attempts.log,
+  as the SLURM script does, and says whether a training that lost a process or stalled (exit 5 /
+  6) runs again: yes unless its last `failed_attempts` attempts all ended so at this checkpoint."""
+  steps = ([int(p.name) for p in workdir.checkpoints.iterdir() if p.name.isdigit()]
+           if workdir.checkpoints.exists() else [])
+  newest = str(max(steps)) if steps else "none"
+  # Rewritten rather than appended: a bucket object cannot be appended to.
+  attempts = workdir.attempts.read_text().splitlines() if workdir.attempts.exists() else []
+  attempts.append(f"exit {exit_code} checkpoint {newest}")
+  workdir.attempts.write_text("\n".join(attempts) + "\n")
+  stuck = {f"exit {code} checkpoint {newest}" for code in (5, 6)}
+  return (exit_code in (5, 6)
+          and sum(line in stuck for line in attempts[-failed_attempts:]) < failed_attempts)
+
+
 def trial_workdir(root: str, trial: Trial) -> Workdir:
   return workdir_lib.trial_workdir(root, trial.name)
 
@@ -115,16 +137,24 @@ class _Children:
 
 @dataclasses.dataclass
 class LocalLauncher:
-  """Runs trials on this machine, `parallel` at a time, each in `sweep_dir/<trial name>`."""
+  """Runs trials on this machine, `parallel` at a time, each in `sweep_dir/<trial name>`.
+
+  A training that lost a process or stalled (exit 5 / 6: a hung read or collective) runs again
+  from its checkpoints, as the SLURM launcher's requeue does, unless its last `failed_attempts`
+  attempts all ended that way at the same checkpoint; every attempt is recorded in
+  WORKDIR/attempts.log.
+  """
   sweep_dir: str
   parallel: int = 1
   dry_run: bool = False
   targets: Sequence[str] = DEFAULT_TARGETS
   python: str = sys.executable
+  failed_attempts: int = 3
 
   def __post_init__(self):
     if self.parallel < 1:
       raise ValueError(f"--parallel={self.parallel}: run at least one trial at a time.")
+    _check_failed_attempts(self.failed_attempts)
     # The trial programs run from the repository root: a local sweep dir is made absolute.
     self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
 
@@ -161,7 +191,13 @@ class LocalLauncher:
     for command in self.commands(study, trial):
       program = command[2].rsplit(".", 1)[-1]
       print(f"[{trial.name}] {program}: {_with_env(study, command)}", flush=True)
-      returncode = children.run(command, workdir.log(program), {**os.environ, **study.env})
+      while True:
+        returncode = children.run(command, workdir.log(program), {**os.environ, **study.env})
+        if (returncode is None or children.signal_name or program != "train"
+            or not _run_again(workdir, returncode, self.failed_attempts)):
+          break
+        print(f"[{trial.name}] train exited {returncode} (a process lost or stalled); running it "
+              f"again from its checkpoints", flush=True)
       if returncode is None or children.signal_name:
         print(f"[{trial.name}] stopped", flush=True)
         return 0
@@ -396,9 +432,7 @@ class SlurmLauncher:
     if self.nodes < 1 or self.gpus_per_node < 1:
       raise ValueError(f"--nodes={self.nodes} --gpus_per_node={self.gpus_per_node}: "
                        "both must be >= 1.")
-    if self.failed_attempts < 1:
-      raise ValueError(f"--failed_attempts={self.failed_attempts}: give the number of attempts "
-                       "in a row that may end lost or stalled at one checkpoint, >= 1.")
+    _check_failed_attempts(self.failed_attempts)
     if workdir_lib.is_remote(self.sweep_dir):
       raise ValueError(f"--sweep_dir={self.sweep_dir}: SLURM reads each job's script and writes "
                        "its log on a filesystem, not in a bucket; give a directory every node "
