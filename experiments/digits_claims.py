@@ -53,10 +53,12 @@ PRETRAIN_EPOCHS = 320.0
 # Per arm: 160 (as pooling, where width 32 / patch 7 converged) for learned; none and sin-cos
 # still rose over the last quarter at 160 (by 0.9 and 0.7 points), so they train 320; none still
 # rose by 0.4 at 320, 0.3 at 640 and 0.64 at 1,280, so it trains 2,560 (same end point as 1,280,
-# trend +0.58 with 6 seeds: see experiments/posemb_local/README.md).
+# trend +0.58 with 6 seeds: see experiments/posemb_local/README.md; the posemb_ema claim
+# repeats none vs learned at a constant learning rate).
 POSEMB_EPOCHS = {"none": 2560.0, "learn": 160.0, "sincos2d": 320.0}
 # Constant learning rate + EMA params (the posemb_ema claim): none 1,280 epochs (its EMA accuracy
-# rose 0.7 points over the last quarter at 320 and 0.3 at 640, 3 seeds); learned 320.
+# rose 0.7 points over the last quarter at 320 and 0.3 at 640, 3 seeds; +0.32 at 1,280 with 6:
+# experiments/posemb_ema_local/README.md); learned 320 (+0.12).
 POSEMB_EMA_EPOCHS = {"none": 1280.0, "learn": 320.0}
 POSEMB_EMA = {"optim.schedule": "constant", "ema_decay": 0.999}
 POOL_EPOCHS = 160.0  # experiments/patch_size_tradeoff.py's LOCAL_EPOCHS for width 32 / patch 7.

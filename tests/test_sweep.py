@@ -155,6 +155,7 @@ STUDIES = {  # study spec: (name, trials)
     "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 9),
     "experiments/digits_claims.py:claim=hybrid": ("hybrid_local", 18),
     "experiments/digits_claims.py:claim=posemb": ("posemb_local", 12),
+    "experiments/digits_claims.py:claim=posemb_ema": ("posemb_ema_local", 9),
     "experiments/digits_claims.py:claim=pool": ("pool_local", 6),
 }
 
