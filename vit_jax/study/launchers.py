@@ -196,8 +196,8 @@ class LocalLauncher:
         if (returncode is None or children.signal_name or program != "train"
             or not _run_again(workdir, returncode, self.failed_attempts)):
           break
-        print(f"[{trial.name}] train exited {returncode} (a process lost or stalled); running it "
-              f"again from its checkpoints", flush=True)
+        print(f"[{trial.name}] train exited {returncode} (a process was lost or stalled); running "
+              "it again from its checkpoints", flush=True)
       if returncode is None or children.signal_name:
         print(f"[{trial.name}] stopped", flush=True)
         return 0
