@@ -438,7 +438,7 @@ class SlurmLauncher:
                        "its log on a filesystem, not in a bucket; give a directory every node "
                        "mounts (the trials' data may stay in the bucket).")
     self.sweep_dir = str(workdir_lib.resolve(self.sweep_dir))
-    self.repo_dir = os.path.abspath(self.repo_dir)  # A local checkout, by definition.
+    self.repo_dir = str(workdir_lib.resolve(self.repo_dir))  # A local checkout, by definition.
 
   def script(self, study: Study, trial: Trial) -> str:
     workdir = trial_workdir(self.sweep_dir, trial)
