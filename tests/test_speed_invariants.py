@@ -1,5 +1,6 @@
 """Speed work must not change what the model computes (attention paths, init, remat), and the CPU
 runtime defaults must do what they claim."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,6 +49,33 @@ def test_attention_paths_match_reference(implementation, num_queries):
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
 
 
+# self-attention over 7 tokens and a MAP-style probe (1 query): odd lengths, padded to even
+@pytest.mark.parametrize("num_queries", [7, 1])
+def test_padding_odd_lengths_for_cudnn_changes_neither_values_nor_gradients(num_queries):
+  """The GPU path pads odd lengths with one masked token (cuDNN trains even lengths only); XLA's
+  implementation of the same masked call runs here, so the padding itself is what is checked."""
+  width, heads, tokens = 24, 3, 7
+  x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
+  x_q = x_kv if num_queries == tokens else jax.random.normal(jax.random.key(1), (2, 1, width))
+  plain = kernels.select("xla")
+  padded = dataclasses.replace(plain, pad_odd_lengths=True)
+  layers = [attention.MultiHeadDotProductAttention(heads, kernels=k) for k in (plain, padded)]
+  params = _random_params(layers[0].init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
+
+  def value_and_grads(layer):
+    loss = lambda p, xq, xkv: jnp.sum(jnp.sin(layer.apply({"params": p}, xq, xkv)))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x_q, x_kv)
+
+  (value, grads), (padded_value, padded_grads) = map(value_and_grads, layers)
+  np.testing.assert_allclose(padded_value, value, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(padded_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  out = layers[1].apply({"params": params}, x_q, x_kv)
+  np.testing.assert_allclose(np.asarray(out), _reference_attention(params, np.asarray(x_q),
+                                                                   np.asarray(x_kv)),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_attention_params_and_init_are_those_of_dense_general():
   """Same tree, shapes, logical axes and initial values as nn.DenseGeneral projections
   (checkpoints)."""
@@ -82,6 +110,7 @@ def test_attention_params_and_init_are_those_of_dense_general():
 def test_kernels_are_chosen_in_one_place(implementation, backend, fused):
   chosen = kernels.select(implementation, backend)
   assert chosen.fused_attention is fused and chosen.attention_impl == implementation
+  assert chosen.pad_odd_lengths == (backend == "gpu")  # cuDNN trains even lengths only.
   # The custom-VJP products on XLA:CPU only.
   assert (chosen.dense_dot is cpu_kernels.dense_dot) == (backend == "cpu")
   assert (chosen.dot_general is cpu_kernels.dot_general) == (backend == "cpu")

@@ -35,6 +35,25 @@ Dtype = Any
 ROPE_THETA = 100.0  # RoPE-ViT's axial base frequency for image grids
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Optional[str],
+                    pad_odd_lengths: bool) -> jax.Array:
+  """`jax.nn.dot_product_attention` on (B, T, H, Dh), with odd lengths padded if asked.
+
+  cuDNN's flash kernel trains only even query and key lengths. Padding adds one zero token at the
+  end, which the kernel's padding mask (`key_value_seq_lengths`) hides from every query; the
+  padded query row is sliced off. The function is unchanged.
+  """
+  tq, tk = q.shape[1], k.shape[1]
+  if not (pad_odd_lengths and (tq % 2 or tk % 2)):
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  to_even = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  lengths = lambda t: jnp.full((q.shape[0],), t, jnp.int32)
+  out = jax.nn.dot_product_attention(
+      to_even(q), to_even(k), to_even(v), implementation=implementation,
+      query_seq_lengths=lengths(tq), key_value_seq_lengths=lengths(tk))
+  return out[:, :tq]
+
+
 class RopeLayout(NamedTuple):
   """Where the grid tokens are in a sequence: `num_prefix` unrotated tokens (class token), then
   the row-major `grid` (rows, cols), then `num_suffix` unrotated tokens (registers)."""
@@ -144,7 +163,7 @@ class MultiHeadDotProductAttention(nn.Module):
         sin, cos = sin[:, None], cos[:, None]
       q, k = self._normalize_and_rotate(q, k, sin, cos)
       q, k, v = (partitioning.constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
-      out = jax.nn.dot_product_attention(q, k, v, implementation=kernels.attention_impl)
+      out = fused_attention(q, k, v, kernels.attention_impl, kernels.pad_odd_lengths)
       return add(jnp.einsum("bthk,hkd->btd", out, wo), bo)
 
     # Head-major (B, H, T, Dh) straight out of the projections: no transposes around the batched
