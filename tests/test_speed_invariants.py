@@ -1,6 +1,5 @@
 """Speed work must not change what the model computes (attention paths, init, remat), and the CPU
 runtime defaults must do what they claim."""
-import dataclasses
 import os
 import subprocess
 import sys
@@ -52,28 +51,42 @@ def test_attention_paths_match_reference(implementation, num_queries):
 # self-attention over 7 tokens and a MAP-style probe (1 query): odd lengths, padded to even
 @pytest.mark.parametrize("num_queries", [7, 1])
 def test_padding_odd_lengths_for_cudnn_changes_neither_values_nor_gradients(num_queries):
-  """The GPU path pads odd lengths with one masked token (cuDNN trains even lengths only); XLA's
+  """cuDNN trains even lengths only, so the GPU path pads odd ones with one masked token; XLA's
   implementation of the same masked call runs here, so the padding itself is what is checked."""
-  width, heads, tokens = 24, 3, 7
-  x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
-  x_q = x_kv if num_queries == tokens else jax.random.normal(jax.random.key(1), (2, 1, width))
-  plain = kernels.select("xla")
-  padded = dataclasses.replace(plain, pad_odd_lengths=True)
-  layers = [attention.MultiHeadDotProductAttention(heads, kernels=k) for k in (plain, padded)]
-  params = _random_params(layers[0].init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (2, num_queries, 3, 8))
+  k, v = (jax.random.normal(key, (2, 7, 3, 8)) for key in keys[1:])
 
-  def value_and_grads(layer):
-    loss = lambda p, xq, xkv: jnp.sum(jnp.sin(layer.apply({"params": p}, xq, xkv)))
-    return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x_q, x_kv)
+  def value_and_grads(pad):
+    loss = lambda *qkv: jnp.sum(jnp.sin(attention.fused_attention(*qkv, "xla", pad)))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-  (value, grads), (padded_value, padded_grads) = map(value_and_grads, layers)
+  (value, grads), (padded_value, padded_grads) = value_and_grads(False), value_and_grads(True)
   np.testing.assert_allclose(padded_value, value, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(padded_grads), jax.tree.leaves(grads)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-  out = layers[1].apply({"params": params}, x_q, x_kv)
-  np.testing.assert_allclose(np.asarray(out), _reference_attention(params, np.asarray(x_q),
-                                                                   np.asarray(x_kv)),
-                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(padded_grads, grads):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  qd, kd, vd = (np.asarray(t, np.float64) for t in (q, k, v))
+  logits = np.einsum("bqhd,bkhd->bhqk", qd, kd) / np.sqrt(8)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = np.einsum("bhqk,bkhd->bqhd", probs / probs.sum(-1, keepdims=True), vd)
+  np.testing.assert_allclose(np.asarray(attention.fused_attention(q, k, v, "xla", True)),
+                             expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention_impl,backend,dtype,head_dim,expected", [
+    (None, "gpu", jnp.bfloat16, 64, "cudnn"),  # jax's own None would be XLA's kernel
+    (None, "gpu", jnp.float16, 128, "cudnn"),
+    (None, "gpu", jnp.float32, 64, "xla"),  # cuDNN's flash kernel takes half precision only
+    (None, "gpu", jnp.bfloat16, 20, "xla"),  # head dim not a multiple of 8
+    (None, "gpu", jnp.bfloat16, 256, "xla"),
+    (None, "tpu", jnp.bfloat16, 64, "xla"),
+    ("xla", "gpu", jnp.bfloat16, 64, "xla"),  # what the model asks for, it gets
+    ("cudnn", "gpu", jnp.float32, 64, "cudnn")])
+def test_gpu_attention_defaults_to_cudnn_where_it_trains_the_call(attention_impl, backend, dtype,
+                                                                  head_dim, expected):
+  chosen = kernels.select(attention_impl, backend)
+  q = jnp.zeros((2, 197, 3, head_dim), dtype)
+  assert kernels.attention_implementation(chosen, q) == expected
 
 
 def test_attention_params_and_init_are_those_of_dense_general():
@@ -110,7 +123,7 @@ def test_attention_params_and_init_are_those_of_dense_general():
 def test_kernels_are_chosen_in_one_place(implementation, backend, fused):
   chosen = kernels.select(implementation, backend)
   assert chosen.fused_attention is fused and chosen.attention_impl == implementation
-  assert chosen.pad_odd_lengths == (backend == "gpu")  # cuDNN trains even lengths only.
+  assert chosen.on_gpu == (backend == "gpu")
   # The custom-VJP products on XLA:CPU only.
   assert (chosen.dense_dot is cpu_kernels.dense_dot) == (backend == "cpu")
   assert (chosen.dot_general is cpu_kernels.dot_general) == (backend == "cpu")

@@ -35,7 +35,7 @@ Dtype = Any
 ROPE_THETA = 100.0  # RoPE-ViT's axial base frequency for image grids
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Optional[str],
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str,
                     pad_odd_lengths: bool) -> jax.Array:
   """`jax.nn.dot_product_attention` on (B, T, H, Dh), with odd lengths padded if asked.
 
@@ -163,7 +163,8 @@ class MultiHeadDotProductAttention(nn.Module):
         sin, cos = sin[:, None], cos[:, None]
       q, k = self._normalize_and_rotate(q, k, sin, cos)
       q, k, v = (partitioning.constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
-      out = fused_attention(q, k, v, kernels.attention_impl, kernels.pad_odd_lengths)
+      implementation = kernels_lib.attention_implementation(kernels, q)
+      out = fused_attention(q, k, v, implementation, pad_odd_lengths=implementation == "cudnn")
       return add(jnp.einsum("bthk,hkd->btd", out, wo), bo)
 
     # Head-major (B, H, T, Dh) straight out of the projections: no transposes around the batched

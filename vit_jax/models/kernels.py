@@ -3,14 +3,15 @@
 `select(attention_impl)` reads the backend once per model trace and returns the `Kernels` every
 layer of that trace uses:
 
-* attention: `jax.nn.dot_product_attention` on (B, T, H, Dh) (`fused_attention`; cuDNN flash on
-  GPU) or head-major einsums on (B, H, T, Dh). `attention_impl=None` picks the fused kernel on GPU
-  and the einsums elsewhere: on CPU the (B, T, H, Dh) layout costs transposes around every batched
-  matmul, while einsums that emit (B, H, T, Dh) straight from the projections avoid them
-  (experiments/SPEED.md). 'xla' / 'cudnn' force that implementation of the fused kernel. On GPU
-  an odd sequence length (196 patches + a class token) is padded by one masked token: cuDNN's
-  flash kernel has no backward pass for odd lengths, and jax would otherwise fall back to XLA's
-  attention (`None`) or fail at the first training step ('cudnn').
+* attention: `jax.nn.dot_product_attention` on (B, T, H, Dh) (`fused_attention`) or head-major
+  einsums on (B, H, T, Dh). `attention_impl=None` picks the fused kernel on GPU and the einsums
+  elsewhere: on CPU the (B, T, H, Dh) layout costs transposes around every batched matmul, while
+  einsums that emit (B, H, T, Dh) straight from the projections avoid them (experiments/SPEED.md).
+  On GPU the fused kernel is cuDNN's flash attention wherever it trains the call (bf16 / fp16,
+  head dim a multiple of 8 up to 128; `attention_implementation`), else XLA's: jax's own
+  `implementation=None` always means XLA's, 1.33x slower for a ViT-B/16 step on an H200.
+  'xla' / 'cudnn' force that implementation. cuDNN's kernel has no backward pass for odd lengths
+  (196 patches + a class token), so they are padded by one masked token.
 * products: on XLA:CPU the custom-VJP products of `cpu_kernels` (gradients laid out for YNNPACK);
   elsewhere the plain products.
 
@@ -32,8 +33,8 @@ ATTENTION_IMPLS = (None, "xla", "cudnn")
 class Kernels:
   """The kernels of one model trace."""
   fused_attention: bool  # jax.nn.dot_product_attention instead of head-major einsums
-  attention_impl: Optional[str]  # its `implementation` argument
-  pad_odd_lengths: bool  # pad odd query / key lengths by one masked token (cuDNN)
+  attention_impl: Optional[str]  # what the model asked for (None: per call, on GPU)
+  on_gpu: bool
   dense_dot: Callable  # x (..., K) @ w (K, F)
   attention_logits: Callable  # q (..., Tq, D), k (..., Tk, D) -> (..., Tq, Tk)
   attention_output: Callable  # probs (..., Tq, Tk), v (..., Tk, D) -> (..., Tq, D)
@@ -56,3 +57,18 @@ def select(attention_impl: Optional[str] = None, backend: Optional[str] = None) 
                    cpu_kernels.dot_general)
   return Kernels(fused, attention_impl, backend == "gpu", jnp.matmul, _logits, jnp.matmul,
                  lax.dot_general)
+
+
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128  # 256 needs Hopper and cuDNN >= 9.5; ViT heads are 64 (ViT-22B: 128).
+
+
+def attention_implementation(kernels: Kernels, q: jax.Array) -> str:
+  """The `implementation` of `jax.nn.dot_product_attention` for queries `q` (B, T, H, Dh)."""
+  if kernels.attention_impl is not None:
+    return kernels.attention_impl
+  head_dim = q.shape[-1]
+  if (kernels.on_gpu and q.dtype in CUDNN_DTYPES and head_dim % 8 == 0
+      and head_dim <= CUDNN_MAX_HEAD_DIM):
+    return "cudnn"
+  return "xla"
