@@ -50,6 +50,16 @@ def test_scanned_model_is_undercounted_by_xla_which_is_why_bench_unscans():
   assert scanned.cost_analysis()["flops"] / 4 < 0.6 * analytic
 
 
+def test_projection_program_of_a_cudnn_config_compiles_on_the_fake_cpu_devices():
+  """A GPU run's `attention_impl='cudnn'` is not asked of the CPU devices its projection's program
+  is compiled for; the shape the projection reads is the same."""
+  config = _quickstart("patch=7,width=32,depth=1,heads=2")
+  config.model.update(attention_impl="cudnn", dtype="bfloat16")
+  (cost,) = bench._program_costs_on_fake_devices(config, (28, 28, 1), [2]).values()
+  assert (cost.num_devices, cost.per_device_batch) == (8, 2)
+  assert (cost.shape.tokens, cost.shape.width, cost.shape.heads) == (17, 32, 2)
+
+
 @pytest.mark.slow
 def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   out = tmp_path / "trial" / "bench.json"

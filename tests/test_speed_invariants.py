@@ -89,6 +89,19 @@ def test_gpu_attention_defaults_to_cudnn_where_it_trains_the_call(attention_impl
   assert kernels.attention_implementation(chosen, q) == expected
 
 
+@pytest.mark.parametrize("platform,dtype,head_dim,message", [
+    ("cpu", "bfloat16", 64, "needs a GPU; this run's devices are cpu"),
+    ("gpu", "float32", 64, "not model.dtype='float32': set --config.model.dtype=bfloat16"),
+    ("gpu", "bfloat16", 20, "multiple of 8 up to 128, not 20"),
+    ("gpu", "float16", 256, "not 256")])
+def test_asking_for_cudnn_where_it_cannot_train_is_a_bad_config(platform, dtype, head_dim,
+                                                                  message):
+  with pytest.raises(ValueError, match=message):
+    kernels.check_attention_impl("cudnn", platform, dtype, head_dim)
+  kernels.check_attention_impl("cudnn", "gpu", "bfloat16", 64)
+  kernels.check_attention_impl(None, platform, dtype, head_dim)
+
+
 def test_attention_params_and_init_are_those_of_dense_general():
   """Same tree, shapes, logical axes and initial values as nn.DenseGeneral projections
   (checkpoints)."""

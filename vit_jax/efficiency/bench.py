@@ -240,7 +240,9 @@ def _program_costs_on_fake_devices(config: ml_collections.ConfigDict, hwc: Seque
   devices = fixed * -(-_PROJECTION_DEVICES // fixed)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  config = with_model(config)  # A copy.
+  # A copy; the attention kernel does not change the shapes or collectives the model reads, and
+  # cuDNN's does not run on these CPU devices.
+  config = with_model(config, attention_impl=None)
   config.dcn_mesh = ()
   request = json.dumps({"config": json.loads(config.to_json_best_effort()),
                         "image_shape": list(hwc), "per_device_batches": list(per_device_batches)})

@@ -72,3 +72,21 @@ def attention_implementation(kernels: Kernels, q: jax.Array) -> str:
       and head_dim <= CUDNN_MAX_HEAD_DIM):
     return "cudnn"
   return "xla"
+
+
+def check_attention_impl(attention_impl: Optional[str], platform: str, dtype: str,
+                         head_dim: int) -> None:
+  """An explicit `model.attention_impl='cudnn'` must be a call cuDNN's flash kernel can train."""
+  if attention_impl != "cudnn":
+    return
+  fix = "or leave model.attention_impl unset (cuDNN on GPU wherever it applies)"
+  if platform != "gpu":
+    raise ValueError(f"model.attention_impl='cudnn' needs a GPU; this run's devices are "
+                     f"{platform}: set --config.model.attention_impl=xla, {fix}.")
+  if jnp.dtype(dtype) not in CUDNN_DTYPES:
+    raise ValueError(f"model.attention_impl='cudnn' computes in bfloat16 or float16, not "
+                     f"model.dtype={dtype!r}: set --config.model.dtype=bfloat16, {fix}.")
+  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+    raise ValueError(f"model.attention_impl='cudnn' needs a head dim (width / num_heads) that is a "
+                     f"multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, not {head_dim}: set "
+                     f"--config.model.attention_impl=xla, {fix}.")

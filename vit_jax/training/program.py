@@ -32,7 +32,7 @@ from vit_jax import evaluators as evaluators_lib
 from vit_jax import models
 from vit_jax.checkpoints import pretrained
 from vit_jax.data import pipeline, sources
-from vit_jax.models import flops
+from vit_jax.models import flops, kernels
 from vit_jax.runtime import hardware
 from vit_jax.training import checks, losses, optimizers, schedules, sharding
 from vit_jax.training import state as state_lib
@@ -79,6 +79,9 @@ class TrainProgram:
     rules = config.sharding_rules or sharding.DEFAULT_RULES
     model_fields = models.model_kwargs(**config.model.to_dict())
     model = models.Model(num_classes=config.num_classes, **model_fields)
+    kernels.check_attention_impl(model_fields["attention_impl"], devices[0].platform,
+                                 model_fields["dtype"],
+                                 model_fields["width"] // model_fields["num_heads"])
     loss_fn = losses.get_loss(config.loss)
     checks.check_labels(config)
     image_shape = tuple(image_shape or pipeline.example_shape(config.input))
