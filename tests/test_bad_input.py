@@ -59,7 +59,7 @@ CASES = {
     "unknown classifier": Case("train", (*TRAIN, "--config.model.classifier=cls"),
                                "classifier='cls'; choose one of"),
     "cuDNN attention on CPU": Case("train", (*TRAIN, "--config.model.attention_impl=cudnn"),
-                                   "model.attention_impl='cudnn' needs a GPU"),
+                                   "model.attention_impl='cudnn' cannot run here: it needs a GPU"),
     "malformed mesh": Case("train", (*TRAIN, "--config.mesh=((\"data\",),)"),
                            "must be (axis name, size) pairs"),
     "mesh of other devices": Case("train", (*TRAIN, "--config.mesh=((\"data\", 3),)"),

@@ -90,7 +90,7 @@ def test_gpu_attention_defaults_to_cudnn_where_it_trains_the_call(attention_impl
 
 
 @pytest.mark.parametrize("platform,dtype,head_dim,message", [
-    ("cpu", "bfloat16", 64, "needs a GPU; this run's devices are cpu"),
+    ("cpu", "bfloat16", 64, "needs a GPU and this run's devices are cpu"),
     ("gpu", "float32", 64, "not model.dtype='float32': set --config.model.dtype=bfloat16"),
     ("gpu", "bfloat16", 20, "multiple of 8 up to 128, not 20"),
     ("gpu", "float16", 256, "not 256")])

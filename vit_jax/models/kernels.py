@@ -18,7 +18,7 @@ layer of that trace uses:
 Every choice computes the same function with the same parameters (tests/test_speed_invariants.py).
 """
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from jax import lax
@@ -63,15 +63,23 @@ CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_MAX_HEAD_DIM = 128  # 256 needs Hopper and cuDNN >= 9.5; ViT heads are 64 (ViT-22B: 128).
 
 
+def why_not_cudnn(dtype: Any, head_dim: int) -> Optional[str]:
+  """What keeps cuDNN's flash kernel from training attention of this dtype and head dim (None:
+  nothing), with the fix."""
+  if jnp.dtype(dtype) not in CUDNN_DTYPES:
+    return (f"it computes in bfloat16 or float16, not model.dtype='{jnp.dtype(dtype)}': set "
+            "--config.model.dtype=bfloat16")
+  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+    return (f"it needs a head dim (width / num_heads) that is a multiple of 8 up to "
+            f"{CUDNN_MAX_HEAD_DIM}, not {head_dim}: set --config.model.attention_impl=xla")
+  return None
+
+
 def attention_implementation(kernels: Kernels, q: jax.Array) -> str:
   """The `implementation` of `jax.nn.dot_product_attention` for queries `q` (B, T, H, Dh)."""
   if kernels.attention_impl is not None:
     return kernels.attention_impl
-  head_dim = q.shape[-1]
-  if (kernels.on_gpu and q.dtype in CUDNN_DTYPES and head_dim % 8 == 0
-      and head_dim <= CUDNN_MAX_HEAD_DIM):
-    return "cudnn"
-  return "xla"
+  return "cudnn" if kernels.on_gpu and why_not_cudnn(q.dtype, q.shape[-1]) is None else "xla"
 
 
 def check_attention_impl(attention_impl: Optional[str], platform: str, dtype: str,
@@ -79,14 +87,9 @@ def check_attention_impl(attention_impl: Optional[str], platform: str, dtype: st
   """An explicit `model.attention_impl='cudnn'` must be a call cuDNN's flash kernel can train."""
   if attention_impl != "cudnn":
     return
-  fix = "or leave model.attention_impl unset (cuDNN on GPU wherever it applies)"
-  if platform != "gpu":
-    raise ValueError(f"model.attention_impl='cudnn' needs a GPU; this run's devices are "
-                     f"{platform}: set --config.model.attention_impl=xla, {fix}.")
-  if jnp.dtype(dtype) not in CUDNN_DTYPES:
-    raise ValueError(f"model.attention_impl='cudnn' computes in bfloat16 or float16, not "
-                     f"model.dtype={dtype!r}: set --config.model.dtype=bfloat16, {fix}.")
-  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
-    raise ValueError(f"model.attention_impl='cudnn' needs a head dim (width / num_heads) that is a "
-                     f"multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, not {head_dim}: set "
-                     f"--config.model.attention_impl=xla, {fix}.")
+  reason = (f"it needs a GPU and this run's devices are {platform}: set "
+            "--config.model.attention_impl=xla" if platform != "gpu"
+            else why_not_cudnn(dtype, head_dim))
+  if reason:
+    raise ValueError(f"model.attention_impl='cudnn' cannot run here: {reason}, or leave "
+                     "model.attention_impl unset (cuDNN on GPU wherever it applies).")
