@@ -34,7 +34,7 @@ class Kernels:
   """The kernels of one model trace."""
   fused_attention: bool  # jax.nn.dot_product_attention instead of head-major einsums
   attention_impl: Optional[str]  # what the model asked for (None: per call, on GPU)
-  on_gpu: bool
+  on_gpu: bool  # the fused kernel may then be cuDNN's (attention_implementation)
   dense_dot: Callable  # x (..., K) @ w (K, F)
   attention_logits: Callable  # q (..., Tq, D), k (..., Tk, D) -> (..., Tq, Tk)
   attention_output: Callable  # probs (..., Tq, Tk), v (..., Tk, D) -> (..., Tq, D)
