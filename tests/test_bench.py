@@ -72,6 +72,8 @@ def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
   profile = json.loads(out.read_text())
   # Patch embedding 1,600 + cls 32 + posemb 17x32 + block 12,704 + final norm 64 + head 330.
   assert profile["params"] == 15_274
+  assert profile["attention_kernel"] == "einsum"  # XLA:CPU's choice (models.kernels)
+  assert "  attention              einsum\n" in result.stdout
   assert profile["fwd_gflops_per_image"] * 3 == pytest.approx(profile["train_gflops_per_image"])
   assert profile["xla_train_gflops_per_image"] > 2 * profile["xla_fwd_gflops_per_image"]
   assert profile["step_s"] > 0 and profile["img_per_s"] == pytest.approx(16 / profile["step_s"])

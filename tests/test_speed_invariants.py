@@ -89,6 +89,15 @@ def test_gpu_attention_defaults_to_cudnn_where_it_trains_the_call(attention_impl
   assert kernels.attention_implementation(chosen, q) == expected
 
 
+@pytest.mark.parametrize("attention_impl,backend,dtype,dropout,expected", [
+    (None, "cpu", "float32", 0.0, "einsum"), (None, "tpu", "bfloat16", 0.0, "einsum"),
+    ("xla", "cpu", "float32", 0.0, "xla"), (None, "gpu", "bfloat16", 0.0, "cudnn"),
+    (None, "gpu", "float32", 0.0, "xla"), (None, "gpu", "bfloat16", 0.1, "einsum")])
+def test_the_attention_kernel_a_run_reports_is_the_one_its_layers_choose(attention_impl, backend,
+                                                                         dtype, dropout, expected):
+  assert kernels.attention_kernel(attention_impl, backend, dtype, 64, dropout) == expected
+
+
 @pytest.mark.parametrize("platform,dtype,head_dim,message", [
     ("cpu", "bfloat16", 64, "needs a GPU and this run's devices are cpu"),
     ("gpu", "float32", 64, "not model.dtype='float32': set --config.model.dtype=bfloat16"),

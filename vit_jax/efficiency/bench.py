@@ -192,7 +192,7 @@ def profile(config: ml_collections.ConfigDict, hwc: Sequence[int], batch_size: i
       "model": {k: str(v) if k == "dtype" else v for k, v in program.model_fields.items()},
       "patch_size": list(patch), "image_shape": list(hwc), "batch_size": batch_size,
       "device": f"{len(devices)} x {devices[0].device_kind}", "num_devices": len(devices),
-      "params": program.num_params,
+      "params": program.num_params, "attention_kernel": program.attention_kernel,
       "fwd_gflops_per_image": flops.forward_flops_per_image(fields, hwc[:2], hwc[2],
                                                             config.num_classes) / 1e9,
       "train_gflops_per_image": train_flops / 1e9,
@@ -273,6 +273,7 @@ def format_profile(p: dict[str, Any]) -> str:
       f"{p['model_name']} {p['model']['width']}w x {p['model']['depth']} patch "
       f"{p['patch_size']} on {p['image_shape']} images, batch {p['batch_size']}, {p['device']}",
       f"  params                 {p['params']:,}",
+      f"  attention              {p['attention_kernel']}",
       f"  GFLOPs/image analytic  forward {p['fwd_gflops_per_image']:.4g}, train "
       f"{p['train_gflops_per_image']:.4g}",
       f"  GFLOPs/image XLA       forward {p['xla_fwd_gflops_per_image']:.4g}, train step "

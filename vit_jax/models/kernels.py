@@ -82,6 +82,16 @@ def attention_implementation(kernels: Kernels, q: jax.Array) -> str:
   return "cudnn" if kernels.on_gpu and why_not_cudnn(q.dtype, q.shape[-1]) is None else "xla"
 
 
+def attention_kernel(attention_impl: Optional[str], backend: str, dtype: Any, head_dim: int,
+                     attention_dropout: float = 0.0) -> str:
+  """What runs a model's attention in training: 'einsum' (head-major einsums), 'xla' or 'cudnn'
+  (jax.nn.dot_product_attention's implementations). Attention dropout takes the einsums."""
+  kernels = select(attention_impl, backend)
+  if not kernels.fused_attention or attention_dropout > 0:
+    return "einsum"
+  return attention_implementation(kernels, jax.ShapeDtypeStruct((1, 1, 1, head_dim), dtype))
+
+
 def check_attention_impl(attention_impl: Optional[str], platform: str, dtype: str,
                          head_dim: int) -> None:
   """An explicit `model.attention_impl='cudnn'` must be a call cuDNN's flash kernel can train."""

@@ -173,9 +173,10 @@ def _train(config: ml_collections.ConfigDict, run: _Run,
   """The run itself; `progress_to(doing)` as each part of it begins (the stall watchdog's clock)."""
   program, workdir, train_iter = run.program, run.workdir, run.train_iter
   total_steps, batch_size = program.total_steps, config.batch_size
-  logging.info("Model %s: %s params; mesh %s; %d steps of %d images (%d warmup).",
+  logging.info("Model %s: %s params, %s attention; mesh %s; %d steps of %d images (%d warmup).",
                config.model.variant or "(custom)", f"{program.num_params:,}",
-               dict(program.mesh.shape), total_steps, batch_size, program.warmup_steps)
+               program.attention_kernel, dict(program.mesh.shape), total_steps, batch_size,
+               program.warmup_steps)
   logging.info("MFU against %s; %.4f GFLOP per training image.", program.peak.source,
                program.train_flops_per_image() / 1e9)
   if program.peak.flops is None:

@@ -118,6 +118,13 @@ class TrainProgram:
     return sharding.data_parallel_size(self.mesh)
 
   @property
+  def attention_kernel(self) -> str:
+    """'einsum', 'xla' or 'cudnn': what runs the model's attention in a training step."""
+    f = self.model_fields
+    return kernels.attention_kernel(f["attention_impl"], self.devices[0].platform, f["dtype"],
+                                    f["width"] // f["num_heads"], f["attention_dropout"])
+
+  @property
   def num_params(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_params))
 
