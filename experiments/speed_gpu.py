@@ -144,10 +144,8 @@ def projected_img_per_s(batch_size: int) -> tuple[float, str]:
   if node is None:
     return float("nan"), f"no projection target for {kind!r}"
   kw = models.model_kwargs(VARIANT)
-  grid = (IMAGE_SIZE // kw["patch_size"][0]) * (IMAGE_SIZE // kw["patch_size"][1])
-  shape = projection.ModelShape(tokens=grid + (kw["classifier"] == "token"), width=kw["width"],
-                                mlp_dim=kw["mlp_dim"], heads=kw["num_heads"], depth=kw["depth"])
-  cost = projection.ProgramCost(0.0, 0.0, (), 1, batch_size, shape)
+  cost = projection.ProgramCost(0.0, 0.0, (), 1, batch_size,
+                                projection.ModelShape.of_vit(kw, IMAGE_SIZE))
   target = dataclasses.replace(node, name=node.name.replace("-8x", "-1x"), chips=1)
   p = projection.project(cost, target, flops.train_flops_per_image(kw, IMAGE_SIZE,
                                                                     num_classes=NUM_CLASSES))

@@ -163,6 +163,14 @@ class ModelShape:
   def kernels(self) -> int:
     return self.depth * KERNELS_PER_LAYER + KERNELS_OUTSIDE_LAYERS
 
+  @classmethod
+  def of_vit(cls, model: Mapping[str, Any], image_size: int) -> ModelShape:
+    """The shape of a plain ViT (vit_jax.models kwargs) on square images of `image_size`."""
+    grid = (image_size // model["patch_size"][0]) * (image_size // model["patch_size"][1])
+    tokens = grid + (model["classifier"] == "token") + model.get("num_registers", 0)
+    return cls(tokens=tokens, width=model["width"], mlp_dim=model["mlp_dim"],
+               heads=model["num_heads"], depth=model["depth"])
+
 
 _BLOCK = re.compile(r"\['encoderblock(?:_(\d+))?'\]")
 _STEM_UNIT = re.compile(r"\['block(\d+)'\]\['unit(\d+)'\]")
@@ -384,10 +392,7 @@ class Anchor:
     return sum(self.published_img_per_s) / 2
 
   def shape(self) -> ModelShape:
-    m = self.model
-    grid = (self.image_size // m["patch_size"][0]) * (self.image_size // m["patch_size"][1])
-    return ModelShape(tokens=grid + (m["classifier"] == "token"), width=m["width"],
-                      mlp_dim=m["mlp_dim"], heads=m["num_heads"], depth=m["depth"])
+    return ModelShape.of_vit(self.model, self.image_size)
 
   def train_flops_per_image(self) -> float:
     return flops_lib.train_flops_per_image(self.model, self.image_size, 3, 1000)
