@@ -7,8 +7,12 @@ import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# LLVM's optimisation passes are half of every compilation on CI's 2 CPUs, and the suite compiles
+# hundreds of tiny programs that run in milliseconds either way. Processes the tests start take
+# these flags too (helpers.xla_flags), so what they compute matches this process.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-tests-must-pass-data_dir")
 # One persistent XLA cache for the session and every process it starts: the tests compile the same

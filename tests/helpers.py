@@ -8,6 +8,7 @@ entry-point module, so a config file built on it can be loaded by `python -m vit
 import importlib.util
 import json
 import os
+import re
 import signal
 from typing import Any
 
@@ -24,6 +25,14 @@ from vit_jax.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
+
+def xla_flags(devices: int | None) -> str:
+  """XLA_FLAGS for a process a test starts: the session's (tests/conftest.py), with `devices` fake
+  CPU devices, or none named (None: the program picks its own count)."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+  count = [] if devices is None else [f"--xla_force_host_platform_device_count={devices}"]
+  return " ".join([*count, *flags.split()])
+
 
 NUM_CLASSES = 4
 TRAIN_PER_CLASS = 8  # 32 train images = one global batch

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import REPO, abstract_params, load_config
+from helpers import REPO, abstract_params, load_config, xla_flags
 from vit_jax import models
 from vit_jax.config import base_config
 from vit_jax.efficiency import bench
@@ -67,7 +67,7 @@ def test_bench_cli_writes_the_profile_of_a_tiny_config(tmp_path):
       [sys.executable, "-m", "vit_jax.bench",
        "--config=configs/quickstart.py:patch=7,width=32,depth=1,heads=2,batch=16",
        "--image_size=28", "--channels=1", "--steps=2", "--targets=h100-8x", f"--output={out}"],
-      cwd=REPO, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+      cwd=REPO, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": xla_flags(None)})
   assert result.returncode == 0, result.stderr[-3000:]
   profile = json.loads(out.read_text())
   # Patch embedding 1,600 + cls 32 + posemb 17x32 + block 12,704 + final norm 64 + head 330.

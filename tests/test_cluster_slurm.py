@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file
+from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file, xla_flags
 from vit_jax.checkpoints import manager
 from vit_jax.training import loop
 
@@ -92,7 +92,7 @@ def slurm(tmp_path):
     (bin_dir / name).chmod(0o755)
   return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
           "FAKE_SLURM_JOBS": str(jobs), "FAKE_SRUN_FLAGS": "--peer_timeout_seconds=5",
-          "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+          "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu"}
 
 
 def _wait_for(predicate, what, timeout=300):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file
+from helpers import REPO, final_params, metric_rows, tiny_config, tiny_config_file, xla_flags
 from vit_jax.checkpoints import manager
 from vit_jax.study import launchers, sweep
 from vit_jax.training import loop
@@ -26,7 +26,7 @@ def _worker_env(worker: int, bin_dir) -> dict[str, str]:
           "JAX_FORCE_TPU_INIT": "1", "JAX_PLATFORMS": "cpu",
           "TPU_WORKER_HOSTNAMES": "localhost,localhost", "TPU_WORKER_ID": str(worker),
           "MEGASCALE_COORDINATOR_ADDRESS": "localhost", "MEGASCALE_NUM_SLICES": "1",
-          "MEGASCALE_SLICE_ID": "0", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+          "MEGASCALE_SLICE_ID": "0", "XLA_FLAGS": xla_flags(2)}
 
 
 def test_a_tpu_trial_runs_on_two_workers_is_preempted_and_resumes(data_root, tmp_path):

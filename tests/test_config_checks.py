@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, abstract_params, tiny_config
+from helpers import REPO, abstract_params, tiny_config, xla_flags
 from vit_jax import checkpoints, models
 from vit_jax.config import BadInputError
 from vit_jax.training import loop
@@ -89,7 +89,7 @@ def test_bad_init_checkpoint_fails_before_compiling(data_root, tmp_path, compila
 
 
 def test_command_line_exits_2_with_one_message(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   result = subprocess.run(
       [sys.executable, "-m", "vit_jax.train", "--config=configs/quickstart.py",
        f"--workdir={tmp_path}", "--config.mesh=((\"data\", 3),)"],

@@ -27,6 +27,7 @@ from helpers import (
   stop_at_step,
   tiny_config,
   tiny_config_file,
+  xla_flags,
 )
 from vit_jax.checkpoints import manager
 from vit_jax.config import BadInputError
@@ -232,7 +233,7 @@ def test_a_full_disk_stops_with_one_message_and_keeps_what_was_committed(data_ro
 
 
 def _start_training(config_file, workdir, *extra) -> subprocess.Popen:
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   return subprocess.Popen(
       [sys.executable, "-m", "vit_jax.train", f"--config={config_file}", f"--workdir={workdir}",
        *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -17,6 +17,7 @@ from helpers import (
   make_image_folder,
   tiny_config,
   tiny_config_file,
+  xla_flags,
 )
 from vit_jax.training import loop
 
@@ -33,7 +34,7 @@ def test_two_processes_match_one_process(tmp_path):
   root = make_image_folder(str(tmp_path / "images"))
   config_file = tiny_config_file(tmp_path / "tiny_config.py", root, mesh=(("data", -1),))
   workdir = str(tmp_path / "two_processes")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2),
              JAX_PLATFORMS="cpu")
   address = f"localhost:{_free_port()}"
   procs = [subprocess.Popen(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, final_params, losses, tiny_config, tiny_config_file
+from helpers import REPO, final_params, losses, tiny_config, tiny_config_file, xla_flags
 from vit_jax import cli
 from vit_jax.training import loop
 
@@ -78,7 +78,7 @@ class TwoProcesses:
   def __init__(self, tmp_path, config_file, workdir, name, paused=True, flags=(), **env):
     self.go_file = tmp_path / f"{name}.go"
     self.logs = [tmp_path / f"{name}.{i}.log" for i in range(2)]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2),
                JAX_PLATFORMS="cpu", GO_FILE=str(self.go_file), **env)
     program = [str(config_file.parent / "launch.py")] if paused else ["-m", "vit_jax.train"]
     address = f"localhost:{_free_port()}"

@@ -26,12 +26,13 @@ def _reference_attention(params, x_q: np.ndarray, x_kv: np.ndarray) -> np.ndarra
   return np.einsum("bqhd,hdo->bqo", out, p["out"]["kernel"]) + p["out"]["bias"]
 
 
-def _random_params(params, seed: int):
-  """Init gives zero biases; random ones make the check cover them."""
-  leaves, treedef = jax.tree.flatten(nn.meta.unbox(params))
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef,
-                            [jax.random.normal(k, a.shape) * 0.3 for k, a in zip(keys, leaves)])
+def _random_params(init, *inputs, seed: int):
+  """Params of the shapes `init(key, *inputs)` makes, all random: init gives zero biases, and
+  random ones make the check cover them. (Only shapes are traced: an eager init compiles each op.)"""
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.key(0), *inputs)["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), jnp.float32),
+                      abstract)
 
 
 @pytest.mark.parametrize("implementation", [None, "xla"])
@@ -42,7 +43,7 @@ def test_attention_paths_match_reference(implementation, num_queries):
   x_kv = jax.random.normal(jax.random.key(0), (2, tokens, width))
   x_q = x_kv if num_queries == tokens else jax.random.normal(jax.random.key(1), (2, 1, width))
   layer = attention.MultiHeadDotProductAttention(heads, kernels=kernels.select(implementation))
-  params = _random_params(layer.init(jax.random.key(2), x_q, x_kv)["params"], seed=3)
+  params = _random_params(layer.init, x_q, x_kv, seed=3)
   out = layer.apply({"params": params}, x_q, x_kv)
   expected = _reference_attention(params, np.asarray(x_q), np.asarray(x_kv))
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
@@ -59,7 +60,7 @@ def test_padding_odd_lengths_for_cudnn_changes_neither_values_nor_gradients(num_
 
   def value_and_grads(pad):
     loss = lambda *qkv: jnp.sum(jnp.sin(attention.fused_attention(*qkv, "xla", pad)))
-    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
   (value, grads), (padded_value, padded_grads) = value_and_grads(False), value_and_grads(True)
   np.testing.assert_allclose(padded_value, value, rtol=1e-5)
@@ -69,8 +70,8 @@ def test_padding_odd_lengths_for_cudnn_changes_neither_values_nor_gradients(num_
   logits = np.einsum("bqhd,bkhd->bhqk", qd, kd) / np.sqrt(8)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   expected = np.einsum("bhqk,bkhd->bqhd", probs / probs.sum(-1, keepdims=True), vd)
-  np.testing.assert_allclose(np.asarray(attention.fused_attention(q, k, v, "xla", True)),
-                             expected, rtol=1e-5, atol=1e-5)
+  padded = jax.jit(attention.fused_attention, static_argnums=(3, 4))(q, k, v, "xla", True)
+  np.testing.assert_allclose(np.asarray(padded), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention_impl,backend,dtype,head_dim,expected", [
@@ -176,7 +177,7 @@ def test_remat_policies_give_identical_gradients(scan):
     model = models.get_model("ViT-Ti/16", num_classes=5, patch_size=8, width=32, depth=2,
                              num_heads=2, mlp_dim=64, scan=scan, remat_policy=policy,
                              stoch_depth=0.1)
-    params = _random_params(model.init(jax.random.key(1), images)["params"], seed=4)
+    params = _random_params(model.init, images, seed=4)
 
     def loss(p):
       logits = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.key(5)})
@@ -245,7 +246,7 @@ def test_attention_gradients_match_between_paths():
   grads = {}
   for implementation in (None, "xla"):
     layer = attention.MultiHeadDotProductAttention(3, kernels=kernels.select(implementation, "cpu"))
-    params = _random_params(layer.init(jax.random.key(2), x, x)["params"], seed=3)
+    params = _random_params(layer.init, x, x, seed=3)
     loss = lambda p, x, layer=layer: jnp.sum(layer.apply({"params": p}, x, x) * dy)
     grads[implementation] = jax.grad(loss, argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(grads[None]), jax.tree.leaves(grads["xla"])):
