@@ -28,7 +28,7 @@ def _reference_attention(params, x_q: np.ndarray, x_kv: np.ndarray) -> np.ndarra
 
 def _random_params(init, *inputs, seed: int):
   """Params of the shapes `init(key, *inputs)` makes, all random: init gives zero biases, and
-  random ones make the check cover them. (Only shapes are traced: an eager init compiles each op.)"""
+  random ones make the check cover them. Only shapes are traced: an eager init compiles each op."""
   abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.key(0), *inputs)["params"])
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), jnp.float32),
