@@ -26,6 +26,7 @@ from vit_jax.training import metrics
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 
+
 def xla_flags(devices: int | None) -> str:
   """XLA_FLAGS for a process a test starts: the session's (tests/conftest.py), with `devices` fake
   CPU devices, or none named (None: the program picks its own count)."""

@@ -34,8 +34,7 @@ def test_two_processes_match_one_process(tmp_path):
   root = make_image_folder(str(tmp_path / "images"))
   config_file = tiny_config_file(tmp_path / "tiny_config.py", root, mesh=(("data", -1),))
   workdir = str(tmp_path / "two_processes")
-  env = dict(os.environ, XLA_FLAGS=xla_flags(2),
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
   address = f"localhost:{_free_port()}"
   procs = [subprocess.Popen(
       [sys.executable, "-m", "vit_jax.train", f"--config={config_file}", f"--workdir={workdir}",

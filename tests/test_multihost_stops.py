@@ -78,8 +78,8 @@ class TwoProcesses:
   def __init__(self, tmp_path, config_file, workdir, name, paused=True, flags=(), **env):
     self.go_file = tmp_path / f"{name}.go"
     self.logs = [tmp_path / f"{name}.{i}.log" for i in range(2)]
-    env = dict(os.environ, XLA_FLAGS=xla_flags(2),
-               JAX_PLATFORMS="cpu", GO_FILE=str(self.go_file), **env)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu",
+               GO_FILE=str(self.go_file), **env)
     program = [str(config_file.parent / "launch.py")] if paused else ["-m", "vit_jax.train"]
     address = f"localhost:{_free_port()}"
     self.procs = []
