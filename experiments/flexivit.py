@@ -1,7 +1,7 @@
 r"""FlexiViT at the scale of the bundled digits: one model trained with a random patch size per
 step, against the models trained at one patch size each.
 
-    python -m vit_jax.sweep experiments/flexivit.py --launcher=local --parallel=3
+    python -m vit_jax.sweep experiments/flexivit.py[:ema] --launcher=local --parallel=3
     python -m vit_jax.report experiments/flexivit.py experiments/patch_size_tradeoff.py \
         --only=width=32 --prior=experiments/patch_size_tradeoff_local/results.csv \
         --out=experiments/flexivit_local
@@ -29,16 +29,22 @@ from vit_jax.study import sweep
 SEEDS = (0, 1, 2)
 PATCH_SIZES = (2, 4, 7, 14)
 EPOCHS = 1280.0  # 8x the longest per-size model's (experiments/patch_size_tradeoff.py, width 32).
+# `:ema`: the same training at a constant learning rate, evaluated with EMA params, whose last
+# quarter is flat once converged (a cosine schedule's rises with the annealing however long the
+# run); evals every 70 steps, as each one runs at 4 sizes with both sets of params.
+EMA = {"optim.schedule": "constant", "ema_decay": 0.999, "evals.val.every_steps": 70}
 
 
 def get_sweep(arg: str | None = None) -> sweep.Study:
-  parse_arg(arg)  # No arguments: rejects any.
+  a = parse_arg(arg, ema=False)
   trials = sweep.trials(sweep.product(
       sweep.axis("config.seed", SEEDS),
       [{"width": 32, "heads": 2, "patch": 4, "config.flexi.patch_sizes": PATCH_SIZES,
         "epochs": EPOCHS}]))
-  return sweep.Study("flexivit_local", "configs/quickstart.py", trials,
-                     base_args={"depth": 2},
-                     base_overrides={"evals.val.every_steps": 35}, plot_x="patch",
+  return sweep.Study("flexivit_ema_local" if a.ema else "flexivit_local",
+                     "configs/quickstart.py", trials, base_args={"depth": 2},
+                     base_overrides=EMA if a.ema else {"evals.val.every_steps": 35},
+                     plot_x="patch",
                      description="FlexiViT: ViT width 32, depth 2, patch sizes 2/4/7/14 drawn per "
-                     f"step, bundled digits, {EPOCHS:g} epochs, seeds 0/1/2")
+                     f"step, bundled digits, {EPOCHS:g} epochs, seeds 0/1/2"
+                     + (", constant learning rate, EMA params (decay 0.999)" if a.ema else ""))

@@ -150,12 +150,14 @@ STUDIES = {  # study spec: (name, trials)
     "experiments/patch_size_tradeoff.py:scale=compute_matched":
         ("patch_size_tradeoff_compute_matched", 36),
     "experiments/flexivit.py": ("flexivit_local", 3),
+    "experiments/flexivit.py:ema": ("flexivit_ema_local", 3),
     "experiments/digits_claims.py:claim=transfer_pretrain": ("transfer_pretrain_local", 3),
     "experiments/digits_claims.py:claim=transfer_finetune": ("transfer_finetune_local", 6),
-    "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 9),
+    "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 3),
+    "experiments/digits_claims.py:claim=transfer_scratch_ema": ("transfer_scratch_ema_local", 3),
     "experiments/digits_claims.py:claim=hybrid": ("hybrid_local", 18),
-    "experiments/digits_claims.py:claim=posemb": ("posemb_local", 12),
-    "experiments/digits_claims.py:claim=posemb_ema": ("posemb_ema_local", 9),
+    "experiments/digits_claims.py:claim=posemb": ("posemb_local", 6),
+    "experiments/digits_claims.py:claim=posemb_ema": ("posemb_ema_local", 6),
     "experiments/digits_claims.py:claim=pool": ("pool_local", 6),
 }
 
