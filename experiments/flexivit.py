@@ -8,6 +8,8 @@ step, against the models trained at one patch size each.
 
 Expected (2-core x86 CPU, 2026-12-03, 3 runs at once: ~3.2 h each): 98.5 / 98.4 / 98.1 / 97.3% at
 patches 2 / 4 / 7 / 14, mean over the 3 seeds (experiments/flexivit_local/README.md).
+`:ema` (a constant learning rate, EMA params; report with `--metric=val_ema/prec@1` into
+experiments/flexivit_local/ema): its runs were started on 2026-12-05 and have no result yet.
 
 The model and recipe are the patch-size study's width-32 ViT (`experiments/patch_size_tradeoff.py`:
 depth 2, 2 heads, the quickstart recipe), trained 1,280 epochs. Its parameters are those of patch 4;
