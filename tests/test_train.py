@@ -78,6 +78,34 @@ def test_resume_after_sigterm_is_bitwise_identical_and_restores_on_other_meshes(
                final_params(reference_workdir))
 
 
+def test_a_finished_constant_lr_run_copied_and_extended_equals_the_longer_run(data_root,
+                                                                             tmp_path):
+  """How a finished run is trained longer without rewriting it (experiments/flexivit_local): copy
+  its workdir less summary.json, resume with the longer duration and --accept_config_change. At a
+  constant lr the duration changes nothing before the end, so that is the longer run, EMA too."""
+  def config(steps):
+    c = tiny_config(data_root, total_steps=steps, ema_decay=0.9)
+    c.optim.schedule = "constant"
+    return c
+  one_device = jax.devices()[:1]
+  short, extended, longer = (str(tmp_path / name) for name in ("short", "extended", "longer"))
+  loop.train_and_evaluate(config(TOTAL_STEPS), short, devices=one_device)
+  shutil.copytree(short, extended, ignore=shutil.ignore_patterns("summary.json"))
+  final = loop.train_and_evaluate(config(2 * TOTAL_STEPS), extended, devices=one_device,
+                                  accept_config_change=True)
+  reference = loop.train_and_evaluate(config(2 * TOTAL_STEPS), longer, devices=one_device)
+  results = lambda metrics: {k: v for k, v in metrics.items() if "/" in k or k == "step"}
+  assert results(final) == results(reference) and final["step"] == 2 * TOTAL_STEPS
+  assert "val_ema/prec@1" in results(final)
+  assert losses(extended) == losses(longer)
+  for entry in ("params", "ema_params"):
+    jax.tree.map(np.testing.assert_array_equal,
+                 manager.load_params(os.path.join(extended, "checkpoints"), entry),
+                 manager.load_params(os.path.join(longer, "checkpoints"), entry))
+  with open(os.path.join(short, "summary.json")) as f:
+    assert json.load(f)["final"]["step"] == TOTAL_STEPS  # The copied run is left as it was.
+
+
 def test_frozen_params_keep_their_init_through_a_resume(data_root, tmp_path, monkeypatch):
   """`optim.freeze` on an FSDP mesh: the frozen params have no optimizer moments (MaskedNode),
   which the state's shardings, the checkpoint and the restore must all carry."""
