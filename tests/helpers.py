@@ -138,8 +138,8 @@ def losses(workdir: str) -> dict[int, float]:
   return {r["step"]: r["train/loss"] for r in metric_rows(workdir) if "train/loss" in r}
 
 
-def final_params(workdir: str):
-  return manager.load_params(os.path.join(workdir, "checkpoints"))
+def final_params(workdir: str, entry: str = "params"):
+  return manager.load_params(os.path.join(workdir, "checkpoints"), entry)
 
 
 def stop_at_step(monkeypatch, stop_step: int) -> None:

@@ -99,9 +99,8 @@ def test_a_finished_constant_lr_run_copied_and_extended_equals_the_longer_run(da
   assert "val_ema/prec@1" in results(final)
   assert losses(extended) == losses(longer)
   for entry in ("params", "ema_params"):
-    jax.tree.map(np.testing.assert_array_equal,
-                 manager.load_params(os.path.join(extended, "checkpoints"), entry),
-                 manager.load_params(os.path.join(longer, "checkpoints"), entry))
+    jax.tree.map(np.testing.assert_array_equal, final_params(extended, entry),
+                 final_params(longer, entry))
   with open(os.path.join(short, "summary.json")) as f:
     assert json.load(f)["final"]["step"] == TOTAL_STEPS  # The copied run is left as it was.
 
