@@ -150,7 +150,7 @@ STUDIES = {  # study spec: (name, trials)
     "experiments/patch_size_tradeoff.py:scale=compute_matched":
         ("patch_size_tradeoff_compute_matched", 36),
     "experiments/flexivit.py": ("flexivit_local", 3),
-    "experiments/flexivit.py:ema": ("flexivit_ema_local", 3),
+    "experiments/flexivit.py:ema,epochs=2560": ("flexivit_ema_local", 3),
     "experiments/digits_claims.py:claim=transfer_pretrain": ("transfer_pretrain_local", 3),
     "experiments/digits_claims.py:claim=transfer_finetune": ("transfer_finetune_local", 6),
     "experiments/digits_claims.py:claim=transfer_scratch": ("transfer_scratch_local", 3),
